@@ -1,0 +1,71 @@
+"""Exact visual-token accounting and the Retain Token Ratio (RTR).
+
+Qwen2.5-VL turns an image into ``t*h*w`` patches (``image_grid_thw``) and merges 2x2 of them into
+one LLM token, so an image costs ``prod(grid_thw) // 4`` tokens. Counts of images that were really
+processed come from the processor's ``image_grid_thw``; the cost of the full-resolution pass that
+AwaRes avoids is computed with the same ``smart_resize`` the processor uses, under the same
+pixel budget, so both sides of the ratio obey the same limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+# The released Qwen2.5-VL checkpoints' own preprocessor limits.
+QWEN25VL_MIN_PIXELS = 3136
+QWEN25VL_MAX_PIXELS = 12845056
+
+
+@dataclass(frozen=True)
+class PixelBudget:
+    min_pixels: int
+    max_pixels: int
+    patch_size: int = 14
+    merge_size: int = 2
+
+    @property
+    def factor(self) -> int:
+        return self.patch_size * self.merge_size
+
+    def resized(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) the processor will feed the vision tower."""
+        h, w = smart_resize(height, width, factor=self.factor,
+                            min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        return w, h
+
+    def tokens(self, width: int, height: int) -> int:
+        w, h = self.resized(width, height)
+        return (w // self.factor) * (h // self.factor)
+
+
+def budget_from_processor(image_processor) -> PixelBudget:
+    """The budget an image processor actually applies (``size`` wins over legacy attributes)."""
+    size = getattr(image_processor, "size", None) or {}
+    # transformers 5 stores ``size`` as a ``SizeDict`` (not a dict subclass) with a dict-like ``get``.
+    has_get = callable(getattr(size, "get", None))
+    mn = size.get("shortest_edge") if has_get else None
+    mx = size.get("longest_edge") if has_get else None
+    mn = mn if mn is not None else getattr(image_processor, "min_pixels", None)
+    mx = mx if mx is not None else getattr(image_processor, "max_pixels", None)
+    if mn is None or mx is None:
+        raise ValueError("cannot read min/max pixels from the image processor")
+    return PixelBudget(int(mn), int(mx), int(getattr(image_processor, "patch_size", 14)),
+                       int(getattr(image_processor, "merge_size", 2)))
+
+
+def tokens_from_grid(grid_thw, merge_size: int = 2) -> int:
+    """LLM tokens of one image from its ``image_grid_thw`` row."""
+    t, h, w = (int(x) for x in grid_thw)
+    return t * h * w // (merge_size * merge_size)
+
+
+def retain_token_ratio(lr_tokens: int, crop_tokens: int, full_tokens: int) -> float:
+    return (lr_tokens + crop_tokens) / float(full_tokens)
+
+
+def pixel_ratio(lr_size, crop_sizes, full_size) -> float:
+    """The paper's pixel-based ratio: LR pixels plus crop pixels over original pixels."""
+    px = lr_size[0] * lr_size[1] + sum(w * h for w, h in crop_sizes)
+    return px / float(full_size[0] * full_size[1])

@@ -1,0 +1,145 @@
+"""Turn-2 KV reuse vs re-prefill, and AwaRes vs the full-resolution pass, measured in one run.
+
+    python -m awares_lmms.benchmark                       # tiny random model, CPU
+    python -m awares_lmms.benchmark --shape 7b --device cuda --dtype bfloat16
+    python -m awares_lmms.benchmark --model Kimhi/AWARES-Qwen2.5-VL-7B --device cuda --dtype bfloat16
+
+Inputs are document geometry (a 1700x2200 page and a 1920x1080 chart, drawn here). Every
+configuration runs on the same inputs, with a warm-up and the median of ``--repeats`` runs.
+Turn 1 is forced to request one quadrant so that every configuration does the same work
+whatever the weights (a random model never asks for crops by itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+from PIL import Image, ImageDraw
+
+from .engine import EngineConfig, GenerationSettings, Request, TwoTurnEngine
+
+
+def document_inputs() -> list[Request]:
+    page = Image.new("RGB", (1700, 2200), "white")
+    d = ImageDraw.Draw(page)
+    for y in range(150, 2100, 40):
+        d.line([(150, y), (1550, y)], fill=(40, 40, 40), width=3)
+    chart = Image.new("RGB", (1920, 1080), "white")
+    d = ImageDraw.Draw(chart)
+    for i, h in enumerate([300, 620, 450, 800, 520, 700]):
+        d.rectangle([200 + i * 260, 1000 - h, 380 + i * 260, 1000], fill=(60, 90 + 20 * i, 200))
+    return [Request("What is the date of the memo?", [page], forced_turn1="GET_CROPS: ['0']"),
+            Request("What is the value of the tallest bar?", [chart], forced_turn1="GET_CROPS: ['1']")]
+
+
+def seven_b_shaped_model(dtype, device):
+    """Random weights in Qwen2.5-VL-7B's exact architecture (tiny tokenizer; vocab size is irrelevant here)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from . import tiny
+
+    tok = tiny.build_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in tiny.QWEN_SPECIAL_TOKENS}
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                         num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+                         use_sliding_window=False, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=32, hidden_size=1280, num_heads=16, intermediate_size=3420, out_hidden_size=3584,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration(config).to(dtype).eval()
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    return model, tiny.build_processor(tok)
+
+
+def load(args):
+    from .lmms_model import load_model_and_processor
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    if args.shape == "7b":
+        return seven_b_shaped_model(dtype, args.device)
+    path = args.model
+    if path is None:
+        from . import tiny
+
+        path = tiny.build(tempfile.mkdtemp(prefix="awares-bench-"))
+    return load_model_and_processor(str(path), dtype=dtype, device=args.device,
+                                    attn_implementation=args.attn_implementation)
+
+
+def timed(engine: TwoTurnEngine, reqs, settings, repeats: int):
+    engine.run(reqs, settings)  # warm-up: first calls on a new shape pay one-off kernel set-up
+    runs = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = engine.run(reqs, settings)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        runs.append((time.perf_counter() - t, out))
+    wall = statistics.median(r[0] for r in runs)
+    out = runs[-1][1]
+    turn2 = statistics.median(max(o.stats["turn2_s"] for o in r[1]) for r in runs)
+    return wall, turn2, out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="hub id or local path (default: build the tiny random checkpoint)")
+    parser.add_argument("--shape", choices=["tiny", "7b"], default="tiny", help="7b: random Qwen2.5-VL-7B-shaped weights")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--attn-implementation", default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--batch", choices=["each", "together"], default="each",
+                        help="run the page and the chart as separate requests (each) or as one batch")
+    args = parser.parse_args(argv)
+
+    model, processor = load(args)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    inputs = document_inputs()
+    groups = [[r] for r in inputs] if args.batch == "each" else [inputs]
+    report = {}
+    print(f"device={args.device} dtype={args.dtype} shape={args.shape} model={args.model or 'tiny'} repeats={args.repeats}")
+    header = (f"{'input':<26}{'prefill t2 reuse':>17}{'prefill t2 full':>16}{'ratio':>7}"
+              f"{'t2 reuse s':>11}{'t2 repref s':>12}{'ratio':>7}{'awares s':>10}{'full s':>9}{'ratio':>7}{'rtr':>6}")
+    print(header)
+    for group in groups:
+        reuse = TwoTurnEngine(model, processor, EngineConfig(mode="awares", reuse_cache=True))
+        reprefill = TwoTurnEngine(model, processor, EngineConfig(mode="awares", reuse_cache=False))
+        full = TwoTurnEngine(model, processor, EngineConfig(mode="full"))
+        wall_reuse, t2_reuse, out = timed(reuse, group, settings, args.repeats)
+        wall_repref, t2_repref, _ = timed(reprefill, group, settings, args.repeats)
+        wall_full, _, _ = timed(full, [Request(r.question, r.images) for r in group], settings, args.repeats)
+        mask = reprefill.last_turn2["inputs"]["full_mask"]
+        tokens_reuse = sum(o.stats["prefill_tokens_turn2"] for o in out)
+        tokens_repref = int(mask.sum())
+        name = "+".join(f"{r.images[0].width}x{r.images[0].height}" for r in group)
+        row = {
+            "prefill_tokens_turn2_reuse": tokens_reuse, "prefill_tokens_turn2_reprefill": tokens_repref,
+            "prefill_token_ratio": tokens_reuse / tokens_repref,
+            "turn2_s_reuse": t2_reuse, "turn2_s_reprefill": t2_repref, "turn2_time_ratio": t2_reuse / t2_repref,
+            "awares_s": wall_reuse, "full_s": wall_full, "awares_vs_full_time_ratio": wall_reuse / wall_full,
+            "rtr": statistics.mean(o.stats["rtr"] for o in out),
+        }
+        report[name] = row
+        print(f"{name:<26}{tokens_reuse:>17}{tokens_repref:>16}{row['prefill_token_ratio']:>7.2f}"
+              f"{t2_reuse:>11.3f}{t2_repref:>12.3f}{row['turn2_time_ratio']:>7.2f}"
+              f"{wall_reuse:>10.3f}{wall_full:>9.3f}{row['awares_vs_full_time_ratio']:>7.2f}{row['rtr']:>6.2f}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Two small, documented patches of lmms-eval 0.7.3's ``TaskManager`` for the AwaRes task suite.
+
+lmms-eval has no entry-point group for tasks, and when an ``--include_path`` task has the same
+name as a built-in one the built-in wins (``tasks/__init__.py``: ``{**tasks, **task_index}``).
+The AwaRes suite (``tasks_config/``) deliberately reuses the built-in names ``chartqa``,
+``docvqa``, ``ocrbench``, ``pope`` and ``realworldqa`` (plus ``vstar``) so that tables read like
+the paper's. ``install()`` therefore patches two methods of ``lmms_eval.tasks.TaskManager``:
+
+``initialize_tasks``
+    After the stock indexing, if the ``tasks_config`` directory is among the include paths, its
+    entries are indexed once more and override whatever had the same name. Only that directory
+    gets this treatment; every other include path keeps the stock "built-in wins" rule, and a
+    run that does not include ``tasks_config`` sees no change at all. Paths registered with
+    ``add_include_path`` (the ``lmms_eval`` console script registers ``tasks_config``) are
+    appended to whatever ``--include_path`` the user gave, which lifts lmms-eval's
+    one-path-only limit for this package.
+
+``_get_config``
+    For a task whose YAML lives in ``tasks_config``, when the environment variable
+    ``AWARES_DATASETS_DIR`` is set, the hub dataset is replaced by ``$AWARES_DATASETS_DIR/<task>.parquet``
+    (``dataset_path: parquet``, ``data_files: {<split>: file}``, no ``dataset_name``). The
+    variable is read every time a task config is loaded, not at install time. A missing file
+    raises ``FileNotFoundError`` naming the path before any download is attempted.
+
+How it gets installed: ``awares_lmms.registration.manifests`` (our ``lmms_eval.models`` entry
+point, which lmms-eval calls while importing ``lmms_eval.models``, before any ``TaskManager`` is
+built) calls ``install()``. Importing ``lmms_eval.tasks`` costs several seconds (torch), and
+``lmms_eval.models`` is imported before it, so when ``lmms_eval.tasks`` is not imported yet the
+patch is deferred with a one-shot import hook instead of importing it here. ``install()`` is
+idempotent. Both patched methods are private lmms-eval API: the package pins lmms-eval==0.7.3.
+
+Known gap: ``lmms-eval tasks ...`` (the stock listing subcommand) never imports
+``lmms_eval.models``, so the stock listing shows the built-in YAML path for clashing names;
+``lmms_eval tasks ...`` (our console script) and every evaluation run use ours.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+DATASETS_ENV = "AWARES_DATASETS_DIR"
+_TARGET_MODULE = "lmms_eval.tasks"
+_MARK = "_awares_hooks_installed"
+
+# Include paths appended to every TaskManager (see add_include_path).
+_EXTRA_INCLUDE: list[str] = []
+
+
+def tasks_dir() -> Path:
+    """Directory of the AwaRes task YAMLs (the ``tasks_config`` package), without importing it."""
+    spec = importlib.util.find_spec("tasks_config")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("package 'tasks_config' is not installed (pip install awares-lmms)")
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
+
+
+def _real(path) -> str:
+    return os.path.realpath(os.path.expanduser(str(path)))
+
+
+def _is_tasks_dir(path) -> bool:
+    try:
+        return _real(path) == str(tasks_dir())
+    except RuntimeError:
+        return False
+
+
+def _inside_tasks_dir(path) -> bool:
+    try:
+        root = str(tasks_dir())
+    except RuntimeError:
+        return False
+    real = _real(path)
+    return real == root or real.startswith(root + os.sep)
+
+
+def add_include_path(path) -> None:
+    """Index ``path`` in every TaskManager built from now on, in addition to its own include paths."""
+    real = _real(path)
+    if real not in _EXTRA_INCLUDE:
+        _EXTRA_INCLUDE.append(real)
+
+
+def extra_include_paths() -> list[str]:
+    return list(_EXTRA_INCLUDE)
+
+
+def _as_list(include_path) -> list[str]:
+    if include_path is None:
+        return []
+    if isinstance(include_path, (str, os.PathLike)):
+        return [str(include_path)]
+    return [str(p) for p in include_path]
+
+
+# ----------------------------------------------------------------------------- offline datasets
+
+
+def offline_parquet(task_name: str) -> Path | None:
+    """``$AWARES_DATASETS_DIR/<task_name>.parquet`` when the variable is set, else ``None``."""
+    root = os.environ.get(DATASETS_ENV, "").strip()
+    if not root:
+        return None
+    return Path(root).expanduser().resolve() / f"{task_name}.parquet"
+
+
+def apply_offline_dataset(config: dict) -> dict:
+    """Point an AwaRes task config at its local parquet file when ``AWARES_DATASETS_DIR`` is set."""
+    name = config.get("task")
+    if not isinstance(name, str):
+        return config
+    path = offline_parquet(name)
+    if path is None:
+        return config
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{DATASETS_ENV} is set, but the data file for task '{name}' does not exist: {path} "
+            f"(write it with `python -m awares_lmms.export_datasets --out {path.parent}`, "
+            f"or unset {DATASETS_ENV} to read the hub dataset)"
+        )
+    split = config.get("test_split") or "test"
+    config = dict(config)
+    config["dataset_path"] = "parquet"
+    config.pop("dataset_name", None)
+    # Replaced whole: the hub options (token: True, ...) mean nothing to the parquet builder.
+    config["dataset_kwargs"] = {"data_files": {split: str(path)}}
+    return config
+
+
+# ----------------------------------------------------------------------------- the patch
+
+
+def _patch_task_manager(task_manager_cls) -> None:
+    if getattr(task_manager_cls, _MARK, False):
+        return
+    original_initialize = task_manager_cls.initialize_tasks
+    original_get_config = task_manager_cls._get_config
+
+    def initialize_tasks(self, include_path=None, include_defaults=True):
+        paths = _as_list(include_path)
+        for extra in _EXTRA_INCLUDE:
+            if all(_real(p) != extra for p in paths):
+                paths.append(extra)
+        index = original_initialize(self, include_path=paths or None, include_defaults=include_defaults)
+        if any(_is_tasks_dir(p) for p in paths):
+            # Our directory wins over built-ins (and over other include paths) on name clashes.
+            index.update(self._get_task_and_group(str(tasks_dir()) + os.sep))
+        return index
+
+    def _get_config(self, name):
+        config = original_get_config(self, name)
+        entry = self.task_index.get(name) if isinstance(self.task_index, dict) else None
+        yaml_path = entry.get("yaml_path", -1) if entry else -1
+        if isinstance(config, dict) and yaml_path != -1 and _inside_tasks_dir(yaml_path):
+            config = apply_offline_dataset(config)
+        return config
+
+    initialize_tasks.__wrapped__ = original_initialize
+    _get_config.__wrapped__ = original_get_config
+    task_manager_cls.initialize_tasks = initialize_tasks
+    task_manager_cls._get_config = _get_config
+    setattr(task_manager_cls, _MARK, True)
+
+
+class _PatchAfterExec(importlib.abc.Loader):
+    """Wraps the real loader of ``lmms_eval.tasks``; patches ``TaskManager`` right after it runs."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def create_module(self, spec):
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module):
+        # Put the real loader back first so tooling (inspect, linecache) sees the normal one.
+        module.__loader__ = self._inner
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._inner
+        self._inner.exec_module(module)
+        _patch_task_manager(module.TaskManager)
+
+    def __getattr__(self, item):
+        return getattr(self._inner, item)
+
+
+class _DeferredPatchFinder(importlib.abc.MetaPathFinder):
+    """One-shot finder: only ever answers for ``lmms_eval.tasks``, then removes itself."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != _TARGET_MODULE:
+            return None
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:
+            pass
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        spec.loader = _PatchAfterExec(spec.loader)
+        return spec
+
+
+def install() -> None:
+    """Install the TaskManager patches now, or as soon as ``lmms_eval.tasks`` is imported. Idempotent."""
+    module = sys.modules.get(_TARGET_MODULE)
+    if module is not None and hasattr(module, "TaskManager"):
+        _patch_task_manager(module.TaskManager)
+        return
+    if not any(isinstance(f, _DeferredPatchFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _DeferredPatchFinder())
+
+
+def installed() -> bool:
+    module = sys.modules.get(_TARGET_MODULE)
+    return bool(module is not None and getattr(getattr(module, "TaskManager", None), _MARK, False))

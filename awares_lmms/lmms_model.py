@@ -1,0 +1,204 @@
+"""``--model awares``: the lmms-eval chat-model adapter around ``TwoTurnEngine``.
+
+It only translates: lmms-eval requests in, ``GenerationResult`` out, per-sample accounting
+recorded for the task's ``rtr`` metric. Loading, batching and distribution follow lmms-eval's
+own Qwen models; the protocol lives in ``protocol.py`` and the two-turn logic in ``engine.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+
+import torch
+from accelerate import Accelerator
+from lmms_eval import utils
+from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
+from lmms_eval.api.model import lmms
+from lmms_eval.protocol import ChatMessages
+from tqdm import tqdm
+
+from . import protocol, sample_stats
+from .engine import EngineConfig, GenerationSettings, Request, TwoTurnEngine
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+           "float32": torch.float32, "fp32": torch.float32}
+_SYSTEM_PROMPTS = {"awares": protocol.SYSTEM_PROMPT, "default": None, "none": ""}
+
+
+@dataclass
+class AwaresTokenCounts(TokenCounts):
+    """lmms-eval's token counts plus the AwaRes accounting (lands in the samples file)."""
+
+    visual_tokens_lr: int | None = None
+    visual_tokens_crops: int | None = None
+    visual_tokens_full: int | None = None
+    rtr: float | None = None
+
+    def to_dict(self):
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def load_model_and_processor(pretrained: str, adapter: str | None = None, dtype: torch.dtype = torch.float32,
+                             device: str = "cpu", attn_implementation: str | None = None,
+                             min_pixels: int | None = None, max_pixels: int | None = None,
+                             trust_remote_code: bool = False):
+    """Hub id or local path (plus an optional PEFT adapter, merged) -> (model, processor)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(pretrained, **kwargs)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model = model.to(device).eval()
+    processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+    if min_pixels is not None or max_pixels is not None:
+        ip = processor.image_processor
+        size = dict(ip.size) if isinstance(ip.size, dict) else {k: getattr(ip.size, k) for k in ("shortest_edge", "longest_edge")}
+        if min_pixels is not None:
+            size["shortest_edge"] = int(min_pixels)
+        if max_pixels is not None:
+            size["longest_edge"] = int(max_pixels)
+        if size["shortest_edge"] > size["longest_edge"]:
+            raise ValueError(f"min_pixels {size['shortest_edge']} > max_pixels {size['longest_edge']}")
+        ip.size = {"shortest_edge": size["shortest_edge"], "longest_edge": size["longest_edge"]}
+        for attr, value in (("min_pixels", size["shortest_edge"]), ("max_pixels", size["longest_edge"])):
+            if hasattr(ip, attr):
+                setattr(ip, attr, value)
+    return model, processor
+
+
+class AwaresLMM(lmms):
+    """AwaRes two-turn inference. ``--model_args`` (all optional except ``pretrained``):
+
+    pretrained, adapter, mode (awares|full|lr|lr_then_full|fixed), crops (for fixed, e.g. 0;5),
+    device, dtype (auto|bfloat16|float32|float16), batch_size, min_pixels, max_pixels, lr_scale,
+    fallback (full|answer|keep_valid), system_prompt (awares|default|none), reuse_cache,
+    attn_implementation, max_new_tokens (default when the task sets none), trust_remote_code.
+    """
+
+    is_simple = False
+
+    def __init__(self, pretrained: str = "Kimhi/AWARES-Qwen2.5-VL-7B", adapter: str | None = None,
+                 mode: str = "awares", crops=None, device: str | None = None, device_map: str | None = None,
+                 dtype: str = "auto", batch_size=1, min_pixels: int | None = None, max_pixels: int | None = None,
+                 lr_scale: float = 0.5, fallback: str = "full", system_prompt: str | None = None,
+                 reuse_cache: bool = True, attn_implementation: str | None = None, max_new_tokens: int = 128,
+                 trust_remote_code: bool = False, max_batch_size=None, **unknown):
+        super().__init__()
+        if unknown:
+            raise ValueError(f"unknown --model_args for awares: {sorted(unknown)}; see the README for the list")
+        accelerator = Accelerator()
+        if accelerator.num_processes > 1:
+            self._device = accelerator.device
+            self.accelerator = accelerator
+            self._rank = accelerator.process_index
+            self._world_size = accelerator.num_processes
+        else:
+            if device in (None, "auto"):
+                device = device_map if device_map not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
+            self._device = torch.device(device)
+        if dtype == "auto":
+            torch_dtype = torch.bfloat16 if self._device.type == "cuda" else torch.float32
+        elif dtype in _DTYPES:
+            torch_dtype = _DTYPES[dtype]
+        else:
+            raise ValueError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {dtype!r}")
+        if system_prompt is not None and system_prompt not in _SYSTEM_PROMPTS:
+            raise ValueError(f"system_prompt must be one of {sorted(_SYSTEM_PROMPTS)}, got {system_prompt!r}")
+        fixed = protocol.parse_crop_spec(crops) if crops not in (None, "") else ()
+        self.engine_config = EngineConfig(
+            mode=mode, fixed_crops=fixed, lr_scale=float(lr_scale), fallback_policy=fallback,
+            system_prompt=_SYSTEM_PROMPTS[system_prompt] if system_prompt is not None else None,
+            reuse_cache=bool(reuse_cache))
+        model, processor = load_model_and_processor(
+            pretrained, adapter, torch_dtype, str(self._device), attn_implementation, min_pixels, max_pixels,
+            bool(trust_remote_code))
+        self._model = model
+        self.processor = processor
+        self.engine = TwoTurnEngine(model, processor, self.engine_config)
+        self.batch_size_per_gpu = int(batch_size)
+        self.default_max_new_tokens = int(max_new_tokens)
+        self.pretrained = pretrained
+        logger.info("awares: mode=%s pixels=[%d, %d] dtype=%s device=%s", mode, self.engine.budget.min_pixels,
+                    self.engine.budget.max_pixels, torch_dtype, self._device)
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def batch_size(self):
+        return self.batch_size_per_gpu
+
+    @property
+    def rank(self):
+        return self._rank
+
+    @property
+    def world_size(self):
+        return self._world_size
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("awares is a generation model; loglikelihood tasks are not supported")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("awares runs its own two-turn protocol; multi-round tasks are not supported")
+
+    def _settings(self, gen_kwargs: dict) -> GenerationSettings:
+        gen_kwargs = dict(gen_kwargs or {})
+        until = gen_kwargs.pop("until", None)
+        if isinstance(until, str):
+            until = [until]
+        if until is not None and not isinstance(until, (list, tuple)):
+            raise ValueError(f"gen_kwargs until must be a string or a list, got {type(until).__name__}")
+        if int(gen_kwargs.get("num_beams", 1) or 1) > 1:
+            raise ValueError("awares decodes greedily or by sampling; num_beams > 1 is not supported")
+        do_sample = gen_kwargs.get("do_sample", False)
+        temperature = float(gen_kwargs.get("temperature", 0) or 0)
+        if not do_sample and "do_sample" in gen_kwargs:
+            temperature = 0.0
+        return GenerationSettings(max_new_tokens=int(gen_kwargs.get("max_new_tokens") or self.default_max_new_tokens),
+                                  temperature=temperature, top_p=gen_kwargs.get("top_p"),
+                                  until=tuple(u for u in (until or ()) if u))
+
+    def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
+        collator = utils.Collator([r.args for r in requests], lambda a: (a[3], a[0]),
+                                  group_fn=lambda a: a[2], grouping=True)
+        results = []
+        pbar = tqdm(total=len(requests), disable=self.rank != 0, desc="awares")
+        for chunk in collator.get_batched(n=self.batch_size, batch_fn=None):
+            ctxs, to_messages, gen_kwargs, doc_ids, tasks, splits = zip(*chunk)
+            engine_requests, uids = [], []
+            for ctx, to_msg, doc_id, task, split in zip(ctxs, to_messages, doc_ids, tasks, splits):
+                doc = self.task_dict[task][split][doc_id]
+                messages = ChatMessages(messages=to_msg(doc))
+                imgs, videos, audios = messages.extract_media()
+                if videos or audios:
+                    raise ValueError(f"{task} doc {doc_id}: awares handles images only, got video/audio input")
+                text = "\n".join(c.text for m in messages.messages if m.role == "user"
+                                 for c in m.content if c.type == "text")
+                engine_requests.append(Request(question=text, images=list(imgs)))
+                uids.append(sample_stats.doc_uid(doc, fallback=f"{task}/{split}/{doc_id}"))
+            outputs = self.engine.run(engine_requests, self._settings(gen_kwargs[0]))
+            for uid, out in zip(uids, outputs):
+                sample_stats.record(uid, out.stats)
+                s = out.stats
+                counts = AwaresTokenCounts(
+                    output_tokens=len(self.processor.tokenizer(out.text, add_special_tokens=False)["input_ids"]),
+                    visual_tokens_lr=s["visual_tokens_lr"], visual_tokens_crops=s["visual_tokens_crops"],
+                    visual_tokens_full=s["visual_tokens_full"], rtr=s["rtr"])
+                results.append(GenerationResult(text=out.text, token_counts=counts))
+            pbar.update(len(chunk))
+        pbar.close()
+        return collator.get_original(results)

@@ -1,0 +1,158 @@
+"""Build a small, randomly initialised Qwen2.5-VL checkpoint offline.
+
+Real classes (``Qwen2_5_VLForConditionalGeneration``, ``Qwen2_5_VLProcessor``), the real
+checkpoint's image-processor limits, a byte-level BPE tokenizer carrying every Qwen special token
+in Qwen's order, and the official Qwen2.5-VL chat template. ``from_pretrained(out)`` loads it with
+no network. It exercises the same code paths as Qwen2.5-VL-7B; only the sizes differ.
+
+    python -m awares_lmms.tiny --out ./tiny-qwen2_5-vl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from . import protocol
+from .accounting import QWEN25VL_MAX_PIXELS, QWEN25VL_MIN_PIXELS
+
+# Qwen2.5-VL's added tokens, in the order of the real tokenizer (ids 151643..151664 there).
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+QWEN_ADDED_NORMAL_TOKENS = [
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+    "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+]
+
+
+def _training_corpus() -> list[str]:
+    """Text the BPE merges are learned from: the protocol, benchmark-style prompts, digits."""
+    lines = [protocol.SYSTEM_PROMPT, protocol.FORMAT_ALL]
+    lines += [protocol.format_get_crops([i]) for i in range(protocol.NUM_REGIONS)]
+    lines += [protocol.format_get_crops([i, j]) for i in range(9) for j in range(9) if i < j]
+    lines += [
+        "Answer the question with a single word.",
+        "Answer the question using a single word or phrase.",
+        "Answer with the option's letter from the given choices directly.",
+        "What is written in the image? Is there a car in the image? yes no",
+        "What is the value of the largest bar? What is the title of the document?",
+        "(A) red (B) green (C) blue (D) yellow. The answer is A B C D.",
+        "You are a helpful assistant. user assistant system",
+    ]
+    lines += [" ".join(str(n) for n in range(k, k + 50)) for k in range(0, 1000, 50)]
+    return lines
+
+
+def build_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator(_training_corpus(), trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    tok = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, unk_token=None, bos_token=None,
+                         eos_token=None, pad_token=None)
+    # Added in Qwen's order first, so ids are contiguous like the real tokenizer's; then named.
+    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS})
+    tok.add_tokens(QWEN_ADDED_NORMAL_TOKENS)
+    tok.eos_token = "<|im_end|>"
+    tok.pad_token = "<|endoftext|>"
+    return tok
+
+
+def official_chat_template() -> str:
+    """The official Qwen2.5-VL chat template, read from the copy TRL installs (no network)."""
+    import trl
+
+    return (Path(trl.__file__).parent / "chat_templates" / "qwen2_5_vl.jinja").read_text()
+
+
+def build_processor(tokenizer, min_pixels: int = QWEN25VL_MIN_PIXELS, max_pixels: int = QWEN25VL_MAX_PIXELS):
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14,
+                                            temporal_patch_size=2, merge_size=2)
+    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                               video_processor=Qwen2VLVideoProcessor(), chat_template=official_chat_template())
+
+
+def build_model(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int = 4, seed: int = 0,
+                sharpen: float = 1.0):
+    """Random Qwen2.5-VL. ``sharpen`` > 1 scales the LM's weight matrices so logits are peaked:
+    a flat random model hides position errors that a trained model would not forgive."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    vocab = len(tokenizer)
+    heads = max(2, hidden // 32)
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=32768,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+            use_sliding_window=False, tie_word_embeddings=False,
+            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=None,
+        ),
+        vision_config=dict(
+            depth=vision_depth, hidden_size=128, num_heads=4, intermediate_size=512, out_hidden_size=hidden,
+            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+            fullatt_block_indexes=[i for i in range(vision_depth) if i % 2 == 1], tokens_per_second=2,
+        ),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    if sharpen != 1.0:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.ndim == 2 and "visual" not in name:
+                    p.mul_(sharpen)
+    gen = model.generation_config
+    gen.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    gen.pad_token_id = ids["<|endoftext|>"]
+    gen.bos_token_id = None
+    gen.do_sample = False
+    return model
+
+
+def build(out: str | Path, seed: int = 0, sharpen: float = 1.0, **model_kwargs) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer)
+    model = build_model(tokenizer, seed=seed, sharpen=sharpen, **model_kwargs)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="directory to write the checkpoint to")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sharpen", type=float, default=1.0, help="scale LM weights (peakier random logits)")
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    args = parser.parse_args(argv)
+    path = build(args.out, seed=args.seed, sharpen=args.sharpen, hidden=args.hidden, layers=args.layers)
+    print(f"tiny Qwen2.5-VL written to {path}")
+
+
+if __name__ == "__main__":
+    main()

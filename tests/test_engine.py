@@ -1,0 +1,189 @@
+"""The two-turn engine on the real Qwen2.5-VL classes: exact KV reuse, modes, fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from awares_lmms import images, protocol
+from awares_lmms.engine import EngineConfig, GenerationSettings, Request, TwoTurnEngine
+
+from .conftest import real_samples
+
+
+def _img(path):
+    return Image.open(path)
+
+
+@pytest.fixture(scope="module")
+def mixed_batch():
+    pope = real_samples("pope")
+    ocr = {r["id"]: r for r in real_samples("ocrbench")}
+    croppable = [r for r in ocr.values() if r["image_width"] >= 100 and r["image_height"] >= 100]
+    svt = croppable[0] if croppable else None
+    odd = Image.new("RGB", (333, 517), (30, 120, 200))
+    odd.paste((250, 250, 0), (200, 300, 333, 517))
+    rows = [
+        Request(pope[0]["question"], [_img(pope[0]["image_path"])], forced_turn1="GET_CROPS: ['3']"),
+        Request(pope[3]["question"], [_img(pope[3]["image_path"])]),  # answers in turn 1
+        Request("What colour is the bottom-right corner?", [odd], forced_turn1="GET_CROPS: ['0', '5']"),
+        Request(pope[6]["question"], [_img(pope[6]["image_path"])], forced_turn1="GET_CROPS: ['all']"),
+    ]
+    if svt is not None:
+        rows.append(Request(svt["question"], [_img(svt["image_path"])], forced_turn1="GET_CROPS: [4]"))
+    return rows
+
+
+def _reference_turn2(model, processor, row: Request, turn1_text: str, crops: list, lr_scale=0.5):
+    """Whole two-turn conversation rendered by the chat template and prefilled from scratch."""
+    original, _ = images.normalise(row.images[0])
+    lr = images.low_res_view(original, lr_scale)
+    messages = [
+        {"role": "system", "content": protocol.SYSTEM_PROMPT},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": row.question}]},
+        {"role": "assistant", "content": [{"type": "text", "text": turn1_text}]},
+        {"role": "user", "content": [{"type": "image"} for _ in crops]},
+    ]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return processor(text=[text], images=[lr] + crops, return_tensors="pt")
+
+
+def test_turn2_with_kv_reuse_matches_from_scratch_prefill(tiny_model, mixed_batch):
+    model, processor = tiny_model
+    engine = TwoTurnEngine(model, processor, EngineConfig(mode="awares"))
+    settings = GenerationSettings(max_new_tokens=6)
+    results = engine.run(mixed_batch, settings)
+
+    turn2_rows = [i for i, r in enumerate(results) if r.stats["crops"]]
+    assert turn2_rows == [i for i, r in enumerate(mixed_batch) if r.forced_turn1], "forced rows continue, others leave"
+    assert results[1].stats["tool_call_status"] == "none" and results[1].stats["prefill_tokens_turn2"] == 0
+    trace = engine.last_turn2
+    assert trace["sequences"].shape[0] == len(turn2_rows)
+    # The LR view is never re-encoded: turn 2 carries only the crops' patches.
+    assert trace["inputs"]["crop_pv"].shape[0] == int(trace["inputs"]["crop_grid"].prod(dim=1).sum())
+
+    cached = trace["inputs"]["cached"]
+    for j, i in enumerate(turn2_rows):
+        row, res = mixed_batch[i], results[i]
+        original, _ = images.normalise(row.images[0])
+        decision = protocol.decide(protocol.parse_tool_call(row.forced_turn1), "full", original.size)
+        crops = images.crop_regions(original, decision.regions) if decision.action == "crops" else [original]
+        ref = _reference_turn2(model, processor, row, row.forced_turn1, crops)
+        # Token concatenation reproduces the chat template's rendering of the whole conversation.
+        mask = trace["inputs"]["full_mask"][j].bool()
+        assert trace["inputs"]["full_ids"][j][mask].tolist() == ref["input_ids"][0].tolist()
+        assert res.stats["prefill_tokens_turn2"] < ref["input_ids"].shape[1] - cached // 2
+        with torch.no_grad():
+            logits = model(**ref).logits[0, -1]
+        reuse_logits = trace["logits"][0][j]
+        assert (reuse_logits - logits).abs().max().item() <= 1e-4
+        # Greedy continuation from scratch is token-identical.
+        gen = model.generate(**ref, max_new_tokens=settings.max_new_tokens, do_sample=False,
+                             eos_token_id=sorted(engine.eos_ids), pad_token_id=engine.pad_id,
+                             suppress_tokens=engine.suppress_ids)
+        ref_text = processor.tokenizer.decode(gen[0, ref["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert res.text == ref_text
+        assert res.stats["visual_tokens_crops"] == sum(int(g.prod()) // 4 for g in ref["image_grid_thw"][1:])
+
+
+def test_wrong_positions_would_be_caught(tiny_model, mixed_batch):
+    """The exactness check is sensitive: restarting turn-2 positions at 0 moves the logits a lot."""
+    model, processor = tiny_model
+    engine = TwoTurnEngine(model, processor, EngineConfig(mode="awares"))
+    row = mixed_batch[0]
+    engine.run([row], GenerationSettings(max_new_tokens=2))
+    original, _ = images.normalise(row.images[0])
+    ref = _reference_turn2(model, processor, row, row.forced_turn1, images.crop_regions(original, [3]))
+    with torch.no_grad():
+        good = model(**ref).logits[0, -1]
+        bad_pos, _ = model.model.get_rope_index(ref["input_ids"], mm_token_type_ids=ref["mm_token_type_ids"],
+                                                image_grid_thw=ref["image_grid_thw"])
+        bad_pos = bad_pos.clone()
+        bad_pos[..., -40:] -= bad_pos[..., -40:].min()  # positions restarted for the tail
+        bad = model(**ref, position_ids=bad_pos).logits[0, -1]
+    assert (good - bad).abs().max().item() > 1e-2
+
+
+def test_reuse_and_reprefill_agree(tiny_model, mixed_batch):
+    model, processor = tiny_model
+    settings = GenerationSettings(max_new_tokens=5)
+    a = TwoTurnEngine(model, processor, EngineConfig(reuse_cache=True))
+    b = TwoTurnEngine(model, processor, EngineConfig(reuse_cache=False))
+    ra, rb = a.run(mixed_batch, settings), b.run(mixed_batch, settings)
+    assert [r.text for r in ra] == [r.text for r in rb]
+    la, lb = torch.stack(a.last_turn2["logits"]), torch.stack(b.last_turn2["logits"])
+    assert (la - lb).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("mode", ["full", "lr", "fixed", "lr_then_full"])
+def test_modes_account_tokens(tiny_model, mode):
+    model, processor = tiny_model
+    page = Image.new("RGB", (850, 1100), "white")
+    cfg = EngineConfig(mode=mode, fixed_crops=(0, 5) if mode == "fixed" else ())
+    engine = TwoTurnEngine(model, processor, cfg)
+    (res,) = engine.run([Request("Title?", [page])], GenerationSettings(max_new_tokens=3))
+    s = res.stats
+    full = engine.budget.tokens(850, 1100)
+    assert s["visual_tokens_full"] == full
+    lr = engine.budget.tokens(425, 550)
+    if mode == "full":
+        assert s["rtr"] == 1.0 and s["rtr_pixels"] == 1.0 and s["crops"] == []
+    elif mode == "lr":
+        assert s["visual_tokens_lr"] == lr and s["visual_tokens_crops"] == 0
+        assert s["rtr"] == pytest.approx(lr / full)
+    elif mode == "fixed":
+        assert s["crops"] == ["top-left", "top"] and s["tool_call_status"] == "valid"
+        crops = engine.budget.tokens(425, 550) + engine.budget.tokens(850, 550)
+        assert s["visual_tokens_crops"] == crops
+        assert s["rtr"] == pytest.approx((lr + crops) / full)
+    else:
+        assert s["crops"] == ["all"] and s["rtr"] == pytest.approx((lr + full) / full)
+
+
+@pytest.mark.parametrize("reply,policy,status,crops", [
+    ("GET_CROPS: [9]", "full", "fallback:out_of_range", ["all"]),
+    ("GET_CROPS: [9]", "answer", "fallback:out_of_range", []),
+    ("GET_CROPS: ['0', '12']", "keep_valid", "fallback:out_of_range:kept_valid", ["top-left"]),
+    ("GET_CROPS: [banana]", "full", "fallback:unparseable", ["all"]),
+])
+def test_malformed_calls_follow_policy(tiny_model, reply, policy, status, crops):
+    model, processor = tiny_model
+    engine = TwoTurnEngine(model, processor, EngineConfig(fallback_policy=policy))
+    img = Image.new("RGB", (400, 300), "gray")
+    (res,) = engine.run([Request("Q?", [img], forced_turn1=reply)], GenerationSettings(max_new_tokens=3))
+    assert res.stats["tool_call_status"] == status
+    assert res.stats["crops"] == crops
+    assert res.stats["tool_call"] == reply
+    if policy == "answer":
+        assert res.text == reply and res.stats["prefill_tokens_turn2"] == 0
+
+
+def test_tiny_odd_and_extreme_images_do_not_crash(tiny_model):
+    model, processor = tiny_model
+    engine = TwoTurnEngine(model, processor, EngineConfig())
+    word = real_samples("ocrbench")[0]
+    reqs = [
+        Request("what is written in the image?", [Image.open(word["image_path"])], forced_turn1="GET_CROPS: ['3']"),
+        Request("Q?", [Image.new("RGB", (3000, 8), "white")], forced_turn1="GET_CROPS: ['1']"),
+        Request("Q?", [Image.new("RGBA", (120, 120), (0, 0, 0, 0))], forced_turn1="GET_CROPS: ['4']"),
+        Request("Q?", [Image.new("I;16", (200, 150))]),
+        Request("Q?", []),
+    ]
+    out = engine.run(reqs, GenerationSettings(max_new_tokens=2))
+    assert out[0].stats["tool_call_status"] == "fallback:image_too_small" and out[0].stats["crops"] == ["all"]
+    assert any(n.startswith("padded_aspect") for n in out[1].stats["image_notes"])
+    assert out[2].stats["crops"] == ["center"]
+    assert out[4].stats["tool_call_status"] == "no_image" and out[4].stats["rtr"] is None
+
+
+def test_until_and_max_new_tokens(tiny_model):
+    model, processor = tiny_model
+    engine = TwoTurnEngine(model, processor, EngineConfig(mode="lr"))
+    img = Image.new("RGB", (200, 200), "red")
+    (free,) = engine.run([Request("Q?", [img])], GenerationSettings(max_new_tokens=8))
+    (one,) = engine.run([Request("Q?", [img])], GenerationSettings(max_new_tokens=1))
+    assert free.text.startswith(one.text) and len(one.text) < len(free.text)
+    stop = free.text[2:4]
+    (cut,) = engine.run([Request("Q?", [img])], GenerationSettings(max_new_tokens=8, until=(stop,)))
+    assert cut.text == free.text.split(stop, 1)[0]
