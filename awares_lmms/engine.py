@@ -258,6 +258,8 @@ class TwoTurnEngine:
             ids = gen[i].tolist()
             n = next((j + 1 for j, t in enumerate(ids) if t in self.eos_ids), len(ids))
             lengths.append(n)
+            r.stats["output_tokens"] = n
+            r.stats["input_tokens"] = int(enc["attention_mask"][i].sum())
             r.turn1_text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
         return {"enc": enc, "sequences": seqs, "prompt_len": prompt_len, "gen_lengths": lengths,
                 "cache": out.cache,
@@ -317,6 +319,7 @@ class TwoTurnEngine:
             row.stats["visual_tokens_crops"] = sum(
                 accounting.tokens_from_grid(g, self.budget.merge_size) for g in enc["image_grid_thw"])
             row.stats["prefill_tokens_turn2"] = len(segments[-1])
+            row.stats["input_tokens"] += len(segments[-1])
         S = max(len(s) for s in segments)
         new_ids = torch.full((len(todo), S), self.pad_id, dtype=torch.long)
         new_mask = torch.zeros((len(todo), S), dtype=torch.long)
@@ -376,6 +379,7 @@ class TwoTurnEngine:
         for j, i in enumerate(todo):
             ids = gen[j].tolist()
             n = next((k + 1 for k, t in enumerate(ids) if t in self.eos_ids), len(ids))
+            rows[i].stats["output_tokens"] += n
             rows[i].answer = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
 
     # ------------------------------------------------------------------ results

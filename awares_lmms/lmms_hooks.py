@@ -56,7 +56,7 @@ def tasks_dir() -> Path:
     spec = importlib.util.find_spec("tasks_config")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("package 'tasks_config' is not installed (pip install awares-lmms)")
-    return Path(list(spec.submodule_search_locations)[0]).resolve()
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
 def _real(path) -> str:

@@ -195,7 +195,7 @@ class AwaresLMM(lmms):
                 sample_stats.record(uid, out.stats)
                 s = out.stats
                 counts = AwaresTokenCounts(
-                    output_tokens=len(self.processor.tokenizer(out.text, add_special_tokens=False)["input_ids"]),
+                    input_tokens=s["input_tokens"], output_tokens=s["output_tokens"],
                     visual_tokens_lr=s["visual_tokens_lr"], visual_tokens_crops=s["visual_tokens_crops"],
                     visual_tokens_full=s["visual_tokens_full"], rtr=s["rtr"])
                 results.append(GenerationResult(text=out.text, token_counts=counts))

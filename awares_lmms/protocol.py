@@ -158,23 +158,27 @@ def parse_tool_call(text: str) -> ToolCall:
 
     Accepted: ``GET_CROPS: ['0', '5']``, ``GET_CROPS:[0,5]``, ``GET_CROPS: ["3"]``,
     ``GET_CROPS [3]``, ``GET_CROPS: top-left, center``, ``GET_CROPS: ['all']``, duplicates, a
-    missing closing bracket, and any text before or after the request.
+    missing closing bracket, a list spread over several lines, and any text before or after the
+    request (including prose that mentions "get crops" first).
     """
     if text is None:
         return ToolCall("none")
-    first = explicit = None
+    canonical = explicit = None
     # Prose may mention the keyword ("I need to get crops.") before the real request: the first
     # occurrence that parses wins; else the first one followed by ':', '=', a bracket or a line break
-    # (a request, not prose); else the first.
+    # (a request, not prose); else the first written as one word (GET_CROPS, get-crops, GetCrops)
+    # (a request gone wrong).
+    # Anything else ("farmers get crops in autumn") is prose: a direct answer.
     for match in _KEYWORD.finditer(text):
         rest = text[match.end():]
         call = _parse_argument(rest)
         if call.kind != "invalid":
             return call
-        first = first or call
+        if canonical is None and " " not in match.group(0):
+            canonical = call
         if explicit is None and re.match(r"\s*[:=\[(\{]|[ \t]*(?:\n|$)", rest):
             explicit = call
-    return explicit or first or ToolCall("none")
+    return explicit or canonical or ToolCall("none")
 
 
 def _parse_argument(rest: str) -> ToolCall:

@@ -44,6 +44,9 @@ def _training_corpus() -> list[str]:
         "What is the value of the largest bar? What is the title of the document?",
         "(A) red (B) green (C) blue (D) yellow. The answer is A B C D.",
         "You are a helpful assistant. user assistant system",
+        "red green blue yellow top-left top-right bottom-left bottom-right horizontal vertical checkerboard",
+        "What colour is the big shape? Which quadrant of the image holds the gray square?",
+        "What pattern fills the gray square? Answer horizontal, vertical or checkerboard.",
     ]
     lines += [" ".join(str(n) for n in range(k, k + 50)) for k in range(0, 1000, 50)]
     return lines
@@ -92,7 +95,7 @@ def build_processor(tokenizer, min_pixels: int = QWEN25VL_MIN_PIXELS, max_pixels
 
 
 def build_model(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int = 4, seed: int = 0,
-                sharpen: float = 1.0):
+                sharpen: float = 1.0, vision_hidden: int = 128):
     """Random Qwen2.5-VL. ``sharpen`` > 1 scales the LM's weight matrices so logits are peaked:
     a flat random model hides position errors that a trained model would not forgive."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -109,7 +112,8 @@ def build_model(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int
             eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=None,
         ),
         vision_config=dict(
-            depth=vision_depth, hidden_size=128, num_heads=4, intermediate_size=512, out_hidden_size=hidden,
+            depth=vision_depth, hidden_size=vision_hidden, num_heads=4, intermediate_size=4 * vision_hidden,
+            out_hidden_size=hidden,
             patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
             fullatt_block_indexes=[i for i in range(vision_depth) if i % 2 == 1], tokens_per_second=2,
         ),
@@ -140,6 +144,18 @@ def build(out: str | Path, seed: int = 0, sharpen: float = 1.0, **model_kwargs) 
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def resolve(spec: str | Path) -> str:
+    """Model path for configs: ``tiny:DIR`` builds the tiny checkpoint in DIR once, anything else
+    (a hub id or a local path) is returned unchanged. Lets offline recipes name a base model."""
+    spec = str(spec)
+    if not spec.startswith("tiny:"):
+        return spec
+    out = Path(spec[len("tiny:"):])
+    if not (out / "config.json").exists():
+        build(out)
+    return str(out)
 
 
 def main(argv=None) -> None:

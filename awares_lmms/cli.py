@@ -1,0 +1,142 @@
+"""``lmms_eval``: the stock ``lmms-eval`` command with the AwaRes tasks registered, failing loudly.
+
+Same arguments and subcommands as ``lmms-eval`` (it runs lmms-eval's own dispatcher), plus:
+
+* the AwaRes task directory (``tasks_config/``) is always indexed and wins name clashes with
+  built-in tasks (``chartqa``, ``docvqa``, ``ocrbench``, ``pope``, ``realworldqa``, plus ``vstar``
+  and the tag ``awares_suite``). A user ``--include_path DIR`` still works: lmms-eval accepts one
+  path there, so ours is added through the TaskManager hook (``awares_lmms/lmms_hooks.py``) rather
+  than through that argument. Without ``--include_path`` (and without ``--config``) ours is also
+  passed as ``--include_path`` so it is visible in the logs and in the results' CLI args.
+* the exit status is non-zero when an evaluation failed. lmms-eval 0.7.3 catches every exception
+  of a run, logs it and exits 0 (unless ``--verbosity DEBUG``); here each run of
+  ``lmms_eval.__main__.cli_evaluate_single`` is watched: an exception (unknown task, model that
+  cannot be built or crashes, missing data, ...), no results on rank 0, or results without any
+  task all make the command exit 1. A missing ``--tasks`` exits 2.
+
+``python -m awares_lmms.cli ...`` is the same command.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_EVAL_FAILED = 1
+_NO_TASKS = 2
+
+
+def _is_eval_invocation(argv: list[str]) -> bool:
+    """Mirrors lmms_eval.cli.dispatch.main: flat flags or ``eval ...`` run an evaluation."""
+    if not argv or argv in (["--help"], ["-h"]) or "--tui" in argv:
+        return False
+    if argv == ["eval"]:  # interactive wizard
+        return False
+    return argv[0].startswith("-") or argv[0] == "eval"
+
+
+def _has_flag(argv: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def _rank() -> int:
+    for var in ("RANK", "LOCAL_RANK"):
+        value = os.environ.get(var)
+        if value is not None and value.strip().lstrip("-").isdigit():
+            return int(value)
+    return 0
+
+
+class _RunWatcher:
+    """Wraps ``lmms_eval.__main__.cli_evaluate_single`` and records how every run ended."""
+
+    def __init__(self):
+        self.failures: list[str] = []
+        self.successes = 0
+        self.missing_tasks = False
+
+    def wrap(self, original):
+        def cli_evaluate_single(args=None):
+            try:
+                outcome = original(args)
+            except SystemExit as exc:
+                # lmms-eval exits 0 for the `--tasks list*` listings and when --tasks is missing.
+                if getattr(args, "tasks", None) is None:
+                    self.missing_tasks = True
+                    self.failures.append("no --tasks given")
+                elif exc.code not in (None, 0):
+                    self.failures.append(f"exited with status {exc.code}")
+                raise
+            except BaseException as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+                raise
+            results = outcome[0] if isinstance(outcome, tuple) and outcome else None
+            if results is None:
+                if _rank() == 0:
+                    self.failures.append("the evaluation returned no results")
+            elif not results.get("results"):
+                self.failures.append("the evaluation produced results for no task")
+            else:
+                self.successes += 1
+            return outcome
+
+        cli_evaluate_single.__wrapped__ = original
+        return cli_evaluate_single
+
+
+def _run_dispatch(argv: list[str]) -> int:
+    """Run lmms-eval's own dispatcher on ``argv``; returns its exit status."""
+    from lmms_eval.cli import dispatch
+
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "lmms_eval"] + argv
+    try:
+        dispatch.main()
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        print(code, file=sys.stderr)
+        return 1
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    from awares_lmms import lmms_hooks
+
+    lmms_hooks.install()
+    tasks_dir = str(lmms_hooks.tasks_dir())
+    lmms_hooks.add_include_path(tasks_dir)
+
+    if not _is_eval_invocation(argv):
+        return _run_dispatch(argv)
+
+    if not _has_flag(argv, "--include_path") and not _has_flag(argv, "--config"):
+        argv = argv + ["--include_path", tasks_dir]
+
+    import lmms_eval.__main__ as lmms_main
+
+    watcher = _RunWatcher()
+    original = lmms_main.cli_evaluate_single
+    lmms_main.cli_evaluate_single = watcher.wrap(original)
+    try:
+        # With --verbosity DEBUG lmms-eval re-raises the run's exception: it propagates (exit 1).
+        status = _run_dispatch(argv)
+    finally:
+        lmms_main.cli_evaluate_single = original
+
+    if watcher.failures:
+        for reason in watcher.failures:
+            print(f"lmms_eval: evaluation failed: {reason}", file=sys.stderr)
+        return _NO_TASKS if watcher.missing_tasks and len(watcher.failures) == 1 else _EVAL_FAILED
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

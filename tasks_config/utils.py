@@ -1,0 +1,183 @@
+"""Hooks of the AwaRes task suite (the YAMLs in this directory).
+
+Each task is the stock lmms-eval 0.7.3 task of the same benchmark (same data, prompts,
+generation settings and scoring; the YAMLs call the upstream functions by import path) plus:
+
+* ``process_docs``: stamps every document with a stable id in ``sample_stats.UID_COLUMN``
+  (``"<task>:<row>"``), after any upstream ``process_docs``. The AwaRes model reads that id from
+  the document it answers and records its accounting under it.
+* ``process_results``: the upstream scores, plus the per-sample accounting that the model
+  recorded for the document (``STAT_KEYS``), read with ``sample_stats.get``. Every key is always
+  present; all are ``None`` when nothing was recorded for the document (another model, a
+  response-cache hit, ...).
+* an ``rtr`` metric aggregated by ``rtr_mean``: the mean of the per-sample RTR over the samples
+  that have one; ``None`` (printed ``N/A``, JSON ``null``) when no sample has one.
+
+Only ``rtr`` is declared in ``metric_list``. The other per-sample keys are logged in the samples
+file but have no aggregation, so lmms-eval leaves them out of the printed table; its results
+JSON still carries an empty list for each of them (``"crops,none": []`` and
+``"crops_stderr,none": []``), which is how lmms-eval 0.7.3 treats any undeclared key that
+``process_results`` returns (upstream vstar_bench does the same with ``vstar_<category>_acc``).
+"""
+
+from __future__ import annotations
+
+import math
+
+from lmms_eval.tasks.chartqa import utils as _chartqa
+from lmms_eval.tasks.ocrbench import utils as _ocrbench
+from lmms_eval.tasks.pope import utils as _pope
+from lmms_eval.tasks.realworldqa import utils as _realworldqa
+from lmms_eval.tasks.vstar_bench import utils as _vstar
+
+from awares_lmms import sample_stats
+
+# The per-sample accounting keys the AwaRes model records (sample_stats.record) for each document.
+STAT_KEYS = (
+    "visual_tokens_lr",
+    "visual_tokens_crops",
+    "visual_tokens_full",
+    "rtr",
+    "rtr_pixels",
+    "crops",
+    "tool_call",
+    "tool_call_status",
+    "prefill_tokens_turn2",
+    "latency_s",
+    "mode",
+    "min_pixels",
+    "max_pixels",
+)
+
+# Upstream process_docs to chain before stamping ids. None of the six upstream tasks defines one
+# in lmms-eval 0.7.3 (tests/test_tasks.py checks that this table matches the upstream YAMLs).
+UPSTREAM_PROCESS_DOCS: dict[str, object] = {
+    "chartqa": None,
+    "docvqa": None,
+    "ocrbench": None,
+    "pope": None,
+    "vstar": None,
+    "realworldqa": None,
+}
+
+
+# ----------------------------------------------------------------------------- process_docs
+
+
+def stamp_uids(dataset, task: str):
+    """Add ``sample_stats.UID_COLUMN`` = ``"<task>:<row>"`` (row order kept, so row == doc_id)."""
+    upstream = UPSTREAM_PROCESS_DOCS.get(task)
+    if upstream is not None:
+        dataset = upstream(dataset)
+    column = sample_stats.UID_COLUMN
+    if column in dataset.column_names:
+        dataset = dataset.remove_columns(column)
+    return dataset.add_column(column, [f"{task}:{i}" for i in range(len(dataset))])
+
+
+def chartqa_process_docs(dataset):
+    return stamp_uids(dataset, "chartqa")
+
+
+def docvqa_process_docs(dataset):
+    return stamp_uids(dataset, "docvqa")
+
+
+def ocrbench_process_docs(dataset):
+    return stamp_uids(dataset, "ocrbench")
+
+
+def pope_process_docs(dataset):
+    return stamp_uids(dataset, "pope")
+
+
+def vstar_process_docs(dataset):
+    return stamp_uids(dataset, "vstar")
+
+
+def realworldqa_process_docs(dataset):
+    return stamp_uids(dataset, "realworldqa")
+
+
+# ----------------------------------------------------------------------------- per-sample stats
+
+
+def sample_fields(doc) -> dict:
+    """The recorded accounting of ``doc`` as a dict over ``STAT_KEYS`` (values ``None`` if absent)."""
+    uid = sample_stats.doc_uid(doc)
+    stats = sample_stats.get(uid) if uid is not None else None
+    stats = stats or {}
+    fields = {key: stats.get(key) for key in STAT_KEYS}
+    rtr = fields["rtr"]
+    if rtr is not None:
+        rtr = float(rtr)
+        fields["rtr"] = rtr if math.isfinite(rtr) else None
+    return fields
+
+
+def _with_stats(scores: dict, doc) -> dict:
+    out = dict(scores)
+    for key, value in sample_fields(doc).items():
+        if key in out:  # never shadow an upstream metric
+            raise KeyError(f"upstream process_results already returns {key!r}")
+        out[key] = value
+    return out
+
+
+def rtr_mean(items):
+    """Mean RTR over the samples that carry one; ``None`` when none does (shown as N/A)."""
+    values = [float(v) for v in items if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return None
+    return sum(values) / len(values)
+
+
+# ----------------------------------------------------------------------------- process_results
+
+
+def chartqa_process_results(doc, results):
+    return _with_stats(_chartqa.chartqa_process_results(doc, results), doc)
+
+
+def docvqa_process_results(doc, results):
+    """ANLS exactly as stock docvqa_val scores it (it has no process_results: lmms-eval's generic
+    path calls the registered ``anls`` metric with all reference answers), plus the stats."""
+    from lmms_eval.api.metrics import anls
+
+    pred = results[0] if results else ""
+    if isinstance(pred, list):  # repeats: lmms-eval hands a list of responses
+        pred = pred[0] if pred else ""
+    pred = "" if pred is None else pred.strip()
+    answers = doc["answers"]
+    references = list(answers) if isinstance(answers, (list, tuple)) else [answers]
+    score = anls(references=references, predictions=[pred])["anls"]
+    return _with_stats({"anls": score}, doc)
+
+
+def ocrbench_process_results(doc, results):
+    return _with_stats(_ocrbench.ocrbench_process_results(doc, results), doc)
+
+
+def ocrbench_aggregate_accuracy(results, args=None):
+    """Stock OCRBench aggregation (correct / 1000, hard-coded), run on zeroed counters.
+
+    Upstream keeps its per-category counts in a module-global dict. Stock lmms-eval loads
+    ``utils.py`` afresh for every task load (relative ``!function``), so the counts start at zero
+    for each run; referenced by import path the module is shared, so the counts are reset here to
+    keep exactly that behaviour when several evaluations run in one process.
+    """
+    for key in _ocrbench.OCRBench_score:
+        _ocrbench.OCRBench_score[key] = 0
+    return _ocrbench.ocrbench_aggregate_accuracy(results, args)
+
+
+def pope_process_results(doc, results):
+    return _with_stats(_pope.pope_process_results(doc, results), doc)
+
+
+def vstar_process_results(doc, results):
+    return _with_stats(_vstar.vstar_process_results(doc, results), doc)
+
+
+def realworldqa_process_results(doc, results):
+    return _with_stats(_realworldqa.realworldqa_process_results(doc, results), doc)

@@ -1,0 +1,73 @@
+"""The lmms-eval adapter: loading options (pixel budget, PEFT adapter, dtype) and argument checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from awares_lmms.engine import GenerationSettings, Request
+from awares_lmms.lmms_model import AwaresLMM
+
+from .conftest import real_samples
+
+
+def test_entry_point_resolves_awares():
+    from lmms_eval.models import get_model
+
+    assert get_model("awares") is AwaresLMM
+
+
+def test_pixel_budget_model_args_change_rtr(tiny_dir):
+    page = real_samples("docvqa")[0]
+    img = Image.open(page["image_path"])
+    default = AwaresLMM(pretrained=str(tiny_dir), device="cpu", mode="lr")
+    capped = AwaresLMM(pretrained=str(tiny_dir), device="cpu", mode="lr", min_pixels=25088, max_pixels=1605632)
+    assert (default.engine.budget.min_pixels, default.engine.budget.max_pixels) == (3136, 12845056)
+    assert (capped.engine.budget.min_pixels, capped.engine.budget.max_pixels) == (25088, 1605632)
+    settings = GenerationSettings(max_new_tokens=1)
+    (a,) = default.engine.run([Request("q", [img])], settings)
+    (b,) = capped.engine.run([Request("q", [img])], settings)
+    # Checkpoint limits: the half-resolution page costs a quarter of the full pass.
+    assert a.stats["rtr"] == pytest.approx(0.25, abs=0.02)
+    # lmms-eval's usual cap shrinks the full pass to ~2000 tokens, so the same LR view costs ~0.6 of it.
+    assert b.stats["visual_tokens_full"] <= 1605632 // 784
+    assert 0.5 < b.stats["rtr"] < 0.75
+    assert b.stats["min_pixels"] == 25088 and b.stats["max_pixels"] == 1605632
+
+
+def test_unknown_and_invalid_model_args_fail_clearly(tiny_dir):
+    with pytest.raises(ValueError, match="unknown --model_args"):
+        AwaresLMM(pretrained=str(tiny_dir), device="cpu", lr_sclae=0.5)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        AwaresLMM(pretrained=str(tiny_dir), device="cpu", mode="zoom")
+    with pytest.raises(ValueError, match="crops="):
+        AwaresLMM(pretrained=str(tiny_dir), device="cpu", mode="fixed", crops="0;42")
+    with pytest.raises(ValueError, match="dtype"):
+        AwaresLMM(pretrained=str(tiny_dir), device="cpu", dtype="int3")
+
+
+def test_peft_adapter_is_merged(tiny_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    base = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                        target_modules=r"model\.language_model\.layers\.\d+\.self_attn\.(q|v)_proj")
+    peft_model = get_peft_model(base, config)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = peft_model.merge_and_unload()
+    expected = merged.model.language_model.layers[0].self_attn.q_proj.weight.detach().clone()
+
+    lm = AwaresLMM(pretrained=str(tiny_dir), adapter=str(tmp_path / "adapter"), device="cpu")
+    got = lm.model.model.language_model.layers[0].self_attn.q_proj.weight
+    plain = AwaresLMM(pretrained=str(tiny_dir), device="cpu").model.model.language_model.layers[0].self_attn.q_proj.weight
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(plain, expected, atol=1e-4)
+
+
+def test_bfloat16_two_turn_path_runs(tiny_dir):
+    lm = AwaresLMM(pretrained=str(tiny_dir), device="cpu", dtype="bfloat16", mode="fixed", crops="3")
+    assert lm.model.dtype == torch.bfloat16
+    (res,) = lm.engine.run([Request("q", [Image.new("RGB", (320, 240), "blue")])], GenerationSettings(max_new_tokens=2))
+    assert res.stats["crops"] == ["bottom-right"] and res.stats["visual_tokens_crops"] > 0

@@ -1,0 +1,301 @@
+"""Multi-turn GRPO on the tiny offline Qwen2.5-VL: real ``trainer.train()`` steps with forced crop
+calls, checked token by token, and the ``python -m training.grpo`` entry point end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from training import rewards, transcripts
+
+REPO = Path(__file__).resolve().parents[2]
+
+# (id, label, question, answer, crops): one sample that needs a crop, one that does not.
+SAMPLES = [
+    ("chart-1", "hr", "What colour is the top-left block?", "red", [0]),
+    ("photo-2", "lr", "Is there a car in the image?", "no", []),
+]
+
+
+def write_transcripts(root: Path, size: int = 224) -> Path:
+    """A transcripts.jsonl as curation writes it (images as files, paths relative to the file)."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for k, (sid, label, question, answer, crops) in enumerate(SAMPLES):
+        original = Image.new("RGB", (size, size), (40 * k, 90, 200))
+        original.paste((220, 20, 20), (0, 0, size // 2, size // 2))
+        original.save(root / f"{sid}.png")
+        names = []
+        for j, img in enumerate(transcripts.turn_images(original, crops)):
+            names.append(f"{sid}_{j}.png")
+            img.save(root / names[-1])
+        lines.append(json.dumps({
+            "id": sid, "label": label, "question": question, "answer": answer, "answers": [answer],
+            "crops": crops, "crop_all": False, "image": f"{sid}.png", "images": names,
+            "messages": transcripts.conversation(question, answer, crops),
+        }))
+    path = root / "transcripts.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    from awares_lmms import tiny
+
+    return tiny.build(tmp_path_factory.mktemp("grpo_tiny") / "ckpt", sharpen=1.0)
+
+
+@pytest.fixture(scope="module")
+def transcripts_file(tmp_path_factory) -> Path:
+    return write_transcripts(tmp_path_factory.mktemp("grpo_data") / "curated")
+
+
+def _config(output_dir, **overrides):
+    from trl import GRPOConfig
+
+    kwargs = {
+        "output_dir": str(output_dir), "use_cpu": True, "bf16": False, "report_to": "none", "seed": 0,
+        "per_device_train_batch_size": 4, "num_generations": 2, "gradient_accumulation_steps": 1,
+        # The second pass over a generation batch has a PPO ratio != 1: clipping is live.
+        "num_iterations": 2, "beta": 0.04, "max_completion_length": 120, "max_steps": 2,
+        "learning_rate": 1e-3, "lr_scheduler_type": "constant", "logging_steps": 1, "save_strategy": "no",
+        "activation_checkpointing": False, "dataloader_num_workers": 0, "temperature": 1.0,
+        "mask_truncated_completions": False, "model_init_kwargs": {"dtype": "float32"},
+        "reward_weights": rewards.default_weights(list(rewards.REWARD_FUNCS)),
+    }
+    return GRPOConfig(**{**kwargs, **overrides})
+
+
+def _trainer(tiny_ckpt, transcripts_file, output_dir, **overrides):
+    from transformers import AutoProcessor
+
+    from training import grpo
+
+    processor = AutoProcessor.from_pretrained(tiny_ckpt, padding_side="left")
+    args = _config(output_dir, **overrides)
+    return grpo.AwaResGRPOTrainer(
+        model=str(tiny_ckpt), reward_funcs=rewards.get_reward_funcs(list(rewards.REWARD_FUNCS)), args=args,
+        train_dataset=grpo.load_transcripts_dataset(str(transcripts_file)), processing_class=processor)
+
+
+# Turn-1 replies forced per row of the generation batch (rows 2k, 2k+1 share a prompt): the random
+# model never emits a crop request, and an unforced reply could contain one by chance.
+FORCED_TURN1 = ["GET_CROPS: ['0', '5']", "no", "GET_CROPS: ['all']", "red"]
+
+
+def _force_turn1(trainer, texts):
+    tok = trainer.processing_class.tokenizer
+    forced = [tok.encode(t, add_special_tokens=False) + [tok.convert_tokens_to_ids("<|im_end|>")] for t in texts]
+    original = trainer._generate_single_turn
+    turn2_limits = []
+
+    def generate(prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if not has_tool_images:  # turn 1: the forced replies (sampling them would only cost time)
+            assert len(prompt_ids) == len(forced)
+            return [list(ids) for ids in forced], None
+        turn2_limits.append(trainer.generation_config.max_new_tokens)
+        return original(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+
+    trainer._generate_single_turn = generate
+    return turn2_limits
+
+
+def _record(trainer):
+    calls = {"rollouts": [], "batches": [], "rows": []}
+    generate, score = trainer._generate, trainer._generate_and_score_completions
+
+    def record_generate(prompts):
+        out = generate(prompts)
+        calls["rollouts"].append(out)
+        return out
+
+    def record_score(inputs):
+        calls["rows"].append([dict(x) for x in inputs])
+        out = score(inputs)
+        calls["batches"].append(out)
+        return out
+
+    trainer._generate = record_generate
+    trainer._generate_and_score_completions = record_score
+    return calls
+
+
+def _expected_observation_tokens(processor, crops) -> int:
+    """Crop-turn length computed independently of the trainer: the template's text with one
+    <|image_pad|> per image, plus each image's extra tokens (grid.prod() / 4 in all)."""
+    text = ("\n<|im_start|>user\n" + "<|vision_start|><|image_pad|><|vision_end|>" * len(crops)
+            + "<|im_end|>\n<|im_start|>assistant\n")
+    base = len(processor.tokenizer.encode(text, add_special_tokens=False))
+    grids = processor.image_processor(images=crops, return_tensors="pt")["image_grid_thw"]
+    return base + sum(int(g.prod()) // 4 - 1 for g in grids)
+
+
+def test_forced_crop_calls_train_two_steps(tiny_ckpt, transcripts_file, tmp_path):
+    from awares_lmms import images
+
+    trainer = _trainer(tiny_ckpt, transcripts_file, tmp_path / "out")
+    assert trainer.ref_model is not None  # beta > 0 without PEFT: a frozen copy of the starting model
+    turn2_limits = _force_turn1(trainer, FORCED_TURN1)
+    calls = _record(trainer)
+    trainer.train()
+
+    # num_iterations=2, one generation batch for both steps.
+    assert len(calls["batches"]) == 1
+    batch, rows = calls["batches"][0], calls["rows"][0]
+    _, completion_ids, tool_mask, completions, _, extra, out_images, crop_images = calls["rollouts"][0]
+    processor = trainer.processing_class
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+
+    # Images per row: the LR view, then the crops (2 for ['0','5'], the whole original for 'all').
+    expected_crops = [2, 0, 1, 0]
+    assert [len(x) for x in out_images] == [1 + c for c in expected_crops]
+    assert [len(x) for x in crop_images] == expected_crops
+    assert batch["num_images"] == [1 + c for c in expected_crops]
+    assert extra["crop_regions"] == [[0, 5], [], ["all"], []]
+    assert extra["tool_call"] == ["valid", "none", "valid", "none"]
+
+    # Crops are cut from the full-resolution original, not the LR view.
+    original = images.normalise(Image.open(rows[0]["original_image"]))[0]
+    assert [c.size for c in crop_images[0]] == [im.size for im in images.crop_regions(original, [0, 5])]
+    assert crop_images[2][0].size == original.size == (224, 224)
+
+    # <|image_pad|> tokens per row == sum over the row's images of grid.prod() / 4.
+    grids = batch["image_grid_thw"].split(batch["num_images"])
+    sequences = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    for r in range(4):
+        n_pad = int(((sequences[r] == image_pad) & (mask[r] == 1)).sum())
+        assert n_pad == sum(int(g.prod()) // 4 for g in grids[r])
+    # M-RoPE gets every image token of the sequence, crops included.
+    assert int(batch["mm_token_type_ids"].sum()) == int((sequences == image_pad).sum())
+
+    # tool_mask: 0 exactly over the crop turn, 1 over turn 1 and the answer.
+    for r in range(4):
+        zeros = tool_mask[r].count(0)
+        expected = _expected_observation_tokens(processor, crop_images[r]) if crop_images[r] else 0
+        assert zeros == expected
+        if expected:
+            turn1 = len(processor.tokenizer.encode(FORCED_TURN1[r], add_special_tokens=False)) + 1
+            assert tool_mask[r][:turn1] == [1] * turn1 and tool_mask[r][turn1:turn1 + zeros] == [0] * zeros
+            assert image_pad not in [t for t, m in zip(completion_ids[r], tool_mask[r]) if m == 1]
+    # Turn 2 generates only what is left of the completion budget (then the limit is restored).
+    left = [120 - (len(tool_mask[r]) - tool_mask[r][::-1].index(0)) for r in (0, 2)]  # after the crop turn
+    assert turn2_limits == [max(left)] and trainer.generation_config.max_new_tokens == 120
+    padded = batch["tool_mask"]
+    assert [int((padded[r] == 0).sum()) for r in range(4)] == [m.count(0) for m in tool_mask]
+
+    # Completions carry a text placeholder for the crop turn, never images.
+    assert completions[0][1] == {"role": "user", "content": "[high-resolution crops: top-left, top]"}
+    assert completions[2][1]["content"] == "[high-resolution image: all]"
+    assert [len(c) for c in completions] == [3, 1, 3, 1]
+
+    # Reward components, exactly (the per-row label comes from the row's prompt).
+    logged = trainer._logs["rewards"]
+    labels = [row["label"] for row in rows]
+    tool = list(logged["tool_cost"])[:4]
+    area = list(logged["area_penalty"])[:4]
+    validity = list(logged["format_validity"])[:4]
+    assert tool[0] == pytest.approx(-rewards.ALPHA_USE) and tool[2] == pytest.approx(-rewards.ALPHA_USE)
+    for r in (1, 3):
+        assert tool[r] == pytest.approx(-rewards.ALPHA_MISS if labels[r] == "hr" else 0.0)
+    # ['0','5'] on 224x224: top-left quadrant + top half = the top half = 0.5; 'all' = 1.
+    assert area == pytest.approx([-rewards.AREA_WEIGHT * 0.5, 0.0, -rewards.AREA_WEIGHT * 1.0, 0.0])
+    assert validity[0] == 1.0 and validity[2] == 1.0 and all(math.isnan(v) for v in (validity[1], validity[3]))
+
+    # Logged per step: reward, its components, tool-use statistics, KL and clipping.
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(history) == 2 and "reward" in history[0]  # rewards are logged when a batch is generated
+    first = history[0]
+    for key in ("rewards/answer_similarity/mean", "rewards/tool_cost/mean", "rewards/area_penalty/mean",
+                "rewards/format_validity/mean", "tools/call_frequency", "tools/valid_call_fraction",
+                "tools/mean_requested_area", "tools/executed_frequency", "kl", "clip_ratio/region_mean"):
+        assert key in first, key
+    assert first["tools/call_frequency"] == pytest.approx(0.5)
+    assert first["tools/executed_frequency"] == pytest.approx(0.5)
+    assert first["tools/valid_call_fraction"] == pytest.approx(1.0)
+    assert first["tools/mean_requested_area"] == pytest.approx(0.75)
+    assert first["rewards/format_validity/mean"] == pytest.approx(1.0)
+    # Components sum (weights 1, 1, 1, 0) to the logged reward.
+    total = sum(first[f"rewards/{n}/mean"] for n in ("answer_similarity", "tool_cost", "area_penalty"))
+    assert first["reward"] == pytest.approx(total, abs=1e-5)
+    # Old log-probs are kept for the second pass (ratio != 1), and the policy moved away from the
+    # reference by the second step.
+    assert "old_per_token_logps" in batch
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert history[1]["kl"] > 0.0
+
+
+def test_overlong_crop_turn_is_dropped_not_truncated(tiny_ckpt, transcripts_file, tmp_path):
+    # 40 completion tokens cannot hold the crop turn of ['0','5'] (> 40 tokens): the call is not
+    # executed, the row keeps its turn-1 reply, and no image token enters the completion.
+    trainer = _trainer(tiny_ckpt, transcripts_file, tmp_path / "out", max_completion_length=40, max_steps=1,
+                       num_iterations=1, beta=0.0)
+    _force_turn1(trainer, FORCED_TURN1)
+    calls = _record(trainer)
+    trainer.train()
+    _, _, tool_mask, _, _, extra, out_images, crop_images = calls["rollouts"][0]
+    assert extra["tool_call"][0] == "valid+not_executed:overlong"
+    assert crop_images[0] == [] and len(out_images[0]) == 1 and all(m == [1] * len(m) for m in tool_mask)
+    assert calls["batches"][0]["num_images"][0] == 1
+    # The request still costs: it was made.
+    assert trainer._logs["rewards"]["tool_cost"][0] == pytest.approx(-rewards.ALPHA_USE)
+
+
+def test_template_check_and_observation_text(tiny_ckpt, transcripts_file, tmp_path):
+    trainer = _trainer(tiny_ckpt, transcripts_file, tmp_path / "out", max_steps=1)
+    # The crop turn as the evaluator's engine writes it: no text, only the images.
+    assert trainer._observation_text(2) == ("\n<|im_start|>user\n" + "<|vision_start|><|image_pad|><|vision_end|>" * 2
+                                            + "<|im_end|>\n<|im_start|>assistant\n")
+    tok = trainer.processing_class.tokenizer
+    # Vision special tokens are never sampled (TRL alone suppresses only <|image_pad|>).
+    suppressed = trainer.generation_kwargs["suppress_tokens"]
+    assert suppressed == trainer.generation_config.suppress_tokens
+    for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>"):
+        assert tok.convert_tokens_to_ids(t) in suppressed
+
+
+def test_entry_point_lora_saves_loadable_policy_and_resumes(tiny_ckpt, transcripts_file, tmp_path):
+    """``python -m training.grpo`` with the CPU recipe (LoRA, short) writes an output_dir that the
+    evaluator loads; ``--resume_from_checkpoint true`` then continues from its last checkpoint."""
+    out = tmp_path / "grpo"
+    overrides = ["--model_name_or_path", str(tiny_ckpt), "--transcripts", str(transcripts_file),
+                 "--output_dir", str(out), "--save_steps", "1", "--use_peft", "true", "--lora_r", "4",
+                 "--max_completion_length", "24", "--max_pixels", "50176"]
+    cmd = [sys.executable, "-m", "training.grpo", "--config", "training/recipes/tiny_cpu/grpo.yaml",
+           *overrides, "--max_steps", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert (out / "adapter" / "adapter_config.json").exists()
+    assert (out / "checkpoint-1").is_dir()
+    assert "rewards/answer_similarity/mean" in proc.stdout and "tools/call_frequency" in proc.stdout
+
+    from awares_lmms.lmms_model import load_model_and_processor
+
+    model, processor = load_model_and_processor(str(out))
+    assert processor.chat_template and "<|im_start|>" in processor.chat_template
+    # The saved processor is the starting one: the training-only max_pixels cap does not leak out.
+    assert processor.image_processor.size["longest_edge"] != 50176
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+    # Resume through the same entry point, in-process (saves a second interpreter start).
+    from trl import GRPOConfig, ModelConfig, TrlParser
+
+    from training import grpo
+
+    parser = TrlParser((grpo.GRPOScriptArguments, GRPOConfig, ModelConfig))
+    args = parser.parse_args_and_config(["--config", str(REPO / "training/recipes/tiny_cpu/grpo.yaml"), *overrides,
+                                         "--max_steps", "2", "--resume_from_checkpoint", "true"])
+    assert grpo._resume_checkpoint(args[1]) == str(out / "checkpoint-1")
+    grpo.main(*args)
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["log_history"][0]["step"] == 1  # history carried over

@@ -1,0 +1,35 @@
+"""Curate AwaRes training transcripts (paper §3.2).
+
+    python -m training.curate --config training/recipes/tiny_cpu/curate.yaml [--judge openai ...]
+
+The base VLM answers every question on the low-resolution view and at full resolution; a judge
+labels each sample LR-sufficient or HR-needed; for HR samples an oracle locates the evidence and the
+box is mapped to the crop set. Writes ``<output_dir>/transcripts.jsonl`` (the contract in
+``training/transcripts.py``), ``curation_log.jsonl``, ``summary.json`` and ``crop_histogram.png``.
+Killed runs resume where they stopped when started again with the same command.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from trl import TrlParser
+
+from training.curation.config import ARGUMENT_CLASSES
+from training.curation.pipeline import Curator
+from training.curation.summary import format_summary, write_summary
+
+
+def main(argv=None) -> dict:
+    parser = TrlParser(ARGUMENT_CLASSES)
+    inputs, answerer, judge, oracle, mapping, run = parser.parse_args_and_config(argv)
+    logging.basicConfig(level=run.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stats = Curator(inputs, answerer, judge, oracle, mapping, run).run()
+    summary = write_summary(run.output_dir)
+    print(format_summary(summary))
+    print(f"done in {stats['seconds']}s ({stats['processed']} processed) -> {run.output_dir}/transcripts.jsonl")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The base VLM that answers every question twice: on the low-resolution view and at full resolution.
+
+``local`` runs the evaluator's own ``TwoTurnEngine`` (modes ``lr`` and ``full``), so the LR view is
+made exactly as at inference. ``openai`` sends the same views to an OpenAI-compatible server.
+Both take normalised original images and return one ``Outcome`` (text or error) per item.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from PIL import Image
+
+from awares_lmms import images
+
+from . import endpoints
+from .config import AnswererArguments
+from .retry import Outcome, RetryPolicy, call_with_retries, map_concurrently
+
+logger = logging.getLogger(__name__)
+
+MODES = ("lr", "full")
+
+
+class LocalAnswerer:
+    def __init__(self, args: AnswererArguments, policy: RetryPolicy):
+        import torch
+
+        from awares_lmms import tiny
+        from awares_lmms.engine import EngineConfig, GenerationSettings, TwoTurnEngine
+        from awares_lmms.lmms_model import _DTYPES, load_model_and_processor
+
+        device = args.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = _DTYPES[args.dtype]
+        if device == "cpu" and dtype != torch.float32:
+            logger.info("dtype %s on CPU is slow and lossy; using float32", args.dtype)
+            dtype = torch.float32
+        model, processor = load_model_and_processor(
+            tiny.resolve(args.model_name_or_path), dtype=dtype, device=device,
+            attn_implementation=args.attn_implementation, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+        # system_prompt=None: the template's default prompt, i.e. the base model answering plainly.
+        self.engines = {mode: TwoTurnEngine(model, processor, EngineConfig(mode=mode, lr_scale=args.lr_scale))
+                        for mode in MODES}
+        self.settings = GenerationSettings(max_new_tokens=args.answerer_max_new_tokens)
+        self.policy = policy
+
+    def answer(self, mode: str, questions: list[str], originals: list[Image.Image]) -> list[Outcome]:
+        from awares_lmms.engine import Request
+
+        engine = self.engines[mode]
+        requests = [Request(question=q, images=[im]) for q, im in zip(questions, originals)]
+        batch = call_with_retries(lambda: [r.text for r in engine.run(requests, self.settings)],
+                                  RetryPolicy(attempts=1), what=f"local {mode} batch")
+        if batch.ok:
+            return [Outcome(value=text, attempts=1) for text in batch.value]
+        # One bad row must not fail its neighbours: isolate it by answering row by row.
+        return [call_with_retries(lambda r=r: engine.run([r], self.settings)[0].text, self.policy,
+                                  what=f"local {mode} answer") for r in requests]
+
+
+class OpenAIAnswerer:
+    def __init__(self, args: AnswererArguments, policy: RetryPolicy):
+        self.client = endpoints.make_client(args.answerer_base_url, args.answerer_api_key_env,
+                                            args.answerer_timeout_s)
+        self.model = args.model_name_or_path
+        self.max_tokens = args.answerer_max_new_tokens
+        self.lr_scale = args.lr_scale
+        self.concurrency = args.answerer_concurrency
+        self.policy = policy
+
+    def answer(self, mode: str, questions: list[str], originals: list[Image.Image]) -> list[Outcome]:
+        def one(pair):
+            question, original = pair
+            view = images.low_res_view(original, self.lr_scale) if mode == "lr" else original
+            messages = [{"role": "user", "content": [endpoints.image_part(view), {"type": "text", "text": question}]}]
+            return call_with_retries(lambda: endpoints.chat(self.client, self.model, messages, self.max_tokens),
+                                     self.policy, what=f"openai {mode} answer")
+
+        return map_concurrently(one, list(zip(questions, originals)), self.concurrency)
+
+
+def build(args: AnswererArguments, policy: RetryPolicy):
+    if args.answerer == "local":
+        return LocalAnswerer(args, policy)
+    if args.answerer == "openai":
+        return OpenAIAnswerer(args, policy)
+    raise ValueError(f"answerer must be 'local' or 'openai', got {args.answerer!r}")

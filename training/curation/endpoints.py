@@ -1,0 +1,41 @@
+"""OpenAI-compatible chat endpoints (vLLM, SGLang, ``transformers serve``, hosted APIs).
+
+Two rules learned against real servers: always send ``max_tokens`` (a model that never emits EOS
+otherwise runs to the server default), and never send ``stop`` (``transformers serve`` 5.24 answers
+it with HTTP 500). The client's own retries are off: ``retry.call_with_retries`` owns the policy,
+so attempts and errors are counted and recorded in one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+
+from PIL import Image
+
+
+def make_client(base_url: str | None, api_key_env: str, timeout_s: float):
+    from openai import OpenAI
+
+    if not base_url:
+        raise ValueError("an openai backend needs a base_url (e.g. http://HOST:8000/v1)")
+    return OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY", timeout=timeout_s,
+                  max_retries=0)
+
+
+def image_part(img: Image.Image) -> dict:
+    """A base64 PNG data-URL content part (lossless: small print must survive the transfer)."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def chat(client, model: str, messages: list[dict], max_tokens: int, temperature: float = 0.0) -> str:
+    """One completion's text; raises on transport errors and on an empty choice list."""
+    response = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+                                              temperature=temperature)
+    if not response.choices:
+        raise RuntimeError("server returned no choices")
+    return response.choices[0].message.content or ""

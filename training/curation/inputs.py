@@ -1,0 +1,199 @@
+"""Curation inputs: image-question-answer rows (with optional evidence boxes) from any source.
+
+Sources: the built-in ``synthetic`` generator, a local ``.jsonl``/``.json`` file (image paths are
+relative to the file), a local ``.parquet`` file, or anything ``datasets.load_dataset`` accepts
+(a local dataset folder or a hub id). Images are loaded lazily, one sample at a time, so a large
+dataset is never held in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from .config import BOX_FORMATS, InputArguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    id: str
+    question: str
+    answers: list[str]
+    load_image: Callable[[], Image.Image]
+    # Raw evidence boxes as the source gives them (``box_format``); see ``boxes_in_pixels``.
+    raw_boxes: list[list[float]] = field(default_factory=list)
+    box_format: str = "xyxy"
+    scorer: str | None = None
+    provenance: dict = field(default_factory=dict)
+
+    def boxes_in_pixels(self, width: int, height: int) -> list[list[float]]:
+        """Evidence boxes as (x0, y0, x1, y1) pixels of the source image of ``width`` x ``height``."""
+        out = []
+        for b in self.raw_boxes:
+            x0, y0, a, b2 = (float(v) for v in b)
+            if self.box_format == "xywh":
+                a, b2 = x0 + a, y0 + b2
+            elif self.box_format == "xyxy_norm1":
+                x0, y0, a, b2 = x0 * width, y0 * height, a * width, b2 * height
+            elif self.box_format == "xyxy_norm1000":
+                x0, y0, a, b2 = x0 * width / 1000, y0 * height / 1000, a * width / 1000, b2 * height / 1000
+            out.append([x0, y0, a, b2])
+        return out
+
+
+# ----------------------------------------------------------------------------- cell decoding
+
+
+def to_image(cell, base_dir: Path | None = None) -> Image.Image:
+    """A PIL image from a dataset cell: PIL, ``{bytes, path}``, raw bytes or a file path."""
+    if isinstance(cell, Image.Image):
+        return cell
+    if isinstance(cell, dict):
+        if cell.get("bytes"):
+            return Image.open(io.BytesIO(cell["bytes"]))
+        if cell.get("path"):
+            return to_image(cell["path"], base_dir)
+    if isinstance(cell, (bytes, bytearray)):
+        return Image.open(io.BytesIO(cell))
+    if isinstance(cell, (str, Path)):
+        path = Path(cell)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        return Image.open(path)
+    raise ValueError(f"cannot read an image from a {type(cell).__name__} cell")
+
+
+def to_answers(cell) -> list[str]:
+    if cell is None:
+        return []
+    if isinstance(cell, (list, tuple)):
+        return [str(a) for a in cell if a is not None and str(a).strip()]
+    return [str(cell)] if str(cell).strip() else []
+
+
+def to_boxes(cell, image_column: str | None = None) -> list[list[float]]:
+    """Boxes from a cell: [x0,y0,x1,y1], a list of those, or dicts with a box under a usual key.
+
+    A dict whose ``in_image`` names another image column (as in shared/data/real's SVT records,
+    whose word box is on the ``context_image`` street picture, not on the word crop) is skipped:
+    its box is not in this image's coordinates.
+    """
+    if cell is None:
+        return []
+    if isinstance(cell, dict):
+        if cell.get("in_image") not in (None, image_column):
+            return []
+        for key in ("bbox_xyxy", "bbox_2d", "bbox", "box"):
+            if key in cell:
+                return to_boxes(cell[key])
+        return []
+    if isinstance(cell, (list, tuple)):
+        if len(cell) == 4 and all(isinstance(v, (int, float)) for v in cell):
+            return [[float(v) for v in cell]]
+        return [b for item in cell for b in to_boxes(item, image_column)]
+    return []
+
+
+def _pick(columns, spec: str, what: str, required: bool = True) -> str | None:
+    for name in (c.strip() for c in spec.split(",")):
+        if name and name in columns:
+            return name
+    if required:
+        raise ValueError(f"no {what} column among {spec!r}; the source has {sorted(columns)}")
+    return None
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _synthetic(args: InputArguments) -> list[Sample]:
+    from . import synthetic
+
+    samples = []
+    for item in synthetic.generate(args.synthetic_samples, seed=args.synthetic_seed):
+        image = item["image"]
+        samples.append(Sample(
+            id=item["id"], question=item["question"], answers=item["answers"], load_image=lambda im=image: im,
+            raw_boxes=item["evidence_boxes"], scorer=item["scorer"],
+            provenance={"source": "synthetic", "kind": item["kind"], "seed": args.synthetic_seed}))
+    return samples
+
+
+def _read_json_rows(path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, list) else data.get("data", [])
+
+
+def _rows_to_samples(args: InputArguments, columns, n_rows: int, get_meta, get_image_cell,
+                     base_dir: Path | None, source_name: str) -> list[Sample]:
+    q_col = _pick(columns, args.question_column, "question")
+    a_col = _pick(columns, args.answer_column, "answer")
+    _pick(columns, args.image_column, "image")
+    box_col = _pick(columns, args.box_column, "box", required=False) if args.box_column else None
+    if args.box_column and box_col is None:
+        raise ValueError(f"box_column {args.box_column!r} not in the source's columns {sorted(columns)}")
+    stem = Path(source_name).stem if base_dir is not None else source_name.replace("/", "_")
+    n = n_rows if args.max_samples is None else min(n_rows, args.max_samples)
+    samples = []
+    for i in range(n):
+        row = get_meta(i)
+        sid = str(row[args.id_column]) if args.id_column else f"{stem}-{i:06d}"
+        def load(i=i):
+            return to_image(get_image_cell(i), base_dir)
+
+        samples.append(Sample(
+            id=sid, question=str(row[q_col]), answers=to_answers(row[a_col]), load_image=load,
+            raw_boxes=to_boxes(row.get(box_col), args.image_column) if box_col else [], box_format=args.box_format,
+            scorer=row.get(args.scorer_column) if args.scorer_column else None,
+            provenance={"source": source_name, "row": i}))
+    return samples
+
+
+def load_samples(args: InputArguments) -> list[Sample]:
+    """Samples of the configured source, in source order, with unique ids."""
+    if args.box_format not in BOX_FORMATS:
+        raise ValueError(f"box_format must be one of {BOX_FORMATS}")
+    if args.source == "synthetic":
+        samples = _synthetic(args)
+        if args.max_samples is not None:
+            samples = samples[:args.max_samples]
+    else:
+        path = Path(args.source)
+        if path.is_file() and path.suffix in (".jsonl", ".json"):
+            rows = _read_json_rows(path)
+            columns = set().union(*(r.keys() for r in rows)) if rows else set()
+            samples = _rows_to_samples(args, columns, len(rows), lambda i: rows[i],
+                                       lambda i: rows[i][args.image_column], path.parent, str(path))
+        else:
+            import datasets
+
+            if path.is_file() and path.suffix == ".parquet":
+                ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+            else:  # a dataset folder or a hub id
+                ds = datasets.load_dataset(args.source, args.dataset_config, split=args.split)
+            # Metadata without the image column, so listing the rows decodes no image.
+            meta = ds.remove_columns([c for c in ds.column_names if c == args.image_column])
+            samples = _rows_to_samples(args, set(ds.column_names), len(ds), lambda i: meta[i],
+                                       lambda i: ds[i][args.image_column],
+                                       path.parent if path.is_file() else None, args.source)
+    seen: set[str] = set()
+    for s in samples:
+        if s.id in seen:
+            raise ValueError(f"duplicate sample id {s.id!r}: the store is keyed by id; "
+                             "set id_column to a unique column")
+        seen.add(s.id)
+        if args.question_suffix:
+            s.question = s.question + args.question_suffix
+    logger.info("loaded %d samples from %s", len(samples), args.source)
+    return samples

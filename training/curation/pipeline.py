@@ -1,0 +1,352 @@
+"""The curation pipeline: answer at LR and full resolution -> judge -> label -> locate -> map -> write.
+
+Stages run one after the other over all pending samples (so the answering VLM is freed before a
+local judge or oracle is loaded), each in batches under a progress bar, each appending its results
+to its own cache (``output_dir/cache/<stage>.jsonl``) after every batch. A restarted run skips what
+a cache already holds, and a sample already in ``transcripts.jsonl`` or ``curation_log.jsonl`` is
+never written there again. Failures are records too: a sample that failed a stage after its
+retries is logged with that stage and the error, and is final unless ``retry_failed`` is set.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from awares_lmms import images, protocol
+from training import transcripts
+
+from . import answerers, judges, labels, oracles
+from .config import (AnswererArguments, CropMappingArguments, CurationArguments, InputArguments, JudgeArguments,
+                     OracleArguments, fingerprint)
+from .crop_mapping import MappingRule, map_boxes
+from .inputs import Sample, load_samples
+from .retry import RetryPolicy
+from .store import JsonlStore, save_png
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("answer_lr", "answer_full", "judge", "oracle")
+
+
+@dataclass
+class Prepared:
+    sample: Sample
+    original: Image.Image | None = None  # normalised, the frame of every box downstream
+    notes: list[str] = field(default_factory=list)
+    dataset_boxes: list[list[float]] = field(default_factory=list)
+    error: str | None = None
+
+
+def prepare(sample: Sample) -> Prepared:
+    """Load and normalise the image; carry the dataset's boxes into the normalised frame."""
+    try:
+        raw = sample.load_image()
+        raw.load()
+        original, notes = images.normalise(raw)
+    except Exception as exc:  # noqa: BLE001 - an unreadable image fails this sample only
+        return Prepared(sample, error=f"{type(exc).__name__}: {exc}")
+    boxes = sample.boxes_in_pixels(raw.width, raw.height)
+    if boxes and "exif_transposed" in notes:
+        # Dataset boxes are drawn on the stored pixels; after an EXIF rotation they point elsewhere.
+        notes = notes + ["dataset_boxes_dropped_exif"]
+        boxes = []
+    if boxes and original.size != raw.size:
+        dx, dy = (original.width - raw.width) // 2, (original.height - raw.height) // 2  # aspect padding
+        boxes = [[b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy] for b in boxes]
+    return Prepared(sample, original, notes, boxes)
+
+
+def _batches(items: list, size: int):
+    for i in range(0, len(items), max(1, size)):
+        yield items[i:i + size]
+
+
+def safe_name(sample_id: str) -> str:
+    """A file-system-safe, collision-free folder name for a sample id."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", sample_id)[:80].strip("._") or "sample"
+    return f"{stem}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}"
+
+
+def _union_box(boxes):
+    if not boxes:
+        return None
+    return [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
+
+
+class Curator:
+    def __init__(self, inputs: InputArguments, answerer: AnswererArguments, judge: JudgeArguments,
+                 oracle: OracleArguments, mapping: CropMappingArguments, run: CurationArguments):
+        self.inputs, self.answerer_args, self.judge_args = inputs, answerer, judge
+        self.oracle_args, self.run_args = oracle, run
+        self.rule = MappingRule(mapping.iou_threshold, mapping.min_coverage, mapping.max_crops,
+                                mapping.all_if_pixels_at_least)
+        self.no_box = mapping.no_box
+        self.policy = RetryPolicy(run.max_attempts, run.backoff_s, run.backoff_max_s)
+        self.out = Path(run.output_dir)
+        self.fingerprint = fingerprint(inputs, answerer, judge, oracle, mapping, run)
+        self._check_fingerprint()
+        self.caches = {s: JsonlStore(self.out / "cache" / f"{s}.jsonl") for s in STAGES}
+        self.transcripts = JsonlStore(self.out / "transcripts.jsonl", keep="first")
+        self.log = JsonlStore(self.out / "curation_log.jsonl")
+        self.input_errors: dict[str, str] = {}
+        # Per stage, the ids whose cached error is to be redone in this run (retry_failed).
+        self._stale: dict[str, set[str]] = {s: set() for s in STAGES}
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _check_fingerprint(self) -> None:
+        path = self.out / "run_config.json"
+        if path.exists():
+            previous = json.loads(path.read_text())
+            if previous.get("hash") == self.fingerprint["hash"]:
+                return
+            if not self.run_args.overwrite:
+                changed = sorted(k for k, v in self.fingerprint["config"].items()
+                                 if previous.get("config", {}).get(k) != v)
+                raise SystemExit(
+                    f"{self.out} holds a run with another labelling configuration (changed: {', '.join(changed)}). "
+                    "Use a new output_dir, or --overwrite true to delete it.")
+            logger.warning("overwrite: deleting %s", self.out)
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.fingerprint, indent=2, sort_keys=True))
+        tmp.replace(path)
+
+    def _cached(self, stage: str, sample_id: str) -> dict | None:
+        return None if sample_id in self._stale[stage] else self.caches[stage].get(sample_id)
+
+    def _store(self, stage: str, records: list[dict]) -> None:
+        self.caches[stage].append(records)
+        self._stale[stage].difference_update(r["id"] for r in records)
+
+    def _finished(self, sample_id: str) -> bool:
+        rec = self.log.get(sample_id)
+        if rec is None:
+            return False
+        return not (rec["status"] == "failed" and self.run_args.retry_failed)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        samples = load_samples(self.inputs)
+        pending = [s for s in samples if not self._finished(s.id)]
+        if self.run_args.retry_failed:
+            # Cached errors of the samples being redone are ignored, then superseded by new records.
+            for stage, cache in self.caches.items():
+                self._stale[stage] = {s.id for s in pending if cache.get(s.id, {}).get("status") == "error"}
+        logger.info("%d samples, %d already finished, %d to do", len(samples), len(samples) - len(pending),
+                    len(pending))
+        self._answer(pending)
+        self._judge(pending)
+        self._locate(pending)
+        self._finalise(pending)
+        self.log.compact()
+        return {"samples": len(samples), "processed": len(pending), "seconds": round(time.perf_counter() - t0, 1)}
+
+    def _answer(self, pending: list[Sample]) -> None:
+        need = [s for s in pending if any(self._cached(st, s.id) is None for st in ("answer_lr", "answer_full"))]
+        if not need:
+            return
+        backend = answerers.build(self.answerer_args, self.policy)
+        bar = tqdm(total=len(need), desc="answer (lr + full)", unit="sample")
+        for batch in _batches(need, self.answerer_args.answerer_batch_size):
+            prepared = [prepare(s) for s in batch]
+            ready = []
+            for p in prepared:
+                if p.error:
+                    self.input_errors[p.sample.id] = p.error
+                else:
+                    ready.append(p)
+            for mode, stage in (("lr", "answer_lr"), ("full", "answer_full")):
+                todo = [p for p in ready if self._cached(stage, p.sample.id) is None]
+                if not todo:
+                    continue
+                outcomes = backend.answer(mode, [p.sample.question for p in todo], [p.original for p in todo])
+                self._store(stage, [
+                    {"id": p.sample.id, "status": "ok" if o.ok else "error", "text": o.value, "error": o.error,
+                     "attempts": o.attempts} for p, o in zip(todo, outcomes)])
+            bar.update(len(batch))
+        bar.close()
+        del backend
+        _free_memory()
+
+    def _answers_ok(self, sample_id: str) -> bool:
+        recs = [self._cached(st, sample_id) for st in ("answer_lr", "answer_full")]
+        return all(r is not None and r["status"] == "ok" for r in recs)
+
+    def _judge(self, pending: list[Sample]) -> None:
+        need = [s for s in pending if self._answers_ok(s.id) and self._cached("judge", s.id) is None]
+        if not need:
+            return
+        backend = judges.build(self.judge_args, self.policy)
+        bar = tqdm(total=len(need), desc=f"judge ({self.judge_args.judge})", unit="sample")
+        for batch in _batches(need, self.judge_args.judge_batch_size):
+            items = [judges.JudgeItem(s.id, s.question, s.answers, self.caches["answer_lr"].get(s.id)["text"],
+                                      self.caches["answer_full"].get(s.id)["text"], s.scorer) for s in batch]
+            outcomes = backend.judge(items)
+            self._store("judge", [
+                {"id": it.id, "status": "ok" if o.ok else "error", "verdict": o.value, "error": o.error,
+                 "attempts": o.attempts} for it, o in zip(items, outcomes)])
+            bar.update(len(batch))
+        bar.close()
+        del backend
+        _free_memory()
+
+    def _label(self, sample: Sample) -> tuple[str | None, str] | None:
+        rec = self._cached("judge", sample.id)
+        if rec is None or rec["status"] != "ok":
+            return None
+        return labels.label(rec["verdict"], self.caches["answer_lr"].get(sample.id)["text"],
+                            self.caches["answer_full"].get(sample.id)["text"], self.run_args.both_wrong,
+                            self.judge_args.identical_answers_tie)
+
+    def _locate(self, pending: list[Sample]) -> None:
+        need = []
+        for s in pending:
+            decided = self._label(s)
+            if decided is not None and decided[0] == "hr" and self._cached("oracle", s.id) is None:
+                need.append(s)
+        if not need:
+            return
+        chain = oracles.build(self.oracle_args, self.policy)
+        bar = tqdm(total=len(need), desc=f"oracle ({','.join(chain.names)})", unit="sample")
+        for batch in _batches(need, self.oracle_args.oracle_batch_size):
+            prepared = [prepare(s) for s in batch]
+            ready = [p for p in prepared if not p.error]
+            for p in prepared:
+                if p.error:
+                    self.input_errors[p.sample.id] = p.error
+            items = [oracles.OracleItem(p.sample.id, p.original, p.sample.question, p.sample.answers,
+                                        p.dataset_boxes) for p in ready]
+            outcomes = chain.locate(items) if items else []
+            self._store("oracle", [
+                {"id": it.id, "status": "ok" if o.ok else "error", "result": o.value, "error": o.error,
+                 "attempts": o.attempts} for it, o in zip(items, outcomes)])
+            bar.update(len(batch))
+        bar.close()
+        del chain
+        _free_memory()
+
+    # ------------------------------------------------------------------ outputs
+    def _finalise(self, pending: list[Sample]) -> None:
+        bar = tqdm(total=len(pending), desc="write transcripts", unit="sample")
+        for batch in _batches(pending, 32):
+            new_transcripts, new_logs = [], []
+            for s in batch:
+                transcript, log = self._outcome(s)
+                if transcript is not None and s.id not in self.transcripts:
+                    new_transcripts.append(transcript)
+                new_logs.append(log)
+            # Transcript before log: a kill in between leaves a transcript whose log line the
+            # restart writes; the other order could log a sample whose transcript never lands.
+            self.transcripts.append(new_transcripts)
+            self.log.append(new_logs)
+            bar.update(len(batch))
+        bar.close()
+
+    def _outcome(self, s: Sample) -> tuple[dict | None, dict]:
+        log = {"id": s.id, "question": s.question, "answers": s.answers, "provenance": s.provenance,
+               "config_hash": self.fingerprint["hash"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+        def failed(stage: str, error: str, attempts: int | None = None):
+            if attempts is not None:
+                log.setdefault("attempts", {})[stage] = attempts
+            return None, {**log, "status": "failed", "stage": stage, "error": error}
+
+        if s.id in self.input_errors:
+            return failed("input", self.input_errors[s.id])
+        attempts = log["attempts"] = {}
+        for stage in ("answer_lr", "answer_full"):
+            rec = self._cached(stage, s.id)
+            if rec is None:
+                return failed(stage, "no result (stage did not run for this sample)")
+            if rec["status"] != "ok":
+                return failed(stage, rec["error"], rec["attempts"])
+            attempts[stage] = rec["attempts"]
+        lr_answer, hr_answer = self.caches["answer_lr"].get(s.id)["text"], self.caches["answer_full"].get(s.id)["text"]
+        log.update(lr_answer=lr_answer, hr_answer=hr_answer)
+        judged = self._cached("judge", s.id)
+        if judged is None or judged["status"] != "ok":
+            return failed("judge", judged["error"] if judged else "no verdict", judged and judged["attempts"])
+        attempts["judge"] = judged["attempts"]
+        verdict = judged["verdict"]
+        label, reason = labels.label(verdict, lr_answer, hr_answer, self.run_args.both_wrong,
+                                     self.judge_args.identical_answers_tie)
+        log.update(judge=verdict, label=label, label_reason=reason)
+        if label is None:
+            return None, {**log, "status": "dropped", "reason": reason}
+        oracle_result, target = None, None
+        if label == "hr":
+            located = self._cached("oracle", s.id)
+            if located is None or located["status"] != "ok":
+                return failed("oracle", located["error"] if located else "no oracle result",
+                              located and located["attempts"])
+            attempts["oracle"] = located["attempts"]
+            oracle_result = located["result"]
+            log["oracle"] = oracle_result
+            if not oracle_result["boxes"] and self.no_box == "drop":
+                return None, {**log, "status": "dropped", "reason": "no_box"}
+            if not oracle_result["boxes"] and self.no_box == "lr":
+                label, reason = "lr", "no_box_lr"
+                log.update(label=label, label_reason=reason)
+        prepared = prepare(s)
+        if prepared.error:
+            return failed("input", prepared.error)
+        original = prepared.original
+        if label == "hr":
+            target = map_boxes(oracle_result["boxes"], original.width, original.height, self.rule)
+            log["mapping"] = target.to_dict()
+        transcript = self._transcript(s, prepared, label, reason, lr_answer, hr_answer, verdict, oracle_result, target)
+        log.update(status="ok", image_size=list(original.size), image_notes=prepared.notes,
+                   crops=transcript["crops"], crop_all=transcript["crop_all"])
+        return transcript, log
+
+    def _transcript(self, s: Sample, prepared: Prepared, label, reason, lr_answer, hr_answer, verdict,
+                    oracle_result, target) -> dict:
+        crops = list(target.crops) if target is not None else []
+        crop_all = bool(target.crop_all) if target is not None else False
+        folder = Path("images") / safe_name(s.id)
+        turn = transcripts.turn_images(prepared.original, crops, crop_all, self.answerer_args.lr_scale)
+        names = [folder / "original.png", folder / "lr.png"]
+        save_png(prepared.original, self.out / names[0])
+        save_png(turn[0], self.out / names[1])
+        files = [names[1]]
+        if crop_all:
+            files.append(names[0])  # the whole original is the turn-2 image: no second copy
+        for region, crop in zip(crops, turn[1:]):
+            name = folder / f"crop_{region}_{protocol.REGION_NAMES[region]}.png"
+            save_png(crop, self.out / name)
+            files.append(name)
+        boxes = oracle_result["boxes"] if oracle_result else []
+        answer = s.answers[0] if s.answers else ""
+        return {
+            "id": s.id, "label": label, "question": s.question, "answer": answer, "answers": s.answers,
+            "crops": crops, "crop_all": crop_all, "image": str(names[0]), "images": [str(f) for f in files],
+            "messages": transcripts.conversation(s.question, answer, crops, crop_all),
+            "lr_answer": lr_answer, "hr_answer": hr_answer, "judge": verdict,
+            "oracle": None if oracle_result is None else {k: v for k, v in oracle_result.items() if k != "reply"},
+            "evidence_box": _union_box(boxes), "evidence_boxes": boxes, "label_reason": reason,
+            "crop_rule": target.rule if target is not None else None,
+        }
+
+
+def _free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass

@@ -1,0 +1,127 @@
+"""Train the synthetic benchmark's *base* model: a small Qwen2.5-VL taught from scratch to answer
+single-turn questions at mixed resolutions, the analogue of the pretrained Qwen2.5-VL the paper
+starts from. It knows nothing of crops; curation, SFT and GRPO add that.
+
+    python -m training.synthetic_base --output_dir runs/synth/base [--steps 1500]
+
+A plain loop (no trainer): the model is tiny, the data is generated, and it resumes from its last
+checkpoint (``state.pt``, every ``save_every`` steps) after a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from awares_lmms import images, synthetic, tiny
+
+
+@dataclass
+class BaseConfig:
+    output_dir: str
+    steps: int = 1500
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    warmup_steps: int = 100
+    low_res_fraction: float = 0.4  # share of training images shown at half resolution
+    pool_size: int = 3000
+    seed: int = 0
+    hidden: int = 128
+    layers: int = 3
+    vision_depth: int = 2
+    vision_hidden: int = 96
+    save_every: int = 250
+    threads: int = 0  # 0: torch's default
+
+
+def _answer_labels(input_ids: torch.Tensor, assistant_header: list[int], pad_id: int) -> torch.Tensor:
+    """-100 everywhere but the tokens after the last assistant header (the answer and <|im_end|>)."""
+    labels = torch.full_like(input_ids, -100)
+    n = len(assistant_header)
+    for row in range(input_ids.shape[0]):
+        ids = input_ids[row].tolist()
+        start = max(i + n for i in range(len(ids) - n + 1) if ids[i:i + n] == assistant_header)
+        end = len(ids)
+        while end > start and ids[end - 1] == pad_id:
+            end -= 1
+        # The template ends a turn with "<|im_end|>\n": supervise up to and including <|im_end|>.
+        labels[row, start:end - 1] = input_ids[row, start:end - 1]
+    return labels
+
+
+def make_batch(processor, samples, rng: random.Random, low_res_fraction: float):
+    texts, imgs = [], []
+    for s in samples:
+        img = images.low_res_view(s.image) if rng.random() < low_res_fraction else s.image
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.question}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": s.answer}]}]
+        texts.append(processor.apply_chat_template(messages, tokenize=False))
+        imgs.append(img)
+    return processor(text=texts, images=imgs, padding=True, padding_side="right", return_tensors="pt")
+
+
+def train(cfg: BaseConfig) -> Path:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    tokenizer = tiny.build_tokenizer()
+    processor = tiny.build_processor(tokenizer)
+    model = tiny.build_model(tokenizer, hidden=cfg.hidden, layers=cfg.layers, vision_depth=cfg.vision_depth,
+                             vision_hidden=cfg.vision_hidden, seed=cfg.seed)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps)
+                                                 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
+    start, state_path = 0, out / "state.pt"
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start = state["step"]
+        print(f"[base] resumed at step {start}")
+    pool = synthetic.generate(cfg.pool_size, seed=cfg.seed, mix={k: 1 / 3 for k in synthetic.KINDS}, prefix="base")
+    header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    pad_id = tokenizer.pad_token_id
+    t0, running = time.time(), None
+    for step in range(start, cfg.steps):
+        rng = random.Random(cfg.seed * 1_000_003 + step)  # per-step RNG: a resumed run sees the same batches
+        batch = make_batch(processor, rng.sample(pool, cfg.batch_size), rng, cfg.low_res_fraction)
+        labels = _answer_labels(batch["input_ids"], header, pad_id)
+        loss = model(**batch, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        if (step + 1) % 50 == 0:
+            print(f"[base] step {step + 1}/{cfg.steps} loss {running:.4f} {time.time() - t0:.0f}s", flush=True)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            tmp = state_path.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "step": step + 1, "config": asdict(cfg)}, tmp)
+            tmp.replace(state_path)  # atomic: a crash mid-save keeps the previous state
+    model.eval()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for name, field in BaseConfig.__dataclass_fields__.items():
+        kwargs = {"required": True} if name == "output_dir" else {"default": field.default}
+        parser.add_argument(f"--{name}", type=type(field.default) if name != "output_dir" else str, **kwargs)
+    train(BaseConfig(**vars(parser.parse_args(argv))))
+
+
+if __name__ == "__main__":
+    main()
