@@ -173,6 +173,9 @@ class AwaresLMM(lmms):
                                   until=tuple(u for u in (until or ()) if u))
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
+        # lmms-eval sends every task's requests in this one call: stats left from an earlier
+        # evaluation in the same process must not be scored against this one.
+        sample_stats.clear()
         collator = utils.Collator([r.args for r in requests], lambda a: (a[3], a[0]),
                                   group_fn=lambda a: a[2], grouping=True)
         results = []

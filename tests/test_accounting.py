@@ -33,7 +33,7 @@ from awares_lmms.accounting import (
 from awares_lmms.images import crop_regions, low_res_view, normalise
 from awares_lmms.protocol import NUM_REGIONS, can_crop
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL = (Path(__file__).resolve().parents[2] / "shared" / "data" / "real").resolve()
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 BUDGETS = {

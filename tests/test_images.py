@@ -16,7 +16,7 @@ from awares_lmms.accounting import PixelBudget
 from awares_lmms.images import MAX_ASPECT_RATIO, crop_regions, low_res_view, normalise
 from awares_lmms.protocol import NUM_REGIONS, can_crop, region_box
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL = (Path(__file__).resolve().parents[2] / "shared" / "data" / "real").resolve()
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CKPT = PixelBudget(3136, 12845056)
 
