@@ -55,6 +55,25 @@ def budget_from_processor(image_processor) -> PixelBudget:
                        int(getattr(image_processor, "merge_size", 2)))
 
 
+def set_pixel_budget(processor, min_pixels: int | None = None, max_pixels: int | None = None):
+    """Override the processor's pixel budget in place (``size`` and the legacy attributes agree)."""
+    if min_pixels is None and max_pixels is None:
+        return processor
+    ip = processor.image_processor
+    size = {"shortest_edge": ip.size.get("shortest_edge"), "longest_edge": ip.size.get("longest_edge")}
+    if min_pixels is not None:
+        size["shortest_edge"] = int(min_pixels)
+    if max_pixels is not None:
+        size["longest_edge"] = int(max_pixels)
+    if size["shortest_edge"] > size["longest_edge"]:
+        raise ValueError(f"min_pixels {size['shortest_edge']} > max_pixels {size['longest_edge']}")
+    ip.size = size
+    for attr, key in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
+        if hasattr(ip, attr):
+            setattr(ip, attr, size[key])
+    return processor
+
+
 def tokens_from_grid(grid_thw, merge_size: int = 2) -> int:
     """LLM tokens of one image from its ``image_grid_thw`` row."""
     t, h, w = (int(x) for x in grid_thw)

@@ -18,7 +18,7 @@ from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
 from tqdm import tqdm
 
-from . import protocol, sample_stats
+from . import accounting, protocol, sample_stats
 from .engine import EngineConfig, GenerationSettings, Request, TwoTurnEngine
 
 logger = logging.getLogger(__name__)
@@ -58,19 +58,7 @@ def load_model_and_processor(pretrained: str, adapter: str | None = None, dtype:
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model = model.to(device).eval()
     processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-    if min_pixels is not None or max_pixels is not None:
-        ip = processor.image_processor
-        size = dict(ip.size) if isinstance(ip.size, dict) else {k: getattr(ip.size, k) for k in ("shortest_edge", "longest_edge")}
-        if min_pixels is not None:
-            size["shortest_edge"] = int(min_pixels)
-        if max_pixels is not None:
-            size["longest_edge"] = int(max_pixels)
-        if size["shortest_edge"] > size["longest_edge"]:
-            raise ValueError(f"min_pixels {size['shortest_edge']} > max_pixels {size['longest_edge']}")
-        ip.size = {"shortest_edge": size["shortest_edge"], "longest_edge": size["longest_edge"]}
-        for attr, value in (("min_pixels", size["shortest_edge"]), ("max_pixels", size["longest_edge"])):
-            if hasattr(ip, attr):
-                setattr(ip, attr, value)
+    accounting.set_pixel_budget(processor, min_pixels, max_pixels)
     return model, processor
 
 

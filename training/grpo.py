@@ -21,17 +21,16 @@ import contextlib
 import copy
 import logging
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 
 import torch
 import transformers
 from PIL import Image
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
-from awares_lmms import images, protocol, tiny
-from training import rewards, transcripts
+from awares_lmms import accounting, images, protocol, tiny
+from training import common, rewards, transcripts
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +39,6 @@ logger = logging.getLogger(__name__)
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 END_OF_TURN = "<|im_end|>"
 # Parameters of the vision tower (ViT blocks and patch merger), plain or PEFT-wrapped.
-_VISION_PARAMETER = re.compile(r"(^|\.)visual\.")
 
 # LoRA on the language model only: bare names like "gate_proj" also match the vision tower's MLP.
 LANGUAGE_MODEL_LORA_TARGET = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -100,7 +98,7 @@ def get_crops(regions: list[str]) -> str:
     raise RuntimeError("never called: the AwaRes rollout executes crop requests itself")
 
 
-class AwaResGRPOTrainer(GRPOTrainer):
+class AwaResGRPOTrainer(common.FullWeightsResumeMixin, GRPOTrainer):
     """GRPOTrainer whose rollout speaks the AwaRes two-turn protocol.
 
     Dataset rows: ``prompt`` (turn 1, ``transcripts.prompt_messages``), ``images`` ([LR view]),
@@ -360,43 +358,6 @@ def load_transcripts_dataset(path: str, max_samples: int | None = None):
 
 
 # ---------------------------------------------------------------------- setup
-def _cap_pixels(processor, min_pixels: int | None, max_pixels: int | None):
-    ip = processor.image_processor
-    size = dict(ip.size)
-    if min_pixels is not None:
-        size["shortest_edge"] = int(min_pixels)
-    if max_pixels is not None:
-        size["longest_edge"] = int(max_pixels)
-    if size["shortest_edge"] > size["longest_edge"]:
-        raise ValueError(f"min_pixels {size['shortest_edge']} > max_pixels {size['longest_edge']}")
-    ip.size = size
-    for attr, key in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
-        if hasattr(ip, attr):
-            setattr(ip, attr, size[key])
-
-
-def _peft_config(script_args: GRPOScriptArguments, model_args: ModelConfig):
-    peft_config = get_peft_config(model_args)
-    if peft_config is not None and model_args.lora_target_modules is None:
-        peft_config.target_modules = script_args.lora_target
-    return peft_config
-
-
-def _resume_checkpoint(training_args: GRPOConfig):
-    """``--resume_from_checkpoint PATH``, or ``true``/``last`` for the newest checkpoint-* in output_dir."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    value = training_args.resume_from_checkpoint
-    if value is None or str(value).lower() in ("false", "none", ""):
-        return None
-    if str(value).lower() in ("true", "last"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if last is None:
-            raise ValueError(f"--resume_from_checkpoint {value}: no checkpoint-* in {training_args.output_dir}")
-        return last
-    return value
-
-
 def save_policy(trainer: AwaResGRPOTrainer, model_path: str, output_dir: str):
     """output_dir loads with ``load_model_and_processor(output_dir)``: full weights and the processor
     training started from (chat template included). With LoRA the adapter goes to output_dir/adapter
@@ -448,7 +409,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     model_path = tiny.resolve(model_args.model_name_or_path)
     processor = AutoProcessor.from_pretrained(model_path, padding_side="left")
     if script_args.min_pixels is not None or script_args.max_pixels is not None:
-        _cap_pixels(processor, script_args.min_pixels, script_args.max_pixels)
+        accounting.set_pixel_budget(processor, script_args.min_pixels, script_args.max_pixels)
 
     # The reference is rebuilt from model_path (no PEFT) or is the adapter-free base (PEFT): both are
     # the starting (SFT) policy, as the paper's frozen π_ref.
@@ -472,33 +433,24 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         args=training_args,
         train_dataset=dataset,
         processing_class=processor,
-        peft_config=_peft_config(script_args, model_args),
+        peft_config=common.lora_config(script_args.lora_target, model_args),
         fallback_policy=script_args.fallback_policy,
     )
     if script_args.freeze_vision:
-        _freeze_vision_tower(trainer)
+        frozen = common.freeze_vision_tower(trainer.model)  # before train() builds the optimizer
+        if frozen:
+            logger.info("vision tower frozen (%d parameters)", frozen)
 
     logger.info("%d GRPO prompts from %s; G=%d, beta=%g, num_iterations=%d, loss_type=%s", len(dataset),
                 script_args.transcripts, training_args.num_generations, training_args.beta,
                 training_args.num_iterations, training_args.loss_type)
-    result = trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
+    result = trainer.train(resume_from_checkpoint=common.resume_checkpoint(training_args))
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     save_policy(trainer, model_path, training_args.output_dir)
     logger.info("GRPO policy saved to %s", training_args.output_dir)
     return trainer
-
-
-def _freeze_vision_tower(trainer: AwaResGRPOTrainer):
-    # Before train(): the optimizer is built from the parameters that still require grad.
-    frozen = 0
-    for name, param in trainer.model.named_parameters():
-        if _VISION_PARAMETER.search(name) and param.requires_grad:
-            param.requires_grad_(False)
-            frozen += param.numel()
-    if frozen:
-        logger.info("vision tower frozen (%d parameters)", frozen)
 
 
 if __name__ == "__main__":

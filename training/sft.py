@@ -28,8 +28,6 @@ and the base model's processor, chat template included.
 from __future__ import annotations
 
 import logging
-import os
-import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -41,12 +39,13 @@ from accelerate.utils import is_peft_model
 from datasets import Dataset, List
 from datasets import Image as ImageFeature
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from transformers.trainer_utils import get_last_checkpoint
-from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from awares_lmms import protocol, tiny
+from awares_lmms import accounting, protocol, tiny
+from training import common
 from training import transcripts as transcripts_io
+from training.common import FullWeightsResumeMixin, freeze_vision_tower, resume_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +56,6 @@ LANGUAGE_MODEL_LORA_TARGET = (
     r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 )
 # Parameters of the vision tower (ViT blocks and the patch merger) in plain and PEFT-wrapped models.
-_VISION_PARAMETER = re.compile(r"(^|\.)visual\.")
 
 
 @dataclass
@@ -162,7 +160,7 @@ class ToolTurnWeightedCollator(DataCollatorForVisionLanguageModeling):
 # Trainer
 # --------------------------------------------------------------------------------------------------
 
-class WeightedSFTTrainer(SFTTrainer):
+class WeightedSFTTrainer(FullWeightsResumeMixin, SFTTrainer):
     """``SFTTrainer`` with the per-turn weighted NLL of AwaRes §3.3.
 
     The collator TRL builds (pad token, training chat template with generation markers) is kept and
@@ -195,21 +193,6 @@ class WeightedSFTTrainer(SFTTrainer):
             self.data_collator = ToolTurnWeightedCollator(
                 **{f.name: getattr(stock, f.name) for f in fields(DataCollatorForVisionLanguageModeling)},
                 tool_turn_weight=self.tool_turn_weight)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        model = self.model if model is None else model
-        full_weights = any(os.path.isfile(os.path.join(resume_from_checkpoint, name)) for name in
-                           ("model.safetensors", "model.safetensors.index.json"))
-        if is_peft_model(model) or self.is_fsdp_enabled or not full_weights:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        # save_pretrained writes Qwen2.5-VL weights under the original key names (visual.*, model.layers.*)
-        # while the Trainer loads them with a plain, non-strict load_state_dict into model.visual.* /
-        # model.language_model.*: every key misses and training silently restarts from the base weights
-        # (transformers#43701). from_pretrained applies the key conversion; the copy is then loaded strictly.
-        logger.info("loading full-model weights from %s", resume_from_checkpoint)
-        restored = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
-        model.load_state_dict(restored.state_dict(), strict=True)
-        del restored
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -270,22 +253,7 @@ def load_processor(base_path: str, model_args: ModelConfig, training_args: SFTCo
                    max_pixels=None):
     processor = AutoProcessor.from_pretrained(base_path, revision=model_args.model_revision,
                                               trust_remote_code=training_args.trust_remote_code)
-    if min_pixels is None and max_pixels is None:
-        return processor
-    ip = processor.image_processor
-    size = (dict(ip.size) if isinstance(ip.size, dict)
-            else {k: getattr(ip.size, k) for k in ("shortest_edge", "longest_edge")})
-    if min_pixels is not None:
-        size["shortest_edge"] = int(min_pixels)
-    if max_pixels is not None:
-        size["longest_edge"] = int(max_pixels)
-    if size["shortest_edge"] > size["longest_edge"]:
-        raise ValueError(f"min_pixels {size['shortest_edge']} > max_pixels {size['longest_edge']}")
-    ip.size = {"shortest_edge": size["shortest_edge"], "longest_edge": size["longest_edge"]}
-    for attr, value in (("min_pixels", size["shortest_edge"]), ("max_pixels", size["longest_edge"])):
-        if hasattr(ip, attr):
-            setattr(ip, attr, value)
-    return processor
+    return accounting.set_pixel_budget(processor, min_pixels, max_pixels)
 
 
 def load_model(base_path: str, model_args: ModelConfig, training_args: SFTConfig):
@@ -299,20 +267,7 @@ def load_model(base_path: str, model_args: ModelConfig, training_args: SFTConfig
 
 
 def lora_config(script_args: SFTScriptArguments, model_args: ModelConfig):
-    peft_config = get_peft_config(model_args)
-    if peft_config is not None and model_args.lora_target_modules is None:
-        peft_config.target_modules = script_args.lora_target
-    return peft_config
-
-
-def freeze_vision_tower(model) -> int:
-    """Freeze every vision-tower parameter (also LoRA layers a custom target put there); returns how many."""
-    frozen = 0
-    for name, param in model.named_parameters():
-        if _VISION_PARAMETER.search(name) and param.requires_grad:
-            param.requires_grad_(False)
-            frozen += param.numel()
-    return frozen
+    return common.lora_config(script_args.lora_target, model_args)
 
 
 def save_outputs(trainer: WeightedSFTTrainer, base_path: str, script_args: SFTScriptArguments,
@@ -342,23 +297,6 @@ def save_outputs(trainer: WeightedSFTTrainer, base_path: str, script_args: SFTSc
         AutoProcessor.from_pretrained(base_path, revision=model_args.model_revision,
                                       trust_remote_code=training_args.trust_remote_code).save_pretrained(output_dir)
     trainer.accelerator.wait_for_everyone()
-
-
-def resume_checkpoint(training_args: SFTConfig):
-    """``--resume_from_checkpoint PATH`` or ``--resume_from_checkpoint true`` (the last one in output_dir)."""
-    value = training_args.resume_from_checkpoint
-    if value is None or str(value).lower() in ("false", "none", ""):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if last is not None:
-            logger.warning("%s holds %s but training starts from scratch; pass --resume_from_checkpoint true "
-                           "to continue it", training_args.output_dir, last)
-        return None
-    if str(value).lower() in ("true", "last"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if last is None:
-            raise ValueError(f"--resume_from_checkpoint true: no checkpoint-* in {training_args.output_dir}")
-        return last
-    return value
 
 
 def setup_logging(training_args: SFTConfig) -> None:

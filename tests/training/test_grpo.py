@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training import rewards, transcripts
+from training import common, rewards, transcripts
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -295,7 +295,7 @@ def test_entry_point_lora_saves_loadable_policy_and_resumes(tiny_ckpt, transcrip
     parser = TrlParser((grpo.GRPOScriptArguments, GRPOConfig, ModelConfig))
     args = parser.parse_args_and_config(["--config", str(REPO / "training/recipes/tiny_cpu/grpo.yaml"), *overrides,
                                          "--max_steps", "2", "--resume_from_checkpoint", "true"])
-    assert grpo._resume_checkpoint(args[1]) == str(out / "checkpoint-1")
+    assert common.resume_checkpoint(args[1]) == str(out / "checkpoint-1")
     grpo.main(*args)
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and state["log_history"][0]["step"] == 1  # history carried over
