@@ -46,6 +46,8 @@ from pathlib import Path
 DATASETS_ENV = "AWARES_DATASETS_DIR"
 _TARGET_MODULE = "lmms_eval.tasks"
 _MARK = "_awares_hooks_installed"
+# Tasks whose data only exists locally (no hub copy), with the command that writes it.
+GENERATED_TASKS = {"awares_synth": "python -m awares_lmms.synthetic"}
 
 # Include paths appended to every TaskManager (see add_include_path).
 _EXTRA_INCLUDE: list[str] = []
@@ -116,6 +118,10 @@ def apply_offline_dataset(config: dict) -> dict:
         return config
     path = offline_parquet(name)
     if path is None:
+        if name in GENERATED_TASKS:
+            raise FileNotFoundError(
+                f"task '{name}' has no hub dataset: generate it with `{GENERATED_TASKS[name]} --out DIR` "
+                f"and set {DATASETS_ENV}=DIR")
         return config
     if not path.is_file():
         raise FileNotFoundError(

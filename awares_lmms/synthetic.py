@@ -197,3 +197,24 @@ def probe_information_gap(n_train: int = 600, n_test: int = 300, seed: int = 123
     out["chance"] = 1.0 / len(TEXTURES)
     out["n_test"] = n_test
     return out
+
+
+def main(argv=None) -> None:
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="Write the synthetic benchmark as DIR/awares_synth.parquet "
+                                                 "(the lmms-eval task awares_synth reads it with AWARES_DATASETS_DIR=DIR).")
+    parser.add_argument("--out", required=True, help="directory to write awares_synth.parquet into")
+    parser.add_argument("--n", type=int, default=300, help="number of samples")
+    parser.add_argument("--seed", type=int, default=2, help="generator seed (2 = the reproduction's held-out split)")
+    parser.add_argument("--prefix", default="test", help="sample id prefix")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_parquet(out / "awares_synth.parquet", args.n, seed=args.seed, prefix=args.prefix)
+    print(f"wrote {args.n} samples (seed {args.seed}) to {path}")
+
+
+if __name__ == "__main__":
+    main()

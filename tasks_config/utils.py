@@ -58,6 +58,7 @@ UPSTREAM_PROCESS_DOCS: dict[str, object] = {
     "pope": None,
     "vstar": None,
     "realworldqa": None,
+    "awares_synth": None,
 }
 
 
@@ -124,12 +125,15 @@ def _with_stats(scores: dict, doc) -> dict:
     return out
 
 
+def mean_of_present(items):
+    """Mean over the samples that carry a value (the others are ``None``); ``None`` when none does."""
+    values = [float(v) for v in items if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(values) / len(values) if values else None
+
+
 def rtr_mean(items):
     """Mean RTR over the samples that carry one; ``None`` when none does (shown as N/A)."""
-    values = [float(v) for v in items if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return None
-    return sum(values) / len(values)
+    return mean_of_present(items)
 
 
 # ----------------------------------------------------------------------------- process_results
@@ -181,3 +185,32 @@ def vstar_process_results(doc, results):
 
 def realworldqa_process_results(doc, results):
     return _with_stats(_realworldqa.realworldqa_process_results(doc, results), doc)
+
+
+# ----------------------------------------------------------------------------- awares_synth
+
+
+def awares_synth_process_docs(dataset):
+    return stamp_uids(dataset, "awares_synth")
+
+
+def awares_synth_doc_to_visual(doc):
+    return [doc["image"].convert("RGB")]
+
+
+def awares_synth_doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    return doc["question"]
+
+
+def awares_synth_process_results(doc, results):
+    from awares_lmms import synthetic
+
+    pred = results[0] if results else ""
+    fields = sample_fields(doc)
+    crops = fields["crops"]
+    no_crop = None if crops is None else float(not crops)
+    hr = bool(doc["needs_hr"])
+    scores = {"accuracy": synthetic.score(pred, doc["answer"]),
+              "no_crop_lr_sufficient": None if hr else no_crop,
+              "no_crop_hr_needed": no_crop if hr else None}
+    return _with_stats(scores, doc)

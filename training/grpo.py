@@ -445,7 +445,9 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
                 script_args.transcripts, training_args.num_generations, training_args.beta,
                 training_args.num_iterations, training_args.loss_type)
     result = trainer.train(resume_from_checkpoint=common.resume_checkpoint(training_args))
-    trainer.log_metrics("train", result.metrics)
+    # A run in which no rollout called a tool has no valid-call fraction or mean area: those are None,
+    # which the Trainer's table printer cannot format. They stay (as null) in the saved metrics.
+    trainer.log_metrics("train", {k: v for k, v in result.metrics.items() if v is not None})
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     save_policy(trainer, model_path, training_args.output_dir)
