@@ -3,7 +3,7 @@
 Each 224x224 image has a plain light background, one big coloured shape, and one 84x84 gray
 square (exactly 3x3 merged vision tokens, aligned to the 28-px token grid) inside one quadrant,
 filled with a 1-px texture: horizontal stripes, vertical stripes or a checkerboard. All three
-textures have the same mean, and their contrast fades to zero towards the square's border, so the
+textures have the same mean, and their contrast fades to zero over the square's outer 6 px, so the
 2x Lanczos reduction the protocol uses (``images.low_res_view``) leaves the square a flat gray:
 at low resolution the texture is gone (``probe_information_gap`` checks this through the plugin's
 own LR code), while the colour and the square's quadrant remain obvious.
@@ -42,9 +42,10 @@ QUESTIONS = {
     "texture": "What pattern fills the gray square? Answer horizontal, vertical or checkerboard.",
 }
 GRAY = 128.0
-# Fading the texture over this many pixels keeps Lanczos ringing at the square's edge from
-# revealing the stripe orientation at low resolution (measured: <=1-2 gray levels left).
-TAPER = 16
+# The texture fades in over this many pixels from the square's border, so Lanczos ringing at the edge
+# cannot reveal its orientation at low resolution (the probe stays at chance even without a fade).
+# Kept short so that a 72-px core of the 84-px square carries the full texture contrast.
+TAPER = 6
 
 
 @dataclass

@@ -95,7 +95,7 @@ def build_processor(tokenizer, min_pixels: int = QWEN25VL_MIN_PIXELS, max_pixels
 
 
 def build_model(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int = 4, seed: int = 0,
-                sharpen: float = 1.0, vision_hidden: int = 128):
+                sharpen: float = 1.0, vision_hidden: int = 128, rope_theta: float = 1e6):
     """Random Qwen2.5-VL. ``sharpen`` > 1 scales the LM's weight matrices so logits are peaked:
     a flat random model hides position errors that a trained model would not forgive."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -107,7 +107,7 @@ def build_model(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int
         text_config=dict(
             vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
             num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": [4, 6, 6]},
             use_sliding_window=False, tie_word_embeddings=False,
             eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=None,
         ),

@@ -47,6 +47,7 @@ class ReproductionConfig:
     sft_epochs: float = 2.0
     grpo_steps: int = 60
     eval_batch_size: int = 32
+    export_assets: bool = False  # copy base and GRPO checkpoints into awares_lmms/assets/synthetic
 
 
 def _log(msg: str) -> None:
@@ -66,8 +67,9 @@ def _run(cmd: list[str], log: Path) -> None:
 
 
 def _finished_checkpoint(path: Path) -> bool:
-    # Written last by training.sft / training.grpo (after save_outputs), by synthetic_base at its end.
-    return (path / "config.json").exists() and (path / "model.safetensors").exists()
+    # training.sft, training.grpo and synthetic_base write these into output_dir only once training is
+    # over (checkpoints go to checkpoint-N/), the processor last.
+    return all((path / f).exists() for f in ("config.json", "model.safetensors", "processor_config.json"))
 
 
 # ----------------------------------------------------------------------------- stages
@@ -150,6 +152,7 @@ def evaluate_checkpoint(path: Path, mode: str, samples, batch_size: int = 32) ->
             crops = o.stats["crops"]
             records.append({
                 "id": s.id, "kind": s.kind, "needs_hr": s.needs_hr, "answer": s.answer, "prediction": o.text,
+                "quadrant": synthetic.QUADRANTS[s.quadrant],
                 "correct": synthetic.score(o.text, s.answer), "rtr": o.stats["rtr"], "crops": crops,
                 "right_crop": bool(crops) and region_holds_quadrant(crops, s.quadrant),
                 "tool_call_status": o.stats["tool_call_status"],
@@ -271,6 +274,26 @@ def stage_evaluate(cfg: ReproductionConfig, root: Path, test_parquet: Path, chec
     return table
 
 
+def export_assets(root: Path) -> None:
+    """Copy the loadable files of ``base`` and ``grpo`` into the package (``awares_lmms.assets``)."""
+    import shutil
+
+    from awares_lmms import assets
+
+    for name, src in (("base", root / "base"), ("awares", root / "grpo")):
+        dst = assets.SYNTHETIC_DIR / name
+        if dst.exists():
+            shutil.rmtree(dst)
+        dst.mkdir(parents=True)
+        for f in sorted(src.iterdir()):
+            # Weights, configs, tokenizer and processor; not optimizer states or trainer checkpoints.
+            if f.is_file() and f.suffix in (".json", ".jinja", ".safetensors") and f.name not in (
+                    "train_results.json", "all_results.json", "trainer_state.json"):
+                shutil.copy2(f, dst / f.name)
+        assets.synthetic_checkpoint(name)
+        _log(f"exported {src} -> {dst}")
+
+
 def run(cfg: ReproductionConfig) -> dict:
     root = Path(cfg.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -303,6 +326,8 @@ def run(cfg: ReproductionConfig) -> dict:
     print(format_table(table))
     print(json.dumps(table["targets"], indent=2))
     _log(f"wall time {table['wall_time_s']}s -> {root / 'table.json'}")
+    if cfg.export_assets:
+        export_assets(root)
     return table
 
 
@@ -311,6 +336,8 @@ def main(argv=None) -> dict:
     for name, f in ReproductionConfig.__dataclass_fields__.items():
         if name == "out":
             parser.add_argument("--out", required=True, help="working directory (resumable)")
+        elif isinstance(f.default, bool):
+            parser.add_argument(f"--{name}", action="store_true")
         else:
             parser.add_argument(f"--{name}", type=type(f.default), default=f.default)
     return run(ReproductionConfig(**vars(parser.parse_args(argv))))
