@@ -33,6 +33,7 @@ def main(argv=None) -> int:
                              "Qwen2.5-VL) or a checkpoint path")
     parser.add_argument("--per-task", type=int, default=4, help="generated samples per benchmark")
     parser.add_argument("--mode", default="awares", help="awares | full | lr | lr_then_full | fixed")
+    parser.add_argument("--crops", default="0;5", help="regions requested by --mode fixed (default 0;5)")
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args(argv)
 
@@ -55,8 +56,10 @@ def main(argv=None) -> int:
 
     env = dict(os.environ, AWARES_DATASETS_DIR=str(data_dir), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "awares_lmms.cli", "--model", "awares",
-           "--model_args", f"pretrained={model_dir},device=cpu,mode={args.mode}",
+    model_args = f"pretrained={model_dir},device=cpu,mode={args.mode}"
+    if args.mode == "fixed":
+        model_args += f",crops={args.crops}"
+    cmd = [sys.executable, "-m", "awares_lmms.cli", "--model", "awares", "--model_args", model_args,
            "--tasks", TASKS, "--batch_size", str(args.batch_size),
            "--log_samples", "--output_path", str(out / "results")]
     print("[quickstart] AWARES_DATASETS_DIR=" + str(data_dir) + " lmms_eval " + " ".join(cmd[3:]), flush=True)

@@ -26,3 +26,51 @@ def test_texture_is_readable_at_full_resolution_and_gone_at_low_resolution():
     assert gap["probe_accuracy_hr"] >= 0.95
     # Chance is 1/3; with 150 test samples 0.45 is about 3 standard errors above it.
     assert gap["probe_accuracy_lr"] <= 0.45
+
+
+# ----------------------------------------------------------------------------- the awares_synth task
+
+
+def _lmms_eval(args, env, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "awares_lmms.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_shipped_awares_checkpoint_crops_only_when_needed_through_lmms_eval(tmp_path):
+    """The real `lmms_eval` command on the awares_synth task with the shipped GRPO checkpoint: colour
+    and quadrant questions answered from the LR view, texture questions with the right crop."""
+    import json
+    import os
+
+    from awares_lmms import assets
+
+    synthetic.write_parquet(tmp_path / "awares_synth.parquet", 60, seed=2, prefix="test")
+    env = dict(os.environ, AWARES_DATASETS_DIR=str(tmp_path), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    out = tmp_path / "results"
+    proc = _lmms_eval(["--model", "awares", "--model_args",
+                       f"pretrained={assets.synthetic_checkpoint('awares')},device=cpu", "--tasks", "awares_synth",
+                       "--batch_size", "16", "--log_samples", "--output_path", str(out)], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(next(out.rglob("*_results.json")).read_text())["results"]["awares_synth"]
+    assert res["accuracy,none"] >= 0.9
+    assert res["rtr,none"] <= 0.45  # LR view 0.25 + one quadrant crop (0.25) on texture questions only
+    assert res["no_crop_lr_sufficient,none"] >= 0.95
+    assert res["no_crop_hr_needed,none"] <= 0.05
+    samples = [json.loads(line) for line in next(out.rglob("*_samples_awares_synth.jsonl")).read_text().splitlines()]
+    assert len(samples) == 60
+    for s in samples:
+        assert s["tool_call_status"] in ("none", "valid")
+        assert s["rtr"] == (0.5 if s["crops"] else 0.25)  # 16 LR tokens (+ 16 for a quadrant) of 64
+
+
+def test_awares_synth_without_its_data_exits_with_the_command_that_writes_it(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "AWARES_DATASETS_DIR"}
+    proc = _lmms_eval(["--model", "awares", "--model_args", "pretrained=unused,device=cpu", "--tasks", "awares_synth",
+                       "--output_path", str(tmp_path / "out")], dict(env, HF_HUB_OFFLINE="1"), tmp_path)
+    assert proc.returncode != 0
+    assert "python -m awares_lmms.synthetic" in proc.stdout + proc.stderr

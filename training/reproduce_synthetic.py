@@ -44,8 +44,8 @@ class ReproductionConfig:
     n_train: int = 1200         # curated into SFT/GRPO transcripts
     n_test: int = 300           # held-out split of the table
     base_steps: int = 1500      # ~5 min on 2 cores
-    sft_epochs: float = 2.0
-    grpo_steps: int = 60
+    sft_epochs: float = 6.0
+    grpo_steps: int = 100
     eval_batch_size: int = 32
     export_assets: bool = False  # copy base and GRPO checkpoints into awares_lmms/assets/synthetic
 
@@ -70,6 +70,11 @@ def _finished_checkpoint(path: Path) -> bool:
     # training.sft, training.grpo and synthetic_base write these into output_dir only once training is
     # over (checkpoints go to checkpoint-N/), the processor last.
     return all((path / f).exists() for f in ("config.json", "model.safetensors", "processor_config.json"))
+
+
+def _resume(out: Path) -> list[str]:
+    """Continue a killed SFT/GRPO run from its last checkpoint-N instead of starting it over."""
+    return ["--resume_from_checkpoint", "true"] if any(out.glob("checkpoint-*")) else []
 
 
 # ----------------------------------------------------------------------------- stages
@@ -113,7 +118,7 @@ def stage_sft(cfg: ReproductionConfig, root: Path, base: Path, transcripts: Path
     if not _finished_checkpoint(out):
         _run([sys.executable, "-m", "training.sft", "--config", RECIPES / "sft.yaml",
               "--model_name_or_path", base, "--transcripts", transcripts, "--output_dir", out,
-              "--num_train_epochs", cfg.sft_epochs, "--seed", cfg.seed], root / "sft.log")
+              "--num_train_epochs", cfg.sft_epochs, "--seed", cfg.seed, *_resume(out)], root / "sft.log")
     return out
 
 
@@ -122,7 +127,7 @@ def stage_grpo(cfg: ReproductionConfig, root: Path, sft: Path, transcripts: Path
     if not _finished_checkpoint(out):
         _run([sys.executable, "-m", "training.grpo", "--config", RECIPES / "grpo.yaml",
               "--model_name_or_path", sft, "--transcripts", transcripts, "--output_dir", out,
-              "--max_steps", cfg.grpo_steps, "--seed", cfg.seed], root / "grpo.log")
+              "--max_steps", cfg.grpo_steps, "--seed", cfg.seed, *_resume(out)], root / "grpo.log")
     return out
 
 
