@@ -69,8 +69,11 @@ def test_shipped_awares_checkpoint_crops_only_when_needed_through_lmms_eval(tmp_
 def test_awares_synth_without_its_data_exits_with_the_command_that_writes_it(tmp_path):
     import os
 
+    from awares_lmms import assets
+
     env = {k: v for k, v in os.environ.items() if k != "AWARES_DATASETS_DIR"}
-    proc = _lmms_eval(["--model", "awares", "--model_args", "pretrained=unused,device=cpu", "--tasks", "awares_synth",
+    model = assets.synthetic_checkpoint("awares")
+    proc = _lmms_eval(["--model", "awares", "--model_args", f"pretrained={model},device=cpu", "--tasks", "awares_synth",
                        "--output_path", str(tmp_path / "out")], dict(env, HF_HUB_OFFLINE="1"), tmp_path)
     assert proc.returncode != 0
     assert "python -m awares_lmms.synthetic" in proc.stdout + proc.stderr

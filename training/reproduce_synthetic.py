@@ -113,22 +113,22 @@ def stage_curate(cfg: ReproductionConfig, root: Path, train_parquet: Path, base:
     return out / "transcripts.jsonl"
 
 
-def stage_sft(cfg: ReproductionConfig, root: Path, base: Path, transcripts: Path) -> Path:
-    out = root / "sft"
+def _train(step: str, cfg: ReproductionConfig, root: Path, start: Path, transcripts: Path, *overrides) -> Path:
+    """``python -m training.<step>`` with its synthetic recipe, from ``start``, into ``root/<step>``."""
+    out = root / step
     if not _finished_checkpoint(out):
-        _run([sys.executable, "-m", "training.sft", "--config", RECIPES / "sft.yaml",
-              "--model_name_or_path", base, "--transcripts", transcripts, "--output_dir", out,
-              "--num_train_epochs", cfg.sft_epochs, "--seed", cfg.seed, *_resume(out)], root / "sft.log")
+        _run([sys.executable, "-m", f"training.{step}", "--config", RECIPES / f"{step}.yaml",
+              "--model_name_or_path", start, "--transcripts", transcripts, "--output_dir", out,
+              "--seed", cfg.seed, *overrides, *_resume(out)], root / f"{step}.log")
     return out
+
+
+def stage_sft(cfg: ReproductionConfig, root: Path, base: Path, transcripts: Path) -> Path:
+    return _train("sft", cfg, root, base, transcripts, "--num_train_epochs", cfg.sft_epochs)
 
 
 def stage_grpo(cfg: ReproductionConfig, root: Path, sft: Path, transcripts: Path) -> Path:
-    out = root / "grpo"
-    if not _finished_checkpoint(out):
-        _run([sys.executable, "-m", "training.grpo", "--config", RECIPES / "grpo.yaml",
-              "--model_name_or_path", sft, "--transcripts", transcripts, "--output_dir", out,
-              "--max_steps", cfg.grpo_steps, "--seed", cfg.seed, *_resume(out)], root / "grpo.log")
-    return out
+    return _train("grpo", cfg, root, sft, transcripts, "--max_steps", cfg.grpo_steps)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -222,13 +222,17 @@ def draw_plot(table: dict, path: Path) -> Path:
     d.text((w / 2 - 120, h - 30), "RTR (visual tokens / full-resolution tokens)", fill="black", font=font)
     d.text((10, 10), "accuracy on the held-out synthetic split", fill="black", font=font)
     colours = {"full": (40, 40, 40), "lr": (120, 120, 120), "sft": (40, 90, 200), "grpo": (200, 50, 40)}
+    placed: list[tuple[float, float]] = []
     for name in ROWS:
         row = table.get(name)
         if not row or row.get("accuracy") is None or row.get("rtr") is None:
             continue
         x, y = xy(min(row["rtr"], 1.0), row["accuracy"])
+        # Rows on the same spot (e.g. SFT = GRPO) get their labels stacked, not drawn over each other.
+        shift = 16 * sum(abs(x - px) < 12 and abs(y - py) < 12 for px, py in placed)
+        placed.append((x, y))
         d.ellipse([x - 6, y - 6, x + 6, y + 6], fill=colours[name])
-        d.text((x + 9, y - 8), name, fill=colours[name], font=font)
+        d.text((x + 9, y - 8 + shift), name, fill=colours[name], font=font)
     img.save(path)
     return path
 
@@ -297,6 +301,8 @@ def export_assets(root: Path) -> None:
                 shutil.copy2(f, dst / f.name)
         assets.synthetic_checkpoint(name)
         _log(f"exported {src} -> {dst}")
+    for name in ("table.json", "table.md", "accuracy_vs_rtr.png"):  # the run these checkpoints come from
+        shutil.copy2(root / name, assets.SYNTHETIC_DIR / name)
 
 
 def run(cfg: ReproductionConfig) -> dict:

@@ -35,14 +35,15 @@ def test_short_sft_from_the_base_model_learns_when_and_where_to_crop(tmp_path):
     base = assets.synthetic_checkpoint("base")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    train = synthetic.write_parquet(tmp_path / "train.parquet", 320, seed=11, prefix="learn")
+    train = synthetic.write_parquet(tmp_path / "train.parquet", 600, seed=11, prefix="learn")
     _run([sys.executable, "-m", "training.curate", "--config", RECIPES / "curate.yaml", "--source", train,
-          "--model_name_or_path", base, "--output_dir", tmp_path / "curated"], env)
+          "--model_name_or_path", base, "--output_dir", tmp_path / "curated",
+          "--lr_samples", "0"], env)  # where to look does not depend on the lucky-guess check: save its time
     summary = json.loads((tmp_path / "curated" / "summary.json").read_text())
-    assert summary["labels"].get("hr", 0) >= 40, summary["labels"]  # the base misses texture at LR
+    assert summary["labels"].get("hr", 0) >= 150, summary["labels"]  # the base cannot read the texture at LR
     _run([sys.executable, "-m", "training.sft", "--config", RECIPES / "sft.yaml", "--model_name_or_path", base,
           "--transcripts", tmp_path / "curated" / "transcripts.jsonl", "--output_dir", tmp_path / "sft",
-          "--num_train_epochs", "3", "--save_strategy", "no"], env)
+          "--num_train_epochs", "12", "--save_strategy", "no"], env)  # 450 steps of 16, as the reproduction
 
     held_out = synthetic.generate(90, seed=12, prefix="learn-test")
     result = evaluate_checkpoint(tmp_path / "sft", "awares", held_out)

@@ -7,6 +7,7 @@ Both take normalised original images and return one ``Outcome`` (text or error) 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from PIL import Image
@@ -46,17 +47,19 @@ class LocalAnswerer:
         self.settings = GenerationSettings(max_new_tokens=args.answerer_max_new_tokens)
         self.policy = policy
 
-    def answer(self, mode: str, questions: list[str], originals: list[Image.Image]) -> list[Outcome]:
+    def answer(self, mode: str, questions: list[str], originals: list[Image.Image],
+               temperature: float = 0.0) -> list[Outcome]:
         from awares_lmms.engine import Request
 
         engine = self.engines[mode]
+        settings = dataclasses.replace(self.settings, temperature=temperature)
         requests = [Request(question=q, images=[im]) for q, im in zip(questions, originals)]
-        batch = call_with_retries(lambda: [r.text for r in engine.run(requests, self.settings)],
+        batch = call_with_retries(lambda: [r.text for r in engine.run(requests, settings)],
                                   RetryPolicy(attempts=1), what=f"local {mode} batch")
         if batch.ok:
             return [Outcome(value=text, attempts=1) for text in batch.value]
         # One bad row must not fail its neighbours: isolate it by answering row by row.
-        return [call_with_retries(lambda r=r: engine.run([r], self.settings)[0].text, self.policy,
+        return [call_with_retries(lambda r=r: engine.run([r], settings)[0].text, self.policy,
                                   what=f"local {mode} answer") for r in requests]
 
 
@@ -70,13 +73,15 @@ class OpenAIAnswerer:
         self.concurrency = args.answerer_concurrency
         self.policy = policy
 
-    def answer(self, mode: str, questions: list[str], originals: list[Image.Image]) -> list[Outcome]:
+    def answer(self, mode: str, questions: list[str], originals: list[Image.Image],
+               temperature: float = 0.0) -> list[Outcome]:
         def one(pair):
             question, original = pair
             view = images.low_res_view(original, self.lr_scale) if mode == "lr" else original
             messages = [{"role": "user", "content": [endpoints.image_part(view), {"type": "text", "text": question}]}]
-            return call_with_retries(lambda: endpoints.chat(self.client, self.model, messages, self.max_tokens),
-                                     self.policy, what=f"openai {mode} answer")
+            return call_with_retries(
+                lambda: endpoints.chat(self.client, self.model, messages, self.max_tokens, temperature),
+                self.policy, what=f"openai {mode} answer")
 
         return map_concurrently(one, list(zip(questions, originals)), self.concurrency)
 

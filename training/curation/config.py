@@ -74,9 +74,20 @@ class AnswererArguments:
     attn_implementation: str | None = field(default=None)
     min_pixels: int | None = field(default=None, metadata={"help": "Processor pixel budget override (local)."})
     max_pixels: int | None = field(default=None, metadata={"help": "Processor pixel budget override (local)."})
+    lr_samples: int = field(default=0, metadata={
+        "help": "Extra LR answers sampled per sample at lr_sample_temperature (0: off, the paper's rule). With k > 0 "
+                "a correct greedy LR answer makes a sample LR-sufficient only if at least lr_min_agreement of the "
+                "k sampled LR answers are judged correct too: the LR view must answer reliably, not by a lucky "
+                "guess (a model that cannot see the evidence at LR answers one constant guess, right by chance "
+                "for one class, which would never get an HR transcript)."})
+    lr_sample_temperature: float = field(default=1.0, metadata={"help": "Temperature of the sampled LR answers."})
 
     def __post_init__(self):
         _check("answerer", self.answerer, ANSWERERS)
+        if self.lr_samples < 0:
+            raise ValueError(f"lr_samples must be >= 0, got {self.lr_samples}")
+        if self.lr_samples and not self.lr_sample_temperature > 0:
+            raise ValueError(f"lr_sample_temperature must be > 0, got {self.lr_sample_temperature}")
 
 
 @dataclass
@@ -97,9 +108,14 @@ class JudgeArguments:
     identical_answers_tie: bool = field(default=True, metadata={
         "help": "When both answers are wrong but the full-resolution answer equals the LR one (normalised), "
                 "resolution changed nothing: count it as a tie (label lr) whatever both_wrong says."})
+    lr_min_agreement: float = field(default=0.75, metadata={
+        "help": "With lr_samples > 0: share of the sampled LR answers that must be correct for a correct greedy "
+                "LR answer to count (else the label reason is lr_correct_by_chance)."})
 
     def __post_init__(self):
         _check("judge", self.judge, JUDGES)
+        if not 0 < self.lr_min_agreement <= 1:
+            raise ValueError(f"lr_min_agreement must be in (0, 1], got {self.lr_min_agreement}")
 
 
 @dataclass

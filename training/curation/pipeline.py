@@ -36,7 +36,7 @@ from .store import JsonlStore, save_png
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("answer_lr", "answer_full", "judge", "oracle")
+STAGES = ("answer_lr", "answer_full", "answer_lr_sampled", "judge", "oracle")
 
 
 @dataclass
@@ -154,8 +154,13 @@ class Curator:
         self.log.compact()
         return {"samples": len(samples), "processed": len(pending), "seconds": round(time.perf_counter() - t0, 1)}
 
+    @property
+    def _answer_stages(self) -> tuple[str, ...]:
+        sampled = ("answer_lr_sampled",) if self.answerer_args.lr_samples else ()
+        return ("answer_lr", "answer_full") + sampled
+
     def _answer(self, pending: list[Sample]) -> None:
-        need = [s for s in pending if any(self._cached(st, s.id) is None for st in ("answer_lr", "answer_full"))]
+        need = [s for s in pending if any(self._cached(st, s.id) is None for st in self._answer_stages)]
         if not need:
             return
         backend = answerers.build(self.answerer_args, self.policy)
@@ -176,13 +181,31 @@ class Curator:
                 self._store(stage, [
                     {"id": p.sample.id, "status": "ok" if o.ok else "error", "text": o.value, "error": o.error,
                      "attempts": o.attempts} for p, o in zip(todo, outcomes)])
+            todo = [p for p in ready if "answer_lr_sampled" in self._answer_stages
+                    and self._cached("answer_lr_sampled", p.sample.id) is None]
+            if todo:
+                self._store("answer_lr_sampled", self._sample_lr(backend, todo))
             bar.update(len(batch))
         bar.close()
         del backend
         _free_memory()
 
+    def _sample_lr(self, backend, todo: list[Prepared]) -> list[dict]:
+        """``lr_samples`` LR answers per sample at ``lr_sample_temperature``: one record per sample."""
+        k, temperature = self.answerer_args.lr_samples, self.answerer_args.lr_sample_temperature
+        draws = [backend.answer("lr", [p.sample.question for p in todo], [p.original for p in todo],
+                                temperature=temperature) for _ in range(k)]
+        records = []
+        for j, p in enumerate(todo):
+            outcomes = [draw[j] for draw in draws]
+            errors = [o.error for o in outcomes if not o.ok]
+            records.append({"id": p.sample.id, "status": "error" if errors else "ok",
+                            "texts": [o.value for o in outcomes], "error": errors[0] if errors else None,
+                            "attempts": max(o.attempts for o in outcomes)})
+        return records
+
     def _answers_ok(self, sample_id: str) -> bool:
-        recs = [self._cached(st, sample_id) for st in ("answer_lr", "answer_full")]
+        recs = [self._cached(st, sample_id) for st in self._answer_stages]
         return all(r is not None and r["status"] == "ok" for r in recs)
 
     def _judge(self, pending: list[Sample]) -> None:
@@ -191,13 +214,28 @@ class Curator:
             return
         backend = judges.build(self.judge_args, self.policy)
         bar = tqdm(total=len(need), desc=f"judge ({self.judge_args.judge})", unit="sample")
+        sampled = "answer_lr_sampled" in self._answer_stages
         for batch in _batches(need, self.judge_args.judge_batch_size):
+            hr_texts = [self.caches["answer_full"].get(s.id)["text"] for s in batch]
             items = [judges.JudgeItem(s.id, s.question, s.answers, self.caches["answer_lr"].get(s.id)["text"],
-                                      self.caches["answer_full"].get(s.id)["text"], s.scorer) for s in batch]
-            outcomes = backend.judge(items)
-            self._store("judge", [
-                {"id": it.id, "status": "ok" if o.ok else "error", "verdict": o.value, "error": o.error,
-                 "attempts": o.attempts} for it, o in zip(items, outcomes)])
+                                      hr, s.scorer) for s, hr in zip(batch, hr_texts)]
+            # Each sampled LR answer is judged like the greedy one, against the same HR answer.
+            extra = [[judges.JudgeItem(f"{s.id}#lr{k}", s.question, s.answers, text, hr, s.scorer)
+                      for k, text in enumerate(self.caches["answer_lr_sampled"].get(s.id)["texts"])]
+                     for s, hr in zip(batch, hr_texts)] if sampled else [[] for _ in batch]
+            outcomes = backend.judge(items + [it for row in extra for it in row])
+            main, rest = outcomes[:len(items)], outcomes[len(items):]
+            records = []
+            for it, o, row in zip(items, main, extra):
+                subs, rest = rest[:len(row)], rest[len(row):]
+                failed = next((x for x in [o, *subs] if not x.ok), None)
+                verdict = dict(o.value) if o.ok else None
+                if verdict is not None and sampled and failed is None:
+                    verdict["lr_samples_correct"] = [bool(x.value["lr_correct"]) for x in subs]
+                records.append({"id": it.id, "status": "error" if failed else "ok",
+                                "verdict": None if failed else verdict, "error": failed.error if failed else None,
+                                "attempts": max(x.attempts for x in [o, *subs])})
+            self._store("judge", records)
             bar.update(len(batch))
         bar.close()
         del backend
@@ -207,9 +245,15 @@ class Curator:
         rec = self._cached("judge", sample.id)
         if rec is None or rec["status"] != "ok":
             return None
-        return labels.label(rec["verdict"], self.caches["answer_lr"].get(sample.id)["text"],
-                            self.caches["answer_full"].get(sample.id)["text"], self.run_args.both_wrong,
-                            self.judge_args.identical_answers_tie)
+        return self._apply_label_rule(rec["verdict"], self.caches["answer_lr"].get(sample.id)["text"],
+                                      self.caches["answer_full"].get(sample.id)["text"])
+
+    def _apply_label_rule(self, verdict: dict, lr_answer: str, hr_answer: str) -> tuple[str | None, str]:
+        samples = verdict.get("lr_samples_correct")
+        agreement = sum(samples) / len(samples) if samples else None
+        return labels.label(verdict, lr_answer, hr_answer, self.run_args.both_wrong,
+                            self.judge_args.identical_answers_tie, lr_agreement=agreement,
+                            min_lr_agreement=self.judge_args.lr_min_agreement)
 
     def _locate(self, pending: list[Sample]) -> None:
         need = []
@@ -267,7 +311,7 @@ class Curator:
         if s.id in self.input_errors:
             return failed("input", self.input_errors[s.id])
         attempts = log["attempts"] = {}
-        for stage in ("answer_lr", "answer_full"):
+        for stage in self._answer_stages:
             rec = self._cached(stage, s.id)
             if rec is None:
                 return failed(stage, "no result (stage did not run for this sample)")
@@ -276,13 +320,14 @@ class Curator:
             attempts[stage] = rec["attempts"]
         lr_answer, hr_answer = self.caches["answer_lr"].get(s.id)["text"], self.caches["answer_full"].get(s.id)["text"]
         log.update(lr_answer=lr_answer, hr_answer=hr_answer)
+        if "answer_lr_sampled" in self._answer_stages:
+            log["lr_samples"] = self.caches["answer_lr_sampled"].get(s.id)["texts"]
         judged = self._cached("judge", s.id)
         if judged is None or judged["status"] != "ok":
             return failed("judge", judged["error"] if judged else "no verdict", judged and judged["attempts"])
         attempts["judge"] = judged["attempts"]
         verdict = judged["verdict"]
-        label, reason = labels.label(verdict, lr_answer, hr_answer, self.run_args.both_wrong,
-                                     self.judge_args.identical_answers_tie)
+        label, reason = self._apply_label_rule(verdict, lr_answer, hr_answer)
         log.update(judge=verdict, label=label, label_reason=reason)
         if label is None:
             return None, {**log, "status": "dropped", "reason": reason}
