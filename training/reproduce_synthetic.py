@@ -159,17 +159,24 @@ def evaluate_checkpoint(path: Path, mode: str, samples, batch_size: int = 32) ->
                 "id": s.id, "kind": s.kind, "needs_hr": s.needs_hr, "answer": s.answer, "prediction": o.text,
                 "quadrant": synthetic.QUADRANTS[s.quadrant],
                 "correct": synthetic.score(o.text, s.answer), "rtr": o.stats["rtr"], "crops": crops,
-                "right_crop": bool(crops) and region_holds_quadrant(crops, s.quadrant),
+                "right_crop": request_holds_box(crops, s.evidence_box, s.image.size),
                 "tool_call_status": o.stats["tool_call_status"],
             })
     return summarise(records) | {"records": records}
 
 
-def region_holds_quadrant(crop_names, quadrant: int) -> bool:
-    """Whether the requested regions hold the quadrant: itself, a half containing it, or 'all'."""
-    holders = {0: {"top-left", "top", "left"}, 1: {"top-right", "top", "right"},
-               2: {"bottom-left", "bottom", "left"}, 3: {"bottom-right", "bottom", "right"}}[quadrant]
-    return any(n in holders | {"all"} for n in crop_names)
+def request_holds_box(crop_names: list[str], box, image_size) -> bool:
+    """Whether one of the requested regions (or the whole image, ``all``) contains the evidence box."""
+    from awares_lmms import protocol
+
+    x0, y0, x1, y1 = box
+    for name in crop_names:
+        if name == "all":
+            return True
+        rx0, ry0, rx1, ry1 = protocol.region_box(protocol.REGION_NAMES.index(name), *image_size)
+        if rx0 <= x0 and ry0 <= y0 and x1 <= rx1 and y1 <= ry1:
+            return True
+    return False
 
 
 def summarise(records: list[dict]) -> dict:
@@ -198,15 +205,14 @@ def summarise(records: list[dict]) -> dict:
 
 def draw_plot(table: dict, path: Path) -> Path:
     """Accuracy vs RTR, one labelled point per row (PIL: no plotting dependency)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
+
+    from training.curation.summary import _font
 
     w, h, m = 640, 480, 70
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    try:
-        font = ImageFont.load_default(size=14)
-    except TypeError:  # Pillow without FreeType
-        font = ImageFont.load_default()
+    font = _font(14)
 
     def xy(rtr, acc):
         return m + rtr * (w - 2 * m), h - m - acc * (h - 2 * m)
