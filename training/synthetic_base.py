@@ -27,7 +27,7 @@ class BaseConfig:
     output_dir: str
     steps: int = 1500
     batch_size: int = 16
-    learning_rate: float = 5e-4  # 2e-3 and 1e-3 sat on the 'colour only' plateau for 1500+ steps
+    learning_rate: float = 5e-4  # with rope_theta 100: 2e-3 was still on the 'colour only' plateau at step 1950, 1e-3 at 650
     warmup_steps: int = 100
     low_res_fraction: float = 0.4  # share of training images shown at half resolution
     pool_size: int = 3000
@@ -37,8 +37,8 @@ class BaseConfig:
     vision_depth: int = 2
     vision_hidden: int = 96
     # The real checkpoints' 1e6 leaves a 32-dim head's height/width sections of M-RoPE (its lowest
-    # frequencies) almost still across an 8-token-wide image; with it, no run learned the quadrant
-    # or the texture in 1500-2500 steps. 100 turns them enough to tell positions apart. See README.
+    # frequencies) almost still across an 8-token-wide image: a 1500-step run learned colour only, and
+    # two more sat on the same plateau when stopped at step 950. 100 turns them enough. See README.
     rope_theta: float = 100.0
     save_every: int = 250
     eval_every: int = 250  # teacher-forced answer accuracy per question kind on held-out samples (0: never)
