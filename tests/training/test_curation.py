@@ -703,13 +703,16 @@ def test_sampled_lr_answers_relabel_lucky_guesses_on_the_synthetic_benchmark(tmp
     recipe = REPO / "training" / "recipes" / "synthetic" / "curate.yaml"
     base = assets.synthetic_checkpoint("base")
     logs = {}
-    for k in (0, 4):
-        out = tmp_path / f"k{k}"
+    for run, k in (("k0", 0), ("k4", 4), ("k4_again", 4)):
+        out = tmp_path / run
         proc = subprocess.run([sys.executable, "-m", "training.curate", "--config", str(recipe), "--source", str(source),
                                "--model_name_or_path", str(base), "--output_dir", str(out), "--lr_samples", str(k)],
                               cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        logs[k] = {r["id"]: r for r in map(json.loads, (out / "curation_log.jsonl").read_text().splitlines())}
+        logs[run] = {r["id"]: r for r in map(json.loads, (out / "curation_log.jsonl").read_text().splitlines())}
+    # The sampled answers are seeded (lr_sample_seed): a second run samples exactly the same ones.
+    assert [r["lr_samples"] for r in logs["k4"].values()] == [r["lr_samples"] for r in logs["k4_again"].values()]
+    logs = {0: logs["k0"], 4: logs["k4"]}
     kinds = {sid: kind for sid, kind in zip(*[pd.read_parquet(source)[c] for c in ("id", "kind")])}
     lucky = [sid for sid, r in logs[0].items() if kinds[sid] == "texture" and r["label"] == "lr"]
     assert len(lucky) >= 5  # the constant guess is right for about a third of the texture questions

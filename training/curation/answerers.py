@@ -48,12 +48,16 @@ class LocalAnswerer:
         self.policy = policy
 
     def answer(self, mode: str, questions: list[str], originals: list[Image.Image],
-               temperature: float = 0.0) -> list[Outcome]:
+               temperature: float = 0.0, seed: int | None = None) -> list[Outcome]:
+        import torch
+
         from awares_lmms.engine import Request
 
         engine = self.engines[mode]
         settings = dataclasses.replace(self.settings, temperature=temperature)
         requests = [Request(question=q, images=[im]) for q, im in zip(questions, originals)]
+        if seed is not None:
+            torch.manual_seed(seed)  # sampling draws from the global generator
         batch = call_with_retries(lambda: [r.text for r in engine.run(requests, settings)],
                                   RetryPolicy(attempts=1), what=f"local {mode} batch")
         if batch.ok:
@@ -74,13 +78,13 @@ class OpenAIAnswerer:
         self.policy = policy
 
     def answer(self, mode: str, questions: list[str], originals: list[Image.Image],
-               temperature: float = 0.0) -> list[Outcome]:
+               temperature: float = 0.0, seed: int | None = None) -> list[Outcome]:
         def one(pair):
             question, original = pair
             view = images.low_res_view(original, self.lr_scale) if mode == "lr" else original
             messages = [{"role": "user", "content": [endpoints.image_part(view), {"type": "text", "text": question}]}]
             return call_with_retries(
-                lambda: endpoints.chat(self.client, self.model, messages, self.max_tokens, temperature),
+                lambda: endpoints.chat(self.client, self.model, messages, self.max_tokens, temperature, seed),
                 self.policy, what=f"openai {mode} answer")
 
         return map_concurrently(one, list(zip(questions, originals)), self.concurrency)

@@ -81,6 +81,9 @@ class AnswererArguments:
                 "guess (a model that cannot see the evidence at LR answers one constant guess, right by chance "
                 "for one class, which would never get an HR transcript)."})
     lr_sample_temperature: float = field(default=1.0, metadata={"help": "Temperature of the sampled LR answers."})
+    lr_sample_seed: int = field(default=0, metadata={
+        "help": "Seed of the sampled LR answers: each draw of each batch is seeded from it, so a run (same "
+                "batch size) samples the same answers again. OpenAI servers get it as the request's seed."})
 
     def __post_init__(self):
         _check("answerer", self.answerer, ANSWERERS)

@@ -32,10 +32,12 @@ def image_part(img: Image.Image) -> dict:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def chat(client, model: str, messages: list[dict], max_tokens: int, temperature: float = 0.0) -> str:
+def chat(client, model: str, messages: list[dict], max_tokens: int, temperature: float = 0.0,
+         seed: int | None = None) -> str:
     """One completion's text; raises on transport errors and on an empty choice list."""
+    extra = {} if seed is None else {"seed": seed}
     response = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
-                                              temperature=temperature)
+                                              temperature=temperature, **extra)
     if not response.choices:
         raise RuntimeError("server returned no choices")
     return response.choices[0].message.content or ""

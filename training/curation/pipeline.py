@@ -17,6 +17,7 @@ import logging
 import re
 import shutil
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,8 +194,10 @@ class Curator:
     def _sample_lr(self, backend, todo: list[Prepared]) -> list[dict]:
         """``lr_samples`` LR answers per sample at ``lr_sample_temperature``: one record per sample."""
         k, temperature = self.answerer_args.lr_samples, self.answerer_args.lr_sample_temperature
+        # One seed per draw and batch (crc32: stable across processes, unlike hash()).
+        seeds = [zlib.crc32(f"{self.answerer_args.lr_sample_seed}:{d}:{todo[0].sample.id}".encode()) for d in range(k)]
         draws = [backend.answer("lr", [p.sample.question for p in todo], [p.original for p in todo],
-                                temperature=temperature) for _ in range(k)]
+                                temperature=temperature, seed=seed) for seed in seeds]
         records = []
         for j, p in enumerate(todo):
             outcomes = [draw[j] for draw in draws]
