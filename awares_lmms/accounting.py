@@ -24,6 +24,9 @@ class PixelBudget:
     max_pixels: int
     patch_size: int = 14
     merge_size: int = 2
+    # True when every image is first resized by qwen_vl_utils (``images.pre_resize``): the processor
+    # then resizes the already-resized image again, and the tighter limit wins.
+    pre_resize: bool = False
 
     @property
     def factor(self) -> int:
@@ -31,6 +34,10 @@ class PixelBudget:
 
     def resized(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) the processor will feed the vision tower."""
+        if self.pre_resize:
+            from qwen_vl_utils.vision_process import smart_resize as qwen_vl_utils_resize  # see images.pre_resize
+
+            height, width = qwen_vl_utils_resize(height, width, factor=self.factor)
         h, w = smart_resize(height, width, factor=self.factor,
                             min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         return w, h
@@ -40,7 +47,7 @@ class PixelBudget:
         return (w // self.factor) * (h // self.factor)
 
 
-def budget_from_processor(image_processor) -> PixelBudget:
+def budget_from_processor(image_processor, pre_resize: bool = False) -> PixelBudget:
     """The budget an image processor actually applies (``size`` wins over legacy attributes)."""
     size = getattr(image_processor, "size", None) or {}
     # transformers 5 stores ``size`` as a ``SizeDict`` (not a dict subclass) with a dict-like ``get``.
@@ -52,7 +59,7 @@ def budget_from_processor(image_processor) -> PixelBudget:
     if mn is None or mx is None:
         raise ValueError("cannot read min/max pixels from the image processor")
     return PixelBudget(int(mn), int(mx), int(getattr(image_processor, "patch_size", 14)),
-                       int(getattr(image_processor, "merge_size", 2)))
+                       int(getattr(image_processor, "merge_size", 2)), pre_resize)
 
 
 def set_pixel_budget(processor, min_pixels: int | None = None, max_pixels: int | None = None):
@@ -84,7 +91,28 @@ def retain_token_ratio(lr_tokens: int, crop_tokens: int, full_tokens: int) -> fl
     return (lr_tokens + crop_tokens) / float(full_tokens)
 
 
-def pixel_ratio(lr_size, crop_sizes, full_size) -> float:
-    """The paper's pixel-based ratio: LR pixels plus crop pixels over original pixels."""
-    px = lr_size[0] * lr_size[1] + sum(w * h for w, h in crop_sizes)
-    return px / float(full_size[0] * full_size[1])
+# The released evaluation's constant for a direct answer (the LR view is a quarter of the pixels).
+PAPER_RATIO_DIRECT = 0.25
+
+
+def paper_ratio(full_size, lr_size, turn2: str, boxes=(), small_image: bool = False) -> float:
+    """The ratio the released evaluation computes for one sample (``rtr_paper``), quirks included.
+
+    ``turn2`` is what was sent after turn 1: ``none`` (a direct answer: 0.25 whatever the sizes),
+    ``full`` (the whole original, after an unreadable request or ``all``: (W*H + LR px) / (W*H)) or
+    ``crops`` (the sum over ``boxes`` of (box px + LR px), over W*H: the LR view is counted once per
+    crop). A request on an image under 100 px on a side (``small_image``) counts 1.0.
+    """
+    if turn2 == "none":
+        return PAPER_RATIO_DIRECT
+    if small_image:
+        return 1.0
+    full = full_size[0] * full_size[1]
+    lr = lr_size[0] * lr_size[1]
+    if turn2 == "full":
+        return (full + lr) / float(full)
+    if turn2 == "crops":
+        if not boxes:
+            raise ValueError("turn2='crops' needs the crop boxes")
+        return sum((b[2] - b[0]) * (b[3] - b[1]) + lr for b in boxes) / float(full)
+    raise ValueError(f"turn2 must be 'none', 'full' or 'crops', got {turn2!r}")

@@ -90,7 +90,7 @@ def timed(engine: TwoTurnEngine, reqs, settings, repeats: int):
         runs.append((time.perf_counter() - t, out))
     wall = statistics.median(r[0] for r in runs)
     out = runs[-1][1]
-    turn2 = statistics.median(max(o.stats["turn2_s"] for o in r[1]) for r in runs)
+    turn2 = statistics.median(max(o.stats.turn2_s for o in r[1]) for r in runs)
     return wall, turn2, out
 
 
@@ -123,16 +123,17 @@ def main(argv=None) -> dict:
         wall_reuse, t2_reuse, out = timed(reuse, group, settings, args.repeats)
         wall_repref, t2_repref, _ = timed(reprefill, group, settings, args.repeats)
         wall_full, _, _ = timed(full, [Request(r.question, r.images) for r in group], settings, args.repeats)
-        mask = reprefill.last_turn2["inputs"]["full_mask"]
-        tokens_reuse = sum(o.stats["prefill_tokens_turn2"] for o in out)
-        tokens_repref = int(mask.sum())
+        traced = reprefill.run(group, settings, trace=True)
+        tokens_reuse = sum(o.stats.prefill_tokens_turn2 for o in out)
+        # Without reuse, turn 2 prefills the whole two-turn conversation of each continuing row.
+        tokens_repref = sum(len(o.turn2.input_ids) for o in traced if o.turn2 is not None)
         name = "+".join(f"{r.images[0].width}x{r.images[0].height}" for r in group)
         row = {
             "prefill_tokens_turn2_reuse": tokens_reuse, "prefill_tokens_turn2_reprefill": tokens_repref,
             "prefill_token_ratio": tokens_reuse / tokens_repref,
             "turn2_s_reuse": t2_reuse, "turn2_s_reprefill": t2_repref, "turn2_time_ratio": t2_reuse / t2_repref,
             "awares_s": wall_reuse, "full_s": wall_full, "awares_vs_full_time_ratio": wall_reuse / wall_full,
-            "rtr": statistics.mean(o.stats["rtr"] for o in out),
+            "rtr": statistics.mean(o.stats.rtr for o in out),
         }
         report[name] = row
         print(f"{name:<26}{tokens_reuse:>17}{tokens_repref:>16}{row['prefill_token_ratio']:>7.2f}"

@@ -19,6 +19,11 @@ logger = logging.getLogger(__name__)
 # Qwen's smart_resize raises above 200:1. Pad to a little less so rounding to 28-px multiples
 # cannot push a padded image back over the limit.
 MAX_ASPECT_RATIO = 190.0
+# The released evaluation pads nothing: images up to 200:1 reach the model as they are (beyond, its
+# resize raises). The paper preset pads only what it could not process.
+RELEASED_MAX_ASPECT_RATIO = 200.0
+# The released LR view first scales an original whose longest side exceeds this to exactly this.
+MAX_LR_SOURCE_SIDE = 20000
 
 
 def _to_8bit_rgb(img: Image.Image) -> Image.Image:
@@ -59,8 +64,10 @@ def _pad_to_aspect(img: Image.Image, max_ratio: float) -> Image.Image:
     return canvas
 
 
-def normalise(img, max_aspect_ratio: float = MAX_ASPECT_RATIO) -> tuple[Image.Image, list[str]]:
-    """8-bit RGB, EXIF orientation applied, aspect ratio within Qwen's limit.
+def normalise(img, max_aspect_ratio: float = MAX_ASPECT_RATIO,
+              exif_transpose: bool = True) -> tuple[Image.Image, list[str]]:
+    """8-bit RGB, EXIF orientation applied (unless ``exif_transpose`` is false, as the released
+    evaluation), aspect ratio within Qwen's limit.
 
     Returns the image and a list of notes (empty when nothing changed but the colour mode).
     Raises ``ValueError`` for things that are not images or have no pixels.
@@ -76,8 +83,11 @@ def normalise(img, max_aspect_ratio: float = MAX_ASPECT_RATIO) -> tuple[Image.Im
         raise ValueError(f"image has no pixels ({img.width}x{img.height})")
     notes: list[str] = []
     if _has_orientation(img):
-        img = ImageOps.exif_transpose(img)
-        notes.append("exif_transposed")
+        if exif_transpose:
+            img = ImageOps.exif_transpose(img)
+            notes.append("exif_transposed")
+        else:
+            notes.append("exif_orientation_ignored")
     if img.mode != "RGB":
         notes.append(f"mode_{img.mode}_to_RGB")
     img = _to_8bit_rgb(img)
@@ -96,23 +106,47 @@ def _has_orientation(img: Image.Image) -> bool:
         return False
 
 
-def low_res_view(img: Image.Image, scale: float = 0.5) -> Image.Image:
-    """The turn-1 view: each side scaled by ``scale`` (0.5 in the paper) with Lanczos, as released."""
+def low_res_view(img: Image.Image, scale: float = 0.5, max_aspect_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
+    """The turn-1 view, as released: an original whose longest side exceeds 20000 px is first scaled
+    to 20000 (Lanczos), then each side is multiplied by ``scale`` (0.5 in the paper), truncated, and
+    the image resized with Lanczos."""
     if not 0 < scale <= 1:
         raise ValueError(f"lr_scale must be in (0, 1], got {scale}")
+    w, h = img.size
+    if max(w, h) > MAX_LR_SOURCE_SIDE:
+        ratio = MAX_LR_SOURCE_SIDE / max(w, h)
+        w, h = max(1, int(w * ratio)), max(1, int(h * ratio))
+        img = img.resize((w, h), Image.Resampling.LANCZOS)
     if scale == 1:
         return img
-    w, h = img.size
     size = (max(1, int(w * scale)), max(1, int(h * scale)))
     # Halving a thin strip (e.g. 570x3 -> 285x1) can push it past the aspect limit again.
-    return _pad_to_aspect(img.resize(size, Image.Resampling.LANCZOS), MAX_ASPECT_RATIO)
+    return _pad_to_aspect(img.resize(size, Image.Resampling.LANCZOS), max_aspect_ratio)
 
 
-def crop_regions(img: Image.Image, regions) -> list[Image.Image]:
+def crop_regions(img: Image.Image, regions, max_aspect_ratio: float = MAX_ASPECT_RATIO) -> list[Image.Image]:
     """High-resolution crops cut from the original image, in request order.
 
     A half of a very wide or tall image (top/bottom of a 150:1 strip is 300:1) is padded like
     ``normalise`` pads whole images, so every crop stays within the processor's aspect limit.
     """
-    return [_pad_to_aspect(img.crop(protocol.region_box(r, img.width, img.height)), MAX_ASPECT_RATIO)
+    return [_pad_to_aspect(img.crop(protocol.region_box(r, img.width, img.height)), max_aspect_ratio)
             for r in regions]
+
+
+def pre_resize(img: Image.Image, image_path: str) -> Image.Image:
+    """What an image looks like when it reaches the processor.
+
+    ``processor``: unchanged (the processor alone resizes it). ``qwen_vl_utils``: first resized by
+    ``qwen_vl_utils.fetch_image`` (its own smart resize to multiples of 28 within its default limits,
+    PIL's default resampling), as the released evaluation's ``process_vision_info`` does before the
+    processor resizes again under its own budget.
+    """
+    if image_path == "processor":
+        return img
+    if image_path == "qwen_vl_utils":
+        # Imported here: qwen_vl_utils pulls in torchvision (seconds), and only this path needs it.
+        from qwen_vl_utils import fetch_image
+
+        return fetch_image({"image": img})
+    raise ValueError(f"image_path must be 'qwen_vl_utils' or 'processor', got {image_path!r}")

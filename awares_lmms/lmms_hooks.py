@@ -1,4 +1,6 @@
-"""Two small, documented patches of lmms-eval 0.7.3's ``TaskManager`` for the AwaRes task suite.
+"""Three small, documented patches of lmms-eval 0.7.3's private API.
+
+The first two patch ``TaskManager`` for the AwaRes task suite.
 
 lmms-eval has no entry-point group for tasks, and when an ``--include_path`` task has the same
 name as a built-in one the built-in wins (``tasks/__init__.py``: ``{**tasks, **task_index}``).
@@ -21,6 +23,14 @@ the paper's. ``install()`` therefore patches two methods of ``lmms_eval.tasks.Ta
     (``dataset_path: parquet``, ``data_files: {<split>: file}``, no ``dataset_name``). The
     variable is read every time a task config is loaded, not at install time. A missing file
     raises ``FileNotFoundError`` naming the path before any download is attempted.
+
+A third patch records the run's protocol in the results file:
+
+``EvaluationTracker.save_results_aggregated``
+    Adds ``config.awares_protocol`` (the resolved protocol settings of the ``awares`` model built in
+    this process) to the results before they are written. lmms-eval assembles ``results["config"]``
+    after the evaluation from its own arguments only, with no hook for the model; this method is the
+    last place the dict passes before it is written. Installed when an ``awares`` model is built.
 
 How it gets installed: ``awares_lmms.registration.manifests`` (our ``lmms_eval.models`` entry
 point, which lmms-eval calls while importing ``lmms_eval.models``, before any ``TaskManager`` is
@@ -209,6 +219,39 @@ class _DeferredPatchFinder(importlib.abc.MetaPathFinder):
             return spec
         spec.loader = _PatchAfterExec(spec.loader)
         return spec
+
+
+# ----------------------------------------------------------------------------- results config
+
+_RUN_PROTOCOL: dict = {}
+_TRACKER_MARK = "_awares_protocol_recorded"
+
+
+def record_run_protocol(summary: dict) -> None:
+    """Remember the resolved protocol of the ``awares`` model built in this process, and make sure the
+    results file lmms-eval writes next carries it as ``config.awares_protocol``."""
+    _RUN_PROTOCOL.clear()
+    _RUN_PROTOCOL.update(summary)
+    _patch_evaluation_tracker()
+
+
+def _patch_evaluation_tracker() -> None:
+    # lmms-eval builds results["config"] from scratch after the evaluation, with no model hook; the
+    # aggregated results are written by EvaluationTracker.save_results_aggregated (private API).
+    from lmms_eval.loggers.evaluation_tracker import EvaluationTracker
+
+    if getattr(EvaluationTracker, _TRACKER_MARK, False):
+        return
+    original = EvaluationTracker.save_results_aggregated
+
+    def save_results_aggregated(self, results, samples, datetime_str):
+        if _RUN_PROTOCOL and isinstance(results, dict):
+            results.setdefault("config", {})["awares_protocol"] = dict(_RUN_PROTOCOL)
+        return original(self, results, samples, datetime_str)
+
+    save_results_aggregated.__wrapped__ = original
+    EvaluationTracker.save_results_aggregated = save_results_aggregated
+    setattr(EvaluationTracker, _TRACKER_MARK, True)
 
 
 def install() -> None:

@@ -7,21 +7,19 @@ own Qwen models; the protocol lives in ``protocol.py`` and the two-turn logic in
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, fields
 
 import torch
 from accelerate import Accelerator
+from loguru import logger as eval_logger
 from lmms_eval import utils
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
 from tqdm import tqdm
 
-from . import accounting, protocol, sample_stats
+from . import accounting, lmms_hooks, presets, protocol, sample_stats
 from .engine import EngineConfig, GenerationSettings, Request, TwoTurnEngine
-
-logger = logging.getLogger(__name__)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
            "float32": torch.float32, "fp32": torch.float32}
@@ -36,6 +34,7 @@ class AwaresTokenCounts(TokenCounts):
     visual_tokens_crops: int | None = None
     visual_tokens_full: int | None = None
     rtr: float | None = None
+    rtr_paper: float | None = None
 
     def to_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -62,26 +61,36 @@ def load_model_and_processor(pretrained: str, adapter: str | None = None, dtype:
     return model, processor
 
 
-class AwaresLMM(lmms):
-    """AwaRes two-turn inference. ``--model_args`` (all optional except ``pretrained``):
+def resolve_protocol(pretrained: str, adapter: str | None, preset: str | None, overrides: dict) -> presets.Resolved:
+    """The protocol settings of a run: ``--model_args`` > the checkpoint's declaration > the preset.
+    A PEFT adapter's own declaration wins over its base model's (the adapter is what was trained)."""
+    declared = presets.read_declaration(adapter) if adapter else None
+    if declared is None:
+        declared = presets.read_declaration(pretrained)
+    return presets.resolve(preset, overrides, declared)
 
-    pretrained, adapter, mode (awares|full|lr|lr_then_full|fixed), crops (for fixed, e.g. 0;5),
-    device, dtype (auto|bfloat16|float32|float16), batch_size, min_pixels, max_pixels, lr_scale,
-    fallback (full|answer|keep_valid), system_prompt (awares|default|none), reuse_cache,
-    attn_implementation, max_new_tokens (default when the task sets none), trust_remote_code.
+
+class AwaresLMM(lmms):
+    """AwaRes two-turn inference. ``--model_args`` (all optional); docs/evaluation.md has the table.
+
+    Model: pretrained, adapter, device, dtype (auto|bfloat16|float32|float16), batch_size,
+    attn_implementation, trust_remote_code. Run: mode (awares|full|lr|lr_then_full|fixed), crops (for
+    fixed, e.g. 0;5), system_prompt (awares|default|none), reuse_cache. Protocol (``presets``): preset
+    (paper|awares) and each setting by name: parser, image_path, min_pixels, max_pixels, exif_transpose,
+    apply_until, small_image, stop_tokens, turn2_reply, max_new_tokens, lr_scale, fallback.
     """
 
     is_simple = False
 
     def __init__(self, pretrained: str = "Kimhi/AWARES-Qwen2.5-VL-7B", adapter: str | None = None,
                  mode: str = "awares", crops=None, device: str | None = None, device_map: str | None = None,
-                 dtype: str = "auto", batch_size=1, min_pixels: int | None = None, max_pixels: int | None = None,
-                 lr_scale: float = 0.5, fallback: str = "full", system_prompt: str | None = None,
-                 reuse_cache: bool = True, attn_implementation: str | None = None, max_new_tokens: int = 128,
-                 trust_remote_code: bool = False, max_batch_size=None, **unknown):
+                 dtype: str = "auto", batch_size=1, system_prompt: str | None = None, reuse_cache: bool = True,
+                 attn_implementation: str | None = None, trust_remote_code: bool = False, max_batch_size=None,
+                 preset: str | None = None, **protocol_args):
         super().__init__()
+        unknown = sorted(set(protocol_args) - set(presets.SETTING_NAMES))
         if unknown:
-            raise ValueError(f"unknown --model_args for awares: {sorted(unknown)}; see the README for the list")
+            raise ValueError(f"unknown --model_args for awares: {unknown}; see docs/evaluation.md for the list")
         accelerator = Accelerator()
         if accelerator.num_processes > 1:
             self._device = accelerator.device
@@ -100,22 +109,27 @@ class AwaresLMM(lmms):
             raise ValueError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {dtype!r}")
         if system_prompt is not None and system_prompt not in _SYSTEM_PROMPTS:
             raise ValueError(f"system_prompt must be one of {sorted(_SYSTEM_PROMPTS)}, got {system_prompt!r}")
+        self.resolved = resolve_protocol(pretrained, adapter, preset, protocol_args)
+        settings = self.resolved.settings
         fixed = protocol.parse_crop_spec(crops) if crops not in (None, "") else ()
         self.engine_config = EngineConfig(
-            mode=mode, fixed_crops=fixed, lr_scale=float(lr_scale), fallback_policy=fallback,
+            mode=mode, fixed_crops=fixed,
             system_prompt=_SYSTEM_PROMPTS[system_prompt] if system_prompt is not None else None,
-            reuse_cache=bool(reuse_cache))
+            reuse_cache=bool(reuse_cache), protocol=settings)
         model, processor = load_model_and_processor(
-            pretrained, adapter, torch_dtype, str(self._device), attn_implementation, min_pixels, max_pixels,
-            bool(trust_remote_code))
+            pretrained, adapter, torch_dtype, str(self._device), attn_implementation, settings.min_pixels,
+            settings.max_pixels, bool(trust_remote_code))
         self._model = model
         self.processor = processor
         self.engine = TwoTurnEngine(model, processor, self.engine_config)
         self.batch_size_per_gpu = int(batch_size)
-        self.default_max_new_tokens = int(max_new_tokens)
         self.pretrained = pretrained
-        logger.info("awares: mode=%s pixels=[%d, %d] dtype=%s device=%s", mode, self.engine.budget.min_pixels,
-                    self.engine.budget.max_pixels, torch_dtype, self._device)
+        self.protocol_summary = {**self.resolved.summary(), "min_pixels": self.engine.budget.min_pixels,
+                                 "max_pixels": self.engine.budget.max_pixels}
+        lmms_hooks.record_run_protocol(self.protocol_summary)
+        eval_logger.info(self.resolved.describe())
+        eval_logger.info(f"awares: mode={mode} pixels=[{self.engine.budget.min_pixels}, "
+                         f"{self.engine.budget.max_pixels}] dtype={torch_dtype} device={self._device}")
 
     @property
     def model(self):
@@ -156,7 +170,8 @@ class AwaresLMM(lmms):
         temperature = float(gen_kwargs.get("temperature", 0) or 0)
         if not do_sample and "do_sample" in gen_kwargs:
             temperature = 0.0
-        return GenerationSettings(max_new_tokens=int(gen_kwargs.get("max_new_tokens") or self.default_max_new_tokens),
+        default_max = self.resolved.settings.max_new_tokens
+        return GenerationSettings(max_new_tokens=int(gen_kwargs.get("max_new_tokens") or default_max),
                                   temperature=temperature, top_p=gen_kwargs.get("top_p"),
                                   until=tuple(u for u in (until or ()) if u))
 
@@ -183,12 +198,13 @@ class AwaresLMM(lmms):
                 uids.append(sample_stats.doc_uid(doc, fallback=f"{task}/{split}/{doc_id}"))
             outputs = self.engine.run(engine_requests, self._settings(gen_kwargs[0]))
             for uid, out in zip(uids, outputs):
-                sample_stats.record(uid, out.stats)
                 s = out.stats
+                s.protocol = self.protocol_summary
+                sample_stats.record(uid, s)
                 counts = AwaresTokenCounts(
-                    input_tokens=s["input_tokens"], output_tokens=s["output_tokens"],
-                    visual_tokens_lr=s["visual_tokens_lr"], visual_tokens_crops=s["visual_tokens_crops"],
-                    visual_tokens_full=s["visual_tokens_full"], rtr=s["rtr"])
+                    input_tokens=s.input_tokens, output_tokens=s.output_tokens,
+                    visual_tokens_lr=s.visual_tokens_lr, visual_tokens_crops=s.visual_tokens_crops,
+                    visual_tokens_full=s.visual_tokens_full, rtr=s.rtr, rtr_paper=s.rtr_paper)
                 results.append(GenerationResult(text=out.text, token_counts=counts))
             pbar.update(len(chunk))
         pbar.close()

@@ -95,6 +95,20 @@ def format_get_crops(indices) -> str:
 
 
 FORMAT_ALL = f"{TOOL_NAME}: ['all']"
+# What the released evaluation writes into the assistant turn when a small image asks for crops.
+RELEASED_FORMAT_ALL = f"{TOOL_NAME}:[all]"
+
+
+def format_request(indices, parser: str = "robust") -> str:
+    """A request the given parser reads as ``indices``. The released parser takes one character per
+    region and no space before the bracket (``GET_CROPS:[05]``); the robust one the canonical form."""
+    if parser == "released":
+        return f"{TOOL_NAME}:[{''.join(str(int(i)) for i in indices)}]"
+    return format_get_crops(indices)
+
+
+def format_all(parser: str = "robust") -> str:
+    return RELEASED_FORMAT_ALL if parser == "released" else FORMAT_ALL
 
 
 @dataclass(frozen=True)
@@ -121,6 +135,12 @@ class CropDecision:
 
 
 _KEYWORD = re.compile(r"\bGET[_ -]?CROPS?\b", re.IGNORECASE)
+# Linear-time bound: the parser looks at the first MAX_KEYWORD_MATCHES mentions of the keyword and at
+# most ARGUMENT_WINDOW characters after each, so a reply of n characters costs O(n) for the keyword
+# scan plus at most MAX_KEYWORD_MATCHES x O(ARGUMENT_WINDOW) for the arguments (the longest valid
+# request, all nine region names quoted, is about 130 characters).
+MAX_KEYWORD_MATCHES = 16
+ARGUMENT_WINDOW = 512
 _NAME_TO_INDEX = {name: i for i, name in enumerate(REGION_NAMES)}
 _ALIASES = {
     "centre": 4, "middle": 4, "upper-left": 0, "upper-right": 1, "lower-left": 2, "lower-right": 3,
@@ -169,8 +189,10 @@ def parse_tool_call(text: str) -> ToolCall:
     # (a request, not prose); else the first written as one word (GET_CROPS, get-crops, GetCrops)
     # (a request gone wrong).
     # Anything else ("farmers get crops in autumn") is prose: a direct answer.
-    for match in _KEYWORD.finditer(text):
-        rest = text[match.end():]
+    for n, match in enumerate(_KEYWORD.finditer(text)):
+        if n == MAX_KEYWORD_MATCHES:
+            break
+        rest = text[match.end():match.end() + ARGUMENT_WINDOW]
         call = _parse_argument(rest)
         if call.kind != "invalid":
             return call
@@ -248,6 +270,47 @@ def _parse_body(body: str) -> ToolCall:
     return ToolCall("crops", regions=valid)
 
 
+# The released parser: the keyword, an optional colon and the bracket at the very start of the reply,
+# then everything up to the first closing bracket on that line.
+_RELEASED_REQUEST = re.compile(r"GET_CROPS:?\[(.+?)\]")
+
+
+def parse_released(text: str) -> ToolCall:
+    """The released evaluation's reading of a turn-1 reply, quirks included.
+
+    Any reply containing ``GET_CROPS`` goes to turn 2. Regions are read only from ``GET_CROPS:[...]``
+    (optional colon, no space) at the very start of the reply: the bracket's content, stripped of
+    spaces and single quotes, is read one character per region. ``GET_CROPS:['3']`` and ``GET_CROPS:[3]``
+    are region 3, ``GET_CROPS:[05]`` regions 0 and 5, ``GET_CROPS:['12']`` regions 1 and 2 (duplicates
+    kept); a space before the bracket, commas, double quotes, names or ``all`` make the request
+    unreadable, and an unreadable request gets the whole image. ``kind`` is ``all`` for the literal
+    ``all`` (the released code treats it like any unreadable request: the whole image).
+    """
+    if text is None or TOOL_NAME not in text:
+        return ToolCall("none")
+    match = _RELEASED_REQUEST.match(text)
+    if match is None:
+        return ToolCall("invalid", reason="released_format")
+    content = match.group(1).strip().strip("'")
+    if content == "all":
+        return ToolCall("all")
+    if not content:
+        return ToolCall("invalid", reason="empty")
+    bad = [ch for ch in content if not ("0" <= ch <= "8")]
+    if bad:
+        return ToolCall("invalid", reason="released_format", invalid_tokens=tuple(dict.fromkeys(bad)))
+    return ToolCall("crops", regions=tuple(int(ch) for ch in content))
+
+
+def parse(text: str, parser: str = "robust") -> ToolCall:
+    """Parse a turn-1 reply with the named parser (``robust`` or ``released``)."""
+    if parser == "released":
+        return parse_released(text)
+    if parser == "robust":
+        return parse_tool_call(text)
+    raise ValueError(f"parser must be 'released' or 'robust', got {parser!r}")
+
+
 def decide(call: ToolCall, policy: str = "full", image_size: tuple[int, int] | None = None) -> CropDecision:
     """Turn a parsed call into an action, applying the fallback policy to anything not honourable.
 
@@ -273,6 +336,30 @@ def decide(call: ToolCall, policy: str = "full", image_size: tuple[int, int] | N
             return CropDecision("full", status=status + "+image_too_small")
         return CropDecision("crops", regions=call.regions, status=status + ":kept_valid")
     return CropDecision("full", status=status)
+
+
+def crop_turn_message(n_images: int) -> dict:
+    """Turn 2's user message: the crops only, no text (as the released protocol)."""
+    return {"role": "user", "content": [{"type": "image"} for _ in range(n_images)]}
+
+
+def crop_turn_text(processor, n_images: int, end_of_turn: str = "<|im_end|>", **template_kwargs) -> str:
+    """The chat template's text between the end of a turn-1 reply (its end-of-turn token excluded) and
+    the next assistant header, for a crop turn of ``n_images`` images, e.g. ``\n<|im_start|>user\n
+    <|vision_start|><|image_pad|><|vision_end|><|im_end|>\n<|im_start|>assistant\n``.
+
+    Rendered from the checkpoint's own template, so evaluation, SFT and GRPO continue a conversation
+    exactly as the template renders it whole.
+    """
+    before = [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+              {"role": "assistant", "content": [{"type": "text", "text": "a"}]}]
+    prefix = processor.apply_chat_template(before, tokenize=False, **template_kwargs)
+    whole = processor.apply_chat_template(before + [crop_turn_message(n_images)], tokenize=False,
+                                          add_generation_prompt=True, **template_kwargs)
+    cut = prefix.rindex(end_of_turn) + len(end_of_turn)
+    if whole[:cut] != prefix[:cut]:
+        raise ValueError("the chat template does not render a conversation as the concatenation of its turns")
+    return whole[cut:]
 
 
 def parse_crop_spec(spec) -> tuple[int, ...]:

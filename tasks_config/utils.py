@@ -10,10 +10,11 @@ generation settings and scoring; the YAMLs call the upstream functions by import
   recorded for the document (``STAT_KEYS``), read with ``sample_stats.get``. Every key is always
   present; all are ``None`` when nothing was recorded for the document (another model, a
   response-cache hit, ...).
-* an ``rtr`` metric aggregated by ``rtr_mean``: the mean of the per-sample RTR over the samples
-  that have one; ``None`` (printed ``N/A``, JSON ``null``) when no sample has one.
+* ``rtr`` (visual tokens processed / tokens of one full-resolution pass) and ``rtr_paper`` (the
+  released evaluation's pixel ratio), each aggregated by ``rtr_mean``: the mean of the per-sample
+  value over the samples that have one; ``None`` (printed ``N/A``, JSON ``null``) when none has one.
 
-Only ``rtr`` is declared in ``metric_list``. The other per-sample keys are logged in the samples
+Only ``rtr`` and ``rtr_paper`` are declared in ``metric_list``. The other per-sample keys are logged in the samples
 file but have no aggregation, so lmms-eval leaves them out of the printed table; its results
 JSON still carries an empty list for each of them (``"crops,none": []`` and
 ``"crops_stderr,none": []``), which is how lmms-eval 0.7.3 treats any undeclared key that
@@ -32,22 +33,10 @@ from lmms_eval.tasks.vstar_bench import utils as _vstar
 
 from awares_lmms import sample_stats
 
-# The per-sample accounting keys the AwaRes model records (sample_stats.record) for each document.
-STAT_KEYS = (
-    "visual_tokens_lr",
-    "visual_tokens_crops",
-    "visual_tokens_full",
-    "rtr",
-    "rtr_pixels",
-    "crops",
-    "tool_call",
-    "tool_call_status",
-    "prefill_tokens_turn2",
-    "latency_s",
-    "mode",
-    "min_pixels",
-    "max_pixels",
-)
+# The per-sample fields the AwaRes model records for each document (one list: sample_stats.SampleStats).
+STAT_KEYS = sample_stats.STAT_KEYS
+# Per-sample ratios aggregated into task metrics (mean over the samples that have one).
+RATIO_KEYS = ("rtr", "rtr_paper")
 
 # Upstream process_docs to chain before stamping ids. None of the six upstream tasks defines one
 # in lmms-eval 0.7.3 (tests/test_tasks.py checks that this table matches the upstream YAMLs).
@@ -109,10 +98,11 @@ def sample_fields(doc) -> dict:
     stats = sample_stats.get(uid) if uid is not None else None
     stats = stats or {}
     fields = {key: stats.get(key) for key in STAT_KEYS}
-    rtr = fields["rtr"]
-    if rtr is not None:
-        rtr = float(rtr)
-        fields["rtr"] = rtr if math.isfinite(rtr) else None
+    for key in RATIO_KEYS:
+        value = fields[key]
+        if value is not None:
+            value = float(value)
+            fields[key] = value if math.isfinite(value) else None
     return fields
 
 

@@ -26,7 +26,7 @@ from awares_lmms.accounting import (
     QWEN25VL_MIN_PIXELS,
     PixelBudget,
     budget_from_processor,
-    pixel_ratio,
+    paper_ratio,
     retain_token_ratio,
     tokens_from_grid,
 )
@@ -318,8 +318,12 @@ def test_retain_token_ratio_examples():
     assert retain_token_ratio(0, 0, 5) == 0.0
 
 
-def test_pixel_ratio_examples():
-    assert pixel_ratio((850, 1100), [], (1700, 2200)) == 0.25
-    assert pixel_ratio((960, 540), [(480, 270), (480, 270)], (1920, 1080)) == 0.375
-    # LR + one quadrant + one half: 1/4 + 1/4 + 1/2.
-    assert pixel_ratio((850, 1100), [(850, 1100), (1700, 1100)], (1700, 2200)) == 1.0
+def test_paper_ratio_examples():
+    # A direct answer is 0.25 whatever the sizes; the LR view counts once per crop.
+    assert paper_ratio((1700, 2200), (850, 1100), "none") == 0.25
+    assert paper_ratio((1920, 1080), (960, 540), "crops", [(0, 0, 960, 540)]) == 0.5
+    assert paper_ratio((1920, 1080), (960, 540), "crops", [(0, 0, 960, 540), (0, 0, 1920, 540)]) == 1.25
+    assert paper_ratio((1700, 2200), (850, 1100), "full") == 1.25
+    assert paper_ratio((80, 300), (40, 150), "full", small_image=True) == 1.0
+    with pytest.raises(ValueError, match="crop boxes"):
+        paper_ratio((100, 100), (50, 50), "crops")

@@ -22,10 +22,7 @@ from awares_lmms import lmms_hooks
 from awares_lmms.export_datasets import TASK_NAMES
 from awares_lmms.quickstart_data import write_sample_set
 
-STAT_KEYS = (
-    "visual_tokens_lr", "visual_tokens_crops", "visual_tokens_full", "rtr", "rtr_pixels", "crops",
-    "tool_call", "tool_call_status", "prefill_tokens_turn2", "latency_s", "mode", "min_pixels", "max_pixels",
-)
+from awares_lmms.sample_stats import STAT_KEYS
 PRIMARY = {
     "chartqa": "relaxed_overall",
     "docvqa": "anls",
@@ -61,11 +58,9 @@ PLUGIN = textwrap.dedent(
             for req in requests:
                 _ctx, _gen, _visual, doc_id, task, split = req.args
                 doc = self.task_dict[task][split][doc_id]
-                sample_stats.record(sample_stats.doc_uid(doc, f"{task}/{split}/{doc_id}"), {
-                    "visual_tokens_lr": 10, "visual_tokens_crops": 0, "visual_tokens_full": 40,
-                    "rtr": self.rtr, "rtr_pixels": self.rtr, "crops": [], "tool_call": "",
-                    "tool_call_status": "none", "prefill_tokens_turn2": 0, "latency_s": 0.01,
-                    "mode": "scripted", "min_pixels": 3136, "max_pixels": 1003520})
+                sample_stats.record(sample_stats.doc_uid(doc, f"{task}/{split}/{doc_id}"), sample_stats.SampleStats(
+                    visual_tokens_lr=10, visual_tokens_crops=0, visual_tokens_full=40, rtr=self.rtr,
+                    rtr_paper=self.rtr, latency_s=0.01, mode="scripted", min_pixels=3136, max_pixels=1003520))
                 gold = doc[TARGET.get(task, "answer")]
                 out.append(gold[0] if isinstance(gold, list) else gold)
             return out
@@ -199,6 +194,7 @@ def test_lmms_eval_suite_with_user_include_path(runs):
     assert set(res) == set(TASK_NAMES) | {"awares_cli_extra"}
     for name in TASK_NAMES:
         assert res[name]["rtr,none"] == pytest.approx(0.25), name
+        assert res[name]["rtr_paper,none"] == pytest.approx(0.25), name
         gold = {"ocrbench": 2 / 1000, "vstar": 100.0}.get(name, 1.0)  # ocrbench: stock correct/1000
         assert res[name][f"{PRIMARY[name]},none"] == pytest.approx(gold), name
         samples = _samples(out, name)
@@ -209,7 +205,7 @@ def test_lmms_eval_suite_with_user_include_path(runs):
     assert res["awares_cli_extra"]["relaxed_overall,none"] == 1.0
     assert "rtr,none" not in res["awares_cli_extra"]
     table = log.replace(" ", "")
-    assert "|rtr|↓|0.25" in table and "|visual_tokens_lr|" not in table
+    assert "|rtr|↓|0.25" in table and "|rtr_paper|↓|0.25" in table and "|visual_tokens_lr|" not in table
 
 
 def test_stock_lmms_eval_include_path_uses_our_tasks(runs):
@@ -244,13 +240,20 @@ def test_awares_model_end_to_end(env, tmp_path, tiny_dir):
                     "--tasks", ",".join(TASK_NAMES), "--limit", "2", "--log_samples", "--output_path", str(out)],
                    env, tmp_path, timeout=900)
     assert rc == 0, log[-6000:]
-    res = _results(out)["results"]
+    results = _results(out)
+    res = results["results"]
+    # The tiny checkpoint declares no protocol: the card's command runs the paper's evaluation.
+    protocol = results["config"]["awares_protocol"]
+    assert protocol["preset"] == "paper" and protocol["preset_source"] == "default"
+    assert (protocol["min_pixels"], protocol["max_pixels"]) == (25088, 1605632)
+    assert "awares protocol: preset=paper" in log
     for name in TASK_NAMES:
-        assert "rtr,none" in res[name], name
-        rtr = res[name]["rtr,none"]
-        assert rtr is not None and rtr > 0, (name, rtr)
+        for ratio in ("rtr", "rtr_paper"):
+            value = res[name][f"{ratio},none"]
+            assert value is not None and value > 0, (name, ratio, value)
         samples = _samples(out, name)
         assert len(samples) == 2
         for s in samples:
             assert set(STAT_KEYS) <= set(s), name
             assert s["rtr"] is not None and s["visual_tokens_full"], (name, s)
+            assert s["protocol"] == protocol

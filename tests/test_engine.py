@@ -8,6 +8,7 @@ from PIL import Image
 
 from awares_lmms import images, protocol
 from awares_lmms.engine import EngineConfig, GenerationSettings, Request, TwoTurnEngine
+from awares_lmms.presets import ProtocolSettings
 
 from .conftest import real_samples
 
@@ -53,38 +54,37 @@ def test_turn2_with_kv_reuse_matches_from_scratch_prefill(tiny_model, mixed_batc
     model, processor = tiny_model
     engine = TwoTurnEngine(model, processor, EngineConfig(mode="awares"))
     settings = GenerationSettings(max_new_tokens=6)
-    results = engine.run(mixed_batch, settings)
+    results = engine.run(mixed_batch, settings, trace=True)
 
-    turn2_rows = [i for i, r in enumerate(results) if r.stats["crops"]]
+    turn2_rows = [i for i, r in enumerate(results) if r.stats.crops]
     assert turn2_rows == [i for i, r in enumerate(mixed_batch) if r.forced_turn1], "forced rows continue, others leave"
-    assert results[1].stats["tool_call_status"] == "none" and results[1].stats["prefill_tokens_turn2"] == 0
-    trace = engine.last_turn2
-    assert trace["sequences"].shape[0] == len(turn2_rows)
-    # The LR view is never re-encoded: turn 2 carries only the crops' patches.
-    assert trace["inputs"]["crop_pv"].shape[0] == int(trace["inputs"]["crop_grid"].prod(dim=1).sum())
+    assert results[1].stats.tool_call_status == "none" and results[1].stats.prefill_tokens_turn2 == 0
+    assert results[1].turn2 is None
+    for i in turn2_rows:
+        # The LR view is never re-encoded: turn 2 carries only the crops' patches.
+        trace = results[i].turn2
+        assert trace.pixel_values.shape[0] == int(trace.image_grid_thw.prod(dim=1).sum())
 
-    cached = trace["inputs"]["cached"]
-    for j, i in enumerate(turn2_rows):
+    for i in turn2_rows:
         row, res = mixed_batch[i], results[i]
         original, _ = images.normalise(row.images[0])
         decision = protocol.decide(protocol.parse_tool_call(row.forced_turn1), "full", original.size)
         crops = images.crop_regions(original, decision.regions) if decision.action == "crops" else [original]
         ref = _reference_turn2(model, processor, row, row.forced_turn1, crops)
         # Token concatenation reproduces the chat template's rendering of the whole conversation.
-        mask = trace["inputs"]["full_mask"][j].bool()
-        assert trace["inputs"]["full_ids"][j][mask].tolist() == ref["input_ids"][0].tolist()
-        assert res.stats["prefill_tokens_turn2"] < ref["input_ids"].shape[1] - cached // 2
+        assert res.turn2.input_ids == ref["input_ids"][0].tolist()
+        cached = len(res.turn1.input_ids)  # at least the whole turn-1 prompt comes from the cache
+        assert res.stats.prefill_tokens_turn2 < ref["input_ids"].shape[1] - cached // 2
         with torch.no_grad():
             logits = model(**ref).logits[0, -1]
-        reuse_logits = trace["logits"][0][j]
-        assert (reuse_logits - logits).abs().max().item() <= 1e-4
+        assert (res.turn2.logits[0] - logits).abs().max().item() <= 1e-4
         # Greedy continuation from scratch is token-identical.
         gen = model.generate(**ref, max_new_tokens=settings.max_new_tokens, do_sample=False,
-                             eos_token_id=sorted(engine.eos_ids), pad_token_id=engine.pad_id,
-                             suppress_tokens=engine.suppress_ids)
+                             eos_token_id=sorted(engine.stop_ids), pad_token_id=engine.family.pad_id,
+                             suppress_tokens=engine.family.suppressed_ids)
         ref_text = processor.tokenizer.decode(gen[0, ref["input_ids"].shape[1]:], skip_special_tokens=True)
         assert res.text == ref_text
-        assert res.stats["visual_tokens_crops"] == sum(int(g.prod()) // 4 for g in ref["image_grid_thw"][1:])
+        assert res.stats.visual_tokens_crops == sum(int(g.prod()) // 4 for g in ref["image_grid_thw"][1:])
 
 
 def test_wrong_positions_would_be_caught(tiny_model, mixed_batch):
@@ -110,9 +110,10 @@ def test_reuse_and_reprefill_agree(tiny_model, mixed_batch):
     settings = GenerationSettings(max_new_tokens=5)
     a = TwoTurnEngine(model, processor, EngineConfig(reuse_cache=True))
     b = TwoTurnEngine(model, processor, EngineConfig(reuse_cache=False))
-    ra, rb = a.run(mixed_batch, settings), b.run(mixed_batch, settings)
+    ra, rb = a.run(mixed_batch, settings, trace=True), b.run(mixed_batch, settings, trace=True)
     assert [r.text for r in ra] == [r.text for r in rb]
-    la, lb = torch.stack(a.last_turn2["logits"]), torch.stack(b.last_turn2["logits"])
+    la = torch.cat([r.turn2.logits for r in ra if r.turn2 is not None])
+    lb = torch.cat([r.turn2.logits for r in rb if r.turn2 is not None])
     assert (la - lb).abs().max().item() <= 1e-4
 
 
@@ -123,12 +124,12 @@ def test_modes_account_tokens(tiny_model, mode):
     cfg = EngineConfig(mode=mode, fixed_crops=(0, 5) if mode == "fixed" else ())
     engine = TwoTurnEngine(model, processor, cfg)
     (res,) = engine.run([Request("Title?", [page])], GenerationSettings(max_new_tokens=3))
-    s = res.stats
+    s = res.stats.to_dict()
     full = engine.budget.tokens(850, 1100)
     assert s["visual_tokens_full"] == full
     lr = engine.budget.tokens(425, 550)
     if mode == "full":
-        assert s["rtr"] == 1.0 and s["rtr_pixels"] == 1.0 and s["crops"] == []
+        assert s["rtr"] == 1.0 and s["rtr_paper"] == 1.0 and s["crops"] == []
     elif mode == "lr":
         assert s["visual_tokens_lr"] == lr and s["visual_tokens_crops"] == 0
         assert s["rtr"] == pytest.approx(lr / full)
@@ -149,14 +150,14 @@ def test_modes_account_tokens(tiny_model, mode):
 ])
 def test_malformed_calls_follow_policy(tiny_model, reply, policy, status, crops):
     model, processor = tiny_model
-    engine = TwoTurnEngine(model, processor, EngineConfig(fallback_policy=policy))
+    engine = TwoTurnEngine(model, processor, EngineConfig(protocol=ProtocolSettings(fallback=policy)))
     img = Image.new("RGB", (400, 300), "gray")
     (res,) = engine.run([Request("Q?", [img], forced_turn1=reply)], GenerationSettings(max_new_tokens=3))
-    assert res.stats["tool_call_status"] == status
-    assert res.stats["crops"] == crops
-    assert res.stats["tool_call"] == reply
+    assert res.stats.tool_call_status == status
+    assert res.stats.crops == crops
+    assert res.stats.tool_call == reply
     if policy == "answer":
-        assert res.text == reply and res.stats["prefill_tokens_turn2"] == 0
+        assert res.text == reply and res.stats.prefill_tokens_turn2 == 0
 
 
 def test_tiny_odd_and_extreme_images_do_not_crash(tiny_model):
@@ -171,10 +172,10 @@ def test_tiny_odd_and_extreme_images_do_not_crash(tiny_model):
         Request("Q?", []),
     ]
     out = engine.run(reqs, GenerationSettings(max_new_tokens=2))
-    assert out[0].stats["tool_call_status"] == "fallback:image_too_small" and out[0].stats["crops"] == ["all"]
-    assert any(n.startswith("padded_aspect") for n in out[1].stats["image_notes"])
-    assert out[2].stats["crops"] == ["center"]
-    assert out[4].stats["tool_call_status"] == "no_image" and out[4].stats["rtr"] is None
+    assert out[0].stats.tool_call_status == "fallback:image_too_small" and out[0].stats.crops == ["all"]
+    assert any(n.startswith("padded_aspect") for n in out[1].stats.image_notes)
+    assert out[2].stats.crops == ["center"]
+    assert out[4].stats.tool_call_status == "no_image" and out[4].stats.rtr is None
 
 
 def test_until_and_max_new_tokens(tiny_model):

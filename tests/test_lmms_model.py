@@ -21,19 +21,20 @@ def test_entry_point_resolves_awares():
 def test_pixel_budget_model_args_change_rtr(tiny_dir):
     page = real_samples("docvqa")[0]
     img = Image.open(page["image_path"])
-    default = AwaresLMM(pretrained=str(tiny_dir), device="cpu", mode="lr")
-    capped = AwaresLMM(pretrained=str(tiny_dir), device="cpu", mode="lr", min_pixels=25088, max_pixels=1605632)
+    default = AwaresLMM(pretrained=str(tiny_dir), device="cpu", mode="lr", preset="awares")
+    capped = AwaresLMM(pretrained=str(tiny_dir), device="cpu", mode="lr", preset="awares", min_pixels=25088,
+                       max_pixels=1605632)
     assert (default.engine.budget.min_pixels, default.engine.budget.max_pixels) == (3136, 12845056)
     assert (capped.engine.budget.min_pixels, capped.engine.budget.max_pixels) == (25088, 1605632)
     settings = GenerationSettings(max_new_tokens=1)
     (a,) = default.engine.run([Request("q", [img])], settings)
     (b,) = capped.engine.run([Request("q", [img])], settings)
     # Checkpoint limits: the half-resolution page costs a quarter of the full pass.
-    assert a.stats["rtr"] == pytest.approx(0.25, abs=0.02)
+    assert a.stats.rtr == pytest.approx(0.25, abs=0.02)
     # lmms-eval's usual cap shrinks the full pass to ~2000 tokens, so the same LR view costs ~0.6 of it.
-    assert b.stats["visual_tokens_full"] <= 1605632 // 784
-    assert 0.5 < b.stats["rtr"] < 0.75
-    assert b.stats["min_pixels"] == 25088 and b.stats["max_pixels"] == 1605632
+    assert b.stats.visual_tokens_full <= 1605632 // 784
+    assert 0.5 < b.stats.rtr < 0.75
+    assert b.stats.min_pixels == 25088 and b.stats.max_pixels == 1605632
 
 
 def test_unknown_and_invalid_model_args_fail_clearly(tiny_dir):
@@ -70,4 +71,4 @@ def test_bfloat16_two_turn_path_runs(tiny_dir):
     lm = AwaresLMM(pretrained=str(tiny_dir), device="cpu", dtype="bfloat16", mode="fixed", crops="3")
     assert lm.model.dtype == torch.bfloat16
     (res,) = lm.engine.run([Request("q", [Image.new("RGB", (320, 240), "blue")])], GenerationSettings(max_new_tokens=2))
-    assert res.stats["crops"] == ["bottom-right"] and res.stats["visual_tokens_crops"] > 0
+    assert res.stats.crops == ["bottom-right"] and res.stats.visual_tokens_crops > 0

@@ -16,6 +16,7 @@ import pytest
 
 from awares_lmms import protocol
 from awares_lmms.protocol import (
+    ARGUMENT_WINDOW,
     FALLBACK_POLICIES,
     NUM_REGIONS,
     REGION_NAMES,
@@ -294,7 +295,8 @@ def test_all(text, regions):
         ("GET_CROPS: ['']", "empty", (), ()),
         ("GET_CROPS: ", "empty", (), ()),
         ("GET_CROPS", "empty", (), ()),
-        ("GET_CROPS: [" + "7" * 5000 + "]", "unparseable", (), ("7" * 5000,)),  # int() limit
+        # int() limit; only the bounded window after the keyword is read (ARGUMENT_WINDOW characters)
+        ("GET_CROPS: [" + "7" * 5000 + "]", "unparseable", (), ("7" * (ARGUMENT_WINDOW - 3),)),
     ],
 )
 def test_invalid_requests(text, reason, regions, invalid):

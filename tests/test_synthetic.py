@@ -64,6 +64,36 @@ def test_shipped_awares_checkpoint_crops_only_when_needed_through_lmms_eval(tmp_
     for s in samples:
         assert s["tool_call_status"] in ("none", "valid")
         assert s["rtr"] == (0.5 if s["crops"] else 0.25)  # 16 LR tokens (+ 16 for a quadrant) of 64
+        assert s["rtr_paper"] == s["rtr"]  # 224x224: pixels and tokens agree (112x112 LR, 112x112 quadrant)
+        # The checkpoint declares the protocol it was trained in; no --model_args needed.
+        assert s["protocol"]["preset"] == "awares" and s["protocol"]["preset_source"] == "checkpoint"
+    assert "awares protocol: preset=awares (declared by the checkpoint)" in proc.stderr + proc.stdout
+
+
+def test_model_args_preset_wins_over_the_declaration_and_says_so(tmp_path):
+    """preset=paper on the shipped checkpoint: the released protocol replaces the declared one, the log
+    says so, and the model (trained on 'GET_CROPS: [...]' with a space) no longer gets its crops."""
+    import json
+    import os
+
+    from awares_lmms import assets
+
+    synthetic.write_parquet(tmp_path / "awares_synth.parquet", 12, seed=2, prefix="test")
+    env = dict(os.environ, AWARES_DATASETS_DIR=str(tmp_path), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    out = tmp_path / "results"
+    proc = _lmms_eval(["--model", "awares", "--model_args",
+                       f"pretrained={assets.synthetic_checkpoint('awares')},device=cpu,preset=paper",
+                       "--tasks", "awares_synth", "--batch_size", "12", "--log_samples", "--output_path", str(out)],
+                      env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log = proc.stderr + proc.stdout
+    assert "preset=paper (from --model_args; the checkpoint's declaration (preset awares) is not used)" in log
+    samples = [json.loads(line) for line in next(out.rglob("*_samples_awares_synth.jsonl")).read_text().splitlines()]
+    assert {s["protocol"]["preset"] for s in samples} == {"paper"}
+    requests = [s for s in samples if s["tool_call"]]
+    assert requests, "the model still asks for crops on texture questions"
+    # Its canonical 'GET_CROPS: ['2']' is unreadable to the released parser: the whole image follows.
+    assert all(s["crops"] == ["all"] and s["tool_call_status"].startswith("fallback") for s in requests)
 
 
 def test_awares_synth_without_its_data_exits_with_the_command_that_writes_it(tmp_path):

@@ -51,10 +51,7 @@ PRIMARY = {
     "vstar": "vstar_overall_acc",
     "realworldqa": "exact_match",
 }
-STAT_KEYS = (
-    "visual_tokens_lr", "visual_tokens_crops", "visual_tokens_full", "rtr", "rtr_pixels", "crops",
-    "tool_call", "tool_call_status", "prefill_tokens_turn2", "latency_s", "mode", "min_pixels", "max_pixels",
-)
+STAT_KEYS = sample_stats.STAT_KEYS
 
 
 def _upstream_tasks_dir() -> Path:
@@ -67,13 +64,11 @@ def _split(task) -> str:
     return task.config.test_split
 
 
-def _stats(rtr: float) -> dict:
-    return {
-        "visual_tokens_lr": 100, "visual_tokens_crops": 40, "visual_tokens_full": 400, "rtr": rtr,
-        "rtr_pixels": rtr, "crops": ["top_left"], "tool_call": "<tool_call>crop</tool_call>",
-        "tool_call_status": "ok", "prefill_tokens_turn2": 77, "latency_s": 0.5, "mode": "awares",
-        "min_pixels": 3136, "max_pixels": 1003520,
-    }
+def _stats(rtr: float) -> sample_stats.SampleStats:
+    return sample_stats.SampleStats(
+        visual_tokens_lr=100, visual_tokens_crops=40, visual_tokens_full=400, rtr=rtr, rtr_paper=rtr / 2,
+        crops=["top_left"], tool_call="<tool_call>crop</tool_call>", tool_call_status="ok",
+        prefill_tokens_turn2=77, latency_s=0.5, mode="awares", min_pixels=3136, max_pixels=1003520)
 
 
 @pytest.fixture(autouse=True)
@@ -223,7 +218,7 @@ def test_yaml_matches_upstream(name):
 
     up_metrics = [m["metric"] for m in up["metric_list"]]
     my_metrics = [m["metric"] for m in mine["metric_list"]]
-    assert my_metrics == up_metrics + ["rtr"], f"{name}: metric_list drifted"
+    assert my_metrics == up_metrics + ["rtr", "rtr_paper"], f"{name}: metric_list drifted"
     for m_up, m_mine in zip(up["metric_list"], mine["metric_list"]):
         assert m_up["higher_is_better"] == m_mine["higher_is_better"]
         agg_up, agg_mine = m_up["aggregation"], m_mine["aggregation"]
@@ -233,8 +228,8 @@ def test_yaml_matches_upstream(name):
             assert agg_mine.__name__ == agg_up.__name__ == "ocrbench_aggregate_accuracy"
         else:
             assert _same_function(agg_mine, agg_up)
-    rtr = mine["metric_list"][-1]
-    assert rtr["aggregation"] is hooks.rtr_mean and rtr["higher_is_better"] is False
+    for ratio in mine["metric_list"][-2:]:
+        assert ratio["aggregation"] is hooks.rtr_mean and ratio["higher_is_better"] is False
 
 
 # ----------------------------------------------------------------------------- offline data
@@ -375,7 +370,7 @@ def test_rtr_from_recorded_stats(ours):
     sample_stats.record("chartqa:0", _stats(0.3))
     out = _score(task, 0, "0.24")
     assert out["rtr"] == pytest.approx(0.3)
-    assert {k: out[k] for k in STAT_KEYS} == _stats(0.3)
+    assert {k: out[k] for k in STAT_KEYS} == _stats(0.3).to_dict()
     assert out["relaxed_overall"] == 1.0
 
     agg = task.aggregation()["rtr"]
@@ -426,9 +421,10 @@ def test_full_evaluation_reports_rtr_and_logs_stats(offline_env, ours_tm, tmp_pa
         n = len(results["samples"][name])
         expected_rtr = sum((k + 1) / 10 for k in range(1, n)) / (n - 1) if n > 1 else None
         if expected_rtr is None:
-            assert res["rtr,none"] is None
+            assert res["rtr,none"] is None and res["rtr_paper,none"] is None
         else:
             assert res["rtr,none"] == pytest.approx(expected_rtr), name
+            assert res["rtr_paper,none"] == pytest.approx(expected_rtr / 2), name
         gold_score = {"ocrbench": n / 1000, "vstar": 100.0}.get(name, 1.0)
         assert res[f"{PRIMARY[name]},none"] == pytest.approx(gold_score), name
         samples = results["samples"][name]
@@ -444,9 +440,9 @@ def test_full_evaluation_reports_rtr_and_logs_stats(offline_env, ours_tm, tmp_pa
         assert res["crops,none"] == []
     # ... which the printed table leaves out, while rtr gets its row.
     table = make_table(results).replace(" ", "")
-    assert table.count("|rtr|") == len(TASK_NAMES)
+    assert table.count("|rtr|") == len(TASK_NAMES) and table.count("|rtr_paper|") == len(TASK_NAMES)
     for key in STAT_KEYS:
-        if key != "rtr":
+        if key not in ("rtr", "rtr_paper"):
             assert f"|{key}|" not in table
 
 

@@ -5,13 +5,18 @@ Kept small on purpose; each entry script stays a readable recipe over its TRL tr
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import re
+from pathlib import Path
 
 from accelerate.utils import is_peft_model
 from transformers.trainer_utils import get_last_checkpoint
 from trl import get_peft_config
+
+from awares_lmms import presets
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +78,36 @@ class FullWeightsResumeMixin:
         restored = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
         model.load_state_dict(restored.state_dict(), strict=True)
         del restored
+
+
+def curated_lr_scale(transcripts_path: str | Path) -> float | None:
+    """The LR scale the transcripts' views were made with (curation's ``run_config.json``), if known."""
+    config = Path(transcripts_path).parent / "run_config.json"
+    if not config.is_file():
+        return None
+    value = json.loads(config.read_text()).get("config", {}).get("lr_scale")
+    return float(value) if value is not None else None
+
+
+def declare_protocol(output_dir: str | Path, written_by: str, start_checkpoint: str | None = None,
+                     transcripts: str | Path | None = None, **settings) -> Path:
+    """Write ``awares_protocol.json`` into a training output: the protocol its weights were trained in.
+
+    Starts from the starting checkpoint's declaration when it has one, else from the ``awares`` preset
+    (our transcripts' format: the robust parser, the processor's own resize, EXIF applied); the LR scale
+    comes from the curation run that made the transcripts; ``settings`` that are not None (the training
+    pixel budget, GRPO's fallback policy) replace the rest. The evaluator reads it, so a trained model is
+    evaluated the way it was trained.
+    """
+    declared = presets.read_declaration(start_checkpoint) if start_checkpoint else None
+    base = presets.resolve(None, {}, declared).settings if declared else presets.PRESETS["awares"]
+    preset = declared["preset"] if declared else "awares"
+    if transcripts is not None:
+        lr_scale = curated_lr_scale(transcripts)
+        if lr_scale is not None:
+            settings.setdefault("lr_scale", lr_scale)
+    base = dataclasses.replace(base, **{k: v for k, v in settings.items() if v is not None})
+    path = presets.write_declaration(output_dir, base, preset=preset, written_by=written_by)
+    logger.info("protocol declared in %s: preset %s, parser %s, pixels [%s, %s]", path, preset, base.parser,
+                base.min_pixels, base.max_pixels)
+    return path

@@ -29,7 +29,7 @@ import transformers
 from PIL import Image
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
-from awares_lmms import accounting, images, protocol, tiny
+from awares_lmms import accounting, images, presets, protocol, tiny
 from training import common, rewards, transcripts
 
 logger = logging.getLogger(__name__)
@@ -81,12 +81,13 @@ class GRPOScriptArguments:
     freeze_vision: bool = field(
         default=True, metadata={"help": "Keep the vision tower (ViT and patch merger) frozen."}
     )
-    min_pixels: int | None = field(default=None, metadata={"help": "Override the processor's min_pixels (training only)."})
+    min_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Processor min_pixels for training (default: the starting checkpoint's declaration, else "
+                          "its processor's). Declared in the output's awares_protocol.json for evaluation."})
     max_pixels: int | None = field(
         default=None,
-        metadata={"help": "Override the processor's max_pixels for training (caps LR view and crop tokens). The "
-                          "saved processor is the one training started from, uncapped."},
-    )
+        metadata={"help": "Processor max_pixels for training (caps LR view and crop tokens); declared like min_pixels."})
 
 
 def get_crops(regions: list[str]) -> str:
@@ -358,7 +359,8 @@ def load_transcripts_dataset(path: str, max_samples: int | None = None):
 
 
 # ---------------------------------------------------------------------- setup
-def save_policy(trainer: AwaResGRPOTrainer, model_path: str, output_dir: str):
+def save_policy(trainer: AwaResGRPOTrainer, model_path: str, output_dir: str,
+                script_args: GRPOScriptArguments | None = None):
     """output_dir loads with ``load_model_and_processor(output_dir)``: full weights and the processor
     training started from (chat template included). With LoRA the adapter goes to output_dir/adapter
     and a merged copy to output_dir."""
@@ -377,8 +379,12 @@ def save_policy(trainer: AwaResGRPOTrainer, model_path: str, output_dir: str):
         base = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype)
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
         merged.save_pretrained(output_dir)
-    # The saved processor is the starting one: training-only pixel caps must not reach evaluation.
+    # The saved processor is the starting one; the protocol (pixel budget, fallback policy) is declared.
     AutoProcessor.from_pretrained(model_path).save_pretrained(output_dir)
+    script_args = script_args or GRPOScriptArguments(transcripts="")
+    common.declare_protocol(output_dir, "training.grpo", start_checkpoint=model_path,
+                            transcripts=script_args.transcripts or None, min_pixels=script_args.min_pixels,
+                            max_pixels=script_args.max_pixels, fallback=script_args.fallback_policy)
 
 
 def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig):
@@ -401,12 +407,22 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         logger.warning("num_iterations=1 and steps_per_generation <= gradient_accumulation_steps: the PPO ratio is "
                        "exactly 1 and clipping never acts; set num_iterations: 2 for the clipped objective")
 
+    model_path = tiny.resolve(model_args.model_name_or_path)
+    # The pixel budget: this run's min/max_pixels, else what the starting checkpoint declares it was
+    # trained with (training.sft writes that), else the checkpoint processor's own.
+    start = presets.read_declaration(model_path)
+    start_settings = presets.resolve(None, {}, start).settings if start else None
+    if start_settings is not None:
+        if script_args.min_pixels is None:
+            script_args.min_pixels = start_settings.min_pixels
+        if script_args.max_pixels is None:
+            script_args.max_pixels = start_settings.max_pixels
     if training_args.use_vllm and (script_args.min_pixels is not None or script_args.max_pixels is not None):
         # vLLM expands images with the checkpoint's own processor: a different pixel budget here would
         # give the prompt a different number of image tokens than vLLM computes.
-        raise ValueError("min_pixels/max_pixels overrides cannot be combined with use_vllm: save the starting "
-                         "checkpoint's processor with the budget you want instead")
-    model_path = tiny.resolve(model_args.model_name_or_path)
+        raise ValueError("a pixel budget other than the checkpoint processor's (min_pixels/max_pixels, given or "
+                         "declared) cannot be combined with use_vllm: save the starting checkpoint's processor with "
+                         "the budget you want instead")
     processor = AutoProcessor.from_pretrained(model_path, padding_side="left")
     if script_args.min_pixels is not None or script_args.max_pixels is not None:
         accounting.set_pixel_budget(processor, script_args.min_pixels, script_args.max_pixels)
@@ -450,7 +466,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     trainer.log_metrics("train", {k: v for k, v in result.metrics.items() if v is not None})
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
-    save_policy(trainer, model_path, training_args.output_dir)
+    save_policy(trainer, model_path, training_args.output_dir, script_args)
     logger.info("GRPO policy saved to %s", training_args.output_dir)
     return trainer
 

@@ -154,13 +154,13 @@ def evaluate_checkpoint(path: Path, mode: str, samples, batch_size: int = 32) ->
         chunk = samples[start:start + batch_size]
         outs = engine.run([Request(question=s.question, images=[s.image]) for s in chunk], settings)
         for s, o in zip(chunk, outs):
-            crops = o.stats["crops"]
+            crops = o.stats.crops
             records.append({
                 "id": s.id, "kind": s.kind, "needs_hr": s.needs_hr, "answer": s.answer, "prediction": o.text,
                 "quadrant": synthetic.QUADRANTS[s.quadrant],
-                "correct": synthetic.score(o.text, s.answer), "rtr": o.stats["rtr"], "crops": crops,
+                "correct": synthetic.score(o.text, s.answer), "rtr": o.stats.rtr, "crops": crops,
                 "right_crop": request_holds_box(crops, s.evidence_box, s.image.size),
-                "tool_call_status": o.stats["tool_call_status"],
+                "tool_call_status": o.stats.tool_call_status,
             })
     return summarise(records) | {"records": records}
 

@@ -283,8 +283,13 @@ def test_entry_point_lora_saves_loadable_policy_and_resumes(tiny_ckpt, transcrip
 
     model, processor = load_model_and_processor(str(out))
     assert processor.chat_template and "<|im_start|>" in processor.chat_template
-    # The saved processor is the starting one: the training-only max_pixels cap does not leak out.
+    # The saved processor is the starting one; the training budget is declared for the evaluator.
     assert processor.image_processor.size["longest_edge"] != 50176
+    from awares_lmms import presets
+
+    declared = presets.read_declaration(out)
+    assert declared["preset"] == "awares" and declared["written_by"] == "training.grpo"
+    assert declared["settings"]["max_pixels"] == 50176 and declared["settings"]["fallback"] == "full"
     assert not any("lora" in name for name, _ in model.named_parameters())
 
     # Resume through the same entry point, in-process (saves a second interpreter start).

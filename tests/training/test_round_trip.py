@@ -45,6 +45,11 @@ def test_tiny_recipe_curate_sft_grpo_then_lmms_eval(tmp_path):
     _run([sys.executable, "-m", "awares_lmms.cli", "--model", "awares",
           "--model_args", f"pretrained={runs / 'grpo'},device=cpu", "--tasks", "pope,docvqa",
           "--log_samples", "--output_path", str(out)], tmp_path, dict(env, AWARES_DATASETS_DIR=str(data)))
-    results = json.loads(next(out.rglob("*_results.json")).read_text())["results"]
+    results = json.loads(next(out.rglob("*_results.json")).read_text())
     for task in ("pope", "docvqa"):
-        assert results[task]["rtr,none"] is not None and results[task]["rtr,none"] > 0
+        assert results["results"][task]["rtr,none"] is not None and results["results"][task]["rtr,none"] > 0
+    # The GRPO output declares the protocol it was trained in (and the recipe's training budget): the
+    # evaluator used it, not the paper preset.
+    protocol = results["config"]["awares_protocol"]
+    assert protocol["preset"] == "awares" and protocol["preset_source"] == "checkpoint"
+    assert protocol["max_pixels"] == 200704

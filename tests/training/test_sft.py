@@ -184,6 +184,7 @@ def _state_dict(path):
 def test_cli_run_loads_in_evaluator_and_resumes(base_dir, tmp_path):
     from transformers import AutoProcessor
 
+    from awares_lmms import presets
     from awares_lmms.lmms_model import load_model_and_processor
     from training.sft import main
 
@@ -201,6 +202,12 @@ def test_cli_run_loads_in_evaluator_and_resumes(base_dir, tmp_path):
     assert any("language_model.layers" in k for k in changed) and "lm_head.weight" in changed
     assert not any("visual" in k for k in changed)  # the vision tower stayed frozen
     assert processor.chat_template == AutoProcessor.from_pretrained(base_dir).chat_template
+    # The output declares the protocol its transcripts are written in, for the evaluator.
+    declared = presets.read_declaration(out)
+    assert declared["preset"] == "awares" and declared["written_by"] == "training.sft"
+    # The recipe's training budget (max_pixels 200704) is declared; the rest is the awares preset.
+    expected = presets.ProtocolSettings(max_pixels=200704)
+    assert presets.resolve(None, {}, declared).settings == expected
 
     # Resume from checkpoint-2 for one more step, then compare with an uninterrupted 3-step run.
     resumed = _run_cli(*common, "--max_steps", "3", "--resume_from_checkpoint", "true", cwd=REPO)

@@ -12,7 +12,7 @@ import logging
 
 from PIL import Image
 
-from awares_lmms import images
+from awares_lmms import images, presets
 
 from . import endpoints
 from .config import AnswererArguments
@@ -42,7 +42,8 @@ class LocalAnswerer:
             tiny.resolve(args.model_name_or_path), dtype=dtype, device=device,
             attn_implementation=args.attn_implementation, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
         # system_prompt=None: the template's default prompt, i.e. the base model answering plainly.
-        self.engines = {mode: TwoTurnEngine(model, processor, EngineConfig(mode=mode, lr_scale=args.lr_scale))
+        settings = dataclasses.replace(presets.PRESETS["awares"], lr_scale=args.lr_scale)
+        self.engines = {mode: TwoTurnEngine(model, processor, EngineConfig(mode=mode, protocol=settings))
                         for mode in MODES}
         self.settings = GenerationSettings(max_new_tokens=args.answerer_max_new_tokens)
         self.policy = policy

@@ -1,0 +1,57 @@
+"""The model-family seam: everything the two-turn logic needs to know about the Qwen-VL token layout.
+
+The engine and GRPO never name a special token or call a model-specific function directly; they go
+through ``QwenVLFamily``. Qwen2-VL, Qwen2.5-VL and Qwen3-VL share this layout (the same vision
+special tokens, ``<|im_end|>`` turns and ``model.model.get_rope_index(input_ids, mm_token_type_ids,
+image_grid_thw, attention_mask)`` for M-RoPE positions), so the class serves all three; a family with
+another layout would be a second class with the same attributes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Tokens a model must never *generate*: a sampled placeholder would desynchronise the image features
+# from the image tokens (and <|video_pad|> crashes M-RoPE). TRL and transformers suppress none of
+# them by default.
+VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+END_OF_TURN = "<|im_end|>"
+IMAGE_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+class QwenVLFamily:
+    """Token ids and position computation of one loaded Qwen-VL model + processor."""
+
+    end_of_turn = END_OF_TURN
+    image_block = IMAGE_BLOCK
+
+    def __init__(self, model, processor):
+        tokenizer = processor.tokenizer
+        self.model = model
+        self.end_of_turn_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.image_token_id = model.config.image_token_id
+        self.suppressed_ids = sorted({tokenizer.convert_tokens_to_ids(t) for t in VISION_SPECIAL_TOKENS}
+                                     - {None, tokenizer.unk_token_id})
+        self.merge_size = int(getattr(processor.image_processor, "merge_size", 2))
+
+    def stop_ids(self, tokenizer, source: str) -> set[int]:
+        """Token ids that end a reply: ``tokenizer_eos`` (the tokenizer's eos alone, as the released
+        evaluation passes it) or ``generation_config`` (the checkpoint's eos list plus ``<|im_end|>``)."""
+        if source == "tokenizer_eos" and tokenizer.eos_token_id is not None:
+            return {int(tokenizer.eos_token_id)}
+        eos = self.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        return set(eos) | {self.end_of_turn_id}
+
+    def image_token_types(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``mm_token_type_ids``: 1 at real image placeholders, 0 elsewhere (pads included)."""
+        return ((input_ids == self.image_token_id) & (attention_mask == 1)).long()
+
+    def positions(self, input_ids, mm_token_type_ids, image_grid_thw, attention_mask) -> torch.Tensor:
+        """M-RoPE position ids over a whole sequence; ``image_grid_thw`` lists every image of it, row by
+        row, in sequence order. Computed per row over unmasked tokens only."""
+        positions, _ = self.model.model.get_rope_index(input_ids, mm_token_type_ids=mm_token_type_ids,
+                                                       image_grid_thw=image_grid_thw, attention_mask=attention_mask)
+        return positions

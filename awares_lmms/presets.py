@@ -1,0 +1,251 @@
+"""Protocol presets: every setting that changes what the model sees or what is reported, in one place.
+
+Two presets exist:
+
+``paper``
+    The authors' released lmms-eval file, reproduced point by point (see ``docs/released-evaluation.md``):
+    the processor budget 25088..1605632 pixels, every image pre-resized by ``qwen_vl_utils`` before the
+    processor resizes it again, the released crop parser (``GET_CROPS:[...]`` at the very start of the
+    reply, one character per region, anything else gets the whole image), a crop request on an image
+    under 100 px rewritten to ``GET_CROPS:[all]``, no EXIF orientation, no ``until`` stop strings, turn 2
+    built from the re-tokenized reply (the released code re-renders the conversation as text), and
+    generation stopped by the tokenizer's eos token only.
+``awares``
+    Our protocol, the one our training writes transcripts in: the checkpoint's own pixel budget, the
+    processor alone resizes, the robust parser (``GET_CROPS: ['0', '5']`` and its variants), EXIF
+    orientation applied, ``until`` applied, turn 2 continues from the generated token ids.
+
+A checkpoint declares the protocol it was trained for in ``awares_protocol.json`` (written by
+``training.sft`` and ``training.grpo``). The evaluator resolves, per setting, in this order:
+``--model_args`` > the checkpoint's declaration > the preset (``preset=`` if given, else the declared one,
+else ``paper``). A checkpoint that declares nothing (the released AwaRes checkpoint, a base Qwen2.5-VL)
+is therefore evaluated exactly as the paper was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import protocol
+
+DECLARATION_FILE = "awares_protocol.json"
+DECLARATION_VERSION = 1
+
+PARSERS = ("released", "robust")
+IMAGE_PATHS = ("qwen_vl_utils", "processor")
+SMALL_IMAGE_POLICIES = ("rewrite", "keep")
+STOP_TOKENS = ("tokenizer_eos", "generation_config")
+TURN2_REPLY = ("retokenized", "generated")
+
+# The released evaluation's processor budget: 32 and 2048 visual tokens of 28x28 pixels.
+RELEASED_MIN_PIXELS = 32 * 28 * 28
+RELEASED_MAX_PIXELS = 2048 * 28 * 28
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """What the model sees and how its reply is read. ``None`` pixel limits mean the checkpoint's own."""
+
+    parser: str = "robust"
+    image_path: str = "processor"
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    exif_transpose: bool = True
+    apply_until: bool = True
+    small_image: str = "keep"
+    stop_tokens: str = "generation_config"
+    turn2_reply: str = "generated"
+    # max_new_tokens when the task sets none (all six paper tasks set theirs).
+    max_new_tokens: int = 128
+    lr_scale: float = 0.5
+    # What the robust parser does with a request it cannot honour; the released parser always sends
+    # the whole image.
+    fallback: str = "full"
+
+    def __post_init__(self):
+        for name, allowed in (("parser", PARSERS), ("image_path", IMAGE_PATHS), ("small_image", SMALL_IMAGE_POLICIES),
+                              ("stop_tokens", STOP_TOKENS), ("turn2_reply", TURN2_REPLY),
+                              ("fallback", protocol.FALLBACK_POLICIES)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if not 0 < self.lr_scale <= 1:
+            raise ValueError(f"lr_scale must be in (0, 1], got {self.lr_scale}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        for name in ("min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, ProtocolSettings] = {
+    "paper": ProtocolSettings(
+        parser="released", image_path="qwen_vl_utils", min_pixels=RELEASED_MIN_PIXELS,
+        max_pixels=RELEASED_MAX_PIXELS, exif_transpose=False, apply_until=False, small_image="rewrite",
+        stop_tokens="tokenizer_eos", turn2_reply="retokenized", max_new_tokens=4096),
+    "awares": ProtocolSettings(),
+}
+DEFAULT_PRESET = "paper"
+SETTING_NAMES = tuple(f.name for f in dataclasses.fields(ProtocolSettings))
+_BOOL_SETTINGS = {"exif_transpose", "apply_until"}
+_INT_SETTINGS = {"min_pixels", "max_pixels", "max_new_tokens"}
+
+
+def _coerce(name: str, value):
+    """A setting's value from ``--model_args`` (lmms-eval passes strings, ints, floats or bools)."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if name in ("min_pixels", "max_pixels"):
+            return None
+        raise ValueError(f"{name} needs a value")
+    if name in _BOOL_SETTINGS:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if name in _INT_SETTINGS:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an integer, got {value!r}") from None
+        if not number.is_integer():
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return int(number)
+    if name == "lr_scale":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"lr_scale must be a number, got {value!r}") from None
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The settings a run uses and where each one came from."""
+
+    settings: ProtocolSettings
+    preset: str
+    preset_source: str  # "model_args" | "checkpoint" | "default"
+    sources: dict  # setting name -> "preset:<name>" | "checkpoint" | "model_args"
+    declared: dict | None
+
+    def summary(self) -> dict:
+        """What is written into every sample and into the results' config."""
+        overridden = sorted(k for k, v in self.sources.items() if v == "model_args")
+        return {"preset": self.preset, "preset_source": self.preset_source,
+                "checkpoint_declares": self.declared.get("preset") if self.declared else None,
+                "overridden_by_model_args": overridden, **self.settings.to_dict()}
+
+    def describe(self) -> str:
+        """One line for the run's log."""
+        if self.preset_source == "model_args":
+            origin = "from --model_args"
+            if self.declared is not None:
+                origin += f"; the checkpoint's declaration (preset {self.declared.get('preset')}) is not used"
+        elif self.preset_source == "checkpoint":
+            origin = "declared by the checkpoint"
+        else:
+            origin = "the default: the checkpoint declares no protocol"
+        line = f"awares protocol: preset={self.preset} ({origin})"
+        overridden = [f"{k}={getattr(self.settings, k)}" for k, v in self.sources.items() if v == "model_args"]
+        if overridden:
+            line += "; overridden by --model_args: " + ", ".join(overridden)
+        return line
+
+
+def resolve(preset: str | None = None, overrides: dict | None = None, declared: dict | None = None) -> Resolved:
+    """Settings for a run: ``overrides`` (``--model_args``) > ``declared`` (the checkpoint) > the preset.
+
+    ``preset`` given explicitly chooses the base and makes the checkpoint's declaration be ignored
+    (the run says so); without it the declared preset is the base, else ``paper``.
+    """
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(SETTING_NAMES))
+    if unknown:
+        raise ValueError(f"unknown protocol settings {unknown}; known: {list(SETTING_NAMES)}")
+    declared_settings: dict = {}
+    if declared is not None:
+        declared_settings = dict(declared.get("settings") or {})
+        bad = sorted(set(declared_settings) - set(SETTING_NAMES))
+        if bad:
+            raise ValueError(f"{DECLARATION_FILE} declares unknown settings {bad}")
+    if preset is not None:
+        base_name, preset_source = str(preset), "model_args"
+        declared_settings = {}  # an explicit preset replaces the declaration as a whole
+    elif declared is not None:
+        base_name, preset_source = str(declared.get("preset") or DEFAULT_PRESET), "checkpoint"
+    else:
+        base_name, preset_source = DEFAULT_PRESET, "default"
+    if base_name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {base_name!r}")
+    values = PRESETS[base_name].to_dict()
+    sources = {name: f"preset:{base_name}" for name in SETTING_NAMES}
+    for name, value in declared_settings.items():
+        values[name] = _coerce(name, value)
+        sources[name] = "checkpoint"
+    for name, value in overrides.items():
+        values[name] = _coerce(name, value)
+        sources[name] = "model_args"
+    return Resolved(ProtocolSettings(**values), base_name, preset_source, sources, declared)
+
+
+# ----------------------------------------------------------------------------- declarations
+
+
+def declaration(settings: ProtocolSettings, preset: str = "awares", written_by: str = "") -> dict:
+    """The content of ``awares_protocol.json`` for a checkpoint trained on ``settings``."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    return {"awares_protocol": DECLARATION_VERSION, "preset": preset, "settings": settings.to_dict(),
+            "written_by": written_by}
+
+
+def write_declaration(directory: str | Path, settings: ProtocolSettings, preset: str = "awares",
+                      written_by: str = "") -> Path:
+    path = Path(directory) / DECLARATION_FILE
+    path.write_text(json.dumps(declaration(settings, preset, written_by), indent=2) + "\n")
+    return path
+
+
+def _validate_declaration(data, where: str) -> dict:
+    if not isinstance(data, dict) or data.get("awares_protocol") != DECLARATION_VERSION:
+        raise ValueError(f"{where} is not an awares protocol declaration of version {DECLARATION_VERSION}")
+    if data.get("preset") not in PRESETS:
+        raise ValueError(f"{where} declares preset {data.get('preset')!r}; known: {sorted(PRESETS)}")
+    return data
+
+
+def read_declaration(pretrained: str | Path) -> dict | None:
+    """The protocol a checkpoint declares, or ``None`` when it declares none.
+
+    A local directory is read directly; a hub id is looked up in the hub cache or on the hub (a
+    missing file, or no network, both mean "declares nothing": loading the weights then reports any
+    real access problem).
+    """
+    local = Path(str(pretrained)).expanduser()
+    if local.is_dir():
+        path = local / DECLARATION_FILE
+        if not path.is_file():
+            return None
+        try:
+            return _validate_declaration(json.loads(path.read_text()), str(path))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(str(pretrained), DECLARATION_FILE)
+    except Exception:  # noqa: BLE001 - not found, offline or not a repo id: no declaration
+        return None
+    return _validate_declaration(json.loads(Path(path).read_text()), f"{pretrained}/{DECLARATION_FILE}")
