@@ -12,7 +12,12 @@ Same arguments and subcommands as ``lmms-eval`` (it runs lmms-eval's own dispatc
   of a run, logs it and exits 0 (unless ``--verbosity DEBUG``); here each run of
   ``lmms_eval.__main__.cli_evaluate_single`` is watched: an exception (unknown task, model that
   cannot be built or crashes, missing data, ...), no results on rank 0, or results without any
-  task all make the command exit 1. A missing ``--tasks`` exits 2.
+  task all make the command exit 1. A missing ``--tasks`` exits 2. A bad ``--model_args`` value is
+  reported in one line (``lmms_eval: evaluation failed: bad --model_args: ...``) instead of
+  lmms-eval's traceback (``--verbosity DEBUG`` keeps it).
+* a finished run in which some documents could not be answered (``on_error=record``, the default:
+  each such document is scored as an empty prediction and its cause logged) exits 3, after every
+  file is written.
 
 ``python -m awares_lmms.cli ...`` is the same command.
 """
@@ -22,8 +27,12 @@ from __future__ import annotations
 import os
 import sys
 
+from awares_lmms import lmms_hooks
+from awares_lmms.presets import ArgumentError
+
 _EVAL_FAILED = 1
 _NO_TASKS = 2
+_DOCUMENT_ERRORS = 3
 
 
 def _is_eval_invocation(argv: list[str]) -> bool:
@@ -53,12 +62,20 @@ class _RunWatcher:
     def __init__(self):
         self.failures: list[str] = []
         self.successes = 0
+        self.document_errors = 0
         self.missing_tasks = False
 
     def wrap(self, original):
         def cli_evaluate_single(args=None):
+            lmms_hooks.record_document_errors({})
             try:
                 outcome = original(args)
+            except ArgumentError as exc:
+                if getattr(args, "verbosity", None) == "DEBUG":
+                    raise
+                # One line instead of lmms-eval's traceback (which --verbosity DEBUG keeps).
+                self.failures.append(f"bad --model_args: {exc}")
+                return None, None
             except SystemExit as exc:
                 # lmms-eval exits 0 for the `--tasks list*` listings and when --tasks is missing.
                 if getattr(args, "tasks", None) is None:
@@ -78,6 +95,9 @@ class _RunWatcher:
                 self.failures.append("the evaluation produced results for no task")
             else:
                 self.successes += 1
+                errors = lmms_hooks.document_errors()
+                if errors:
+                    self.document_errors += sum(len(v) for v in errors.values())
             return outcome
 
         cli_evaluate_single.__wrapped__ = original
@@ -108,8 +128,6 @@ def _run_dispatch(argv: list[str]) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
-    from awares_lmms import lmms_hooks
-
     lmms_hooks.install()
     tasks_dir = str(lmms_hooks.tasks_dir())
     lmms_hooks.add_include_path(tasks_dir)
@@ -135,6 +153,11 @@ def main(argv=None) -> int:
         for reason in watcher.failures:
             print(f"lmms_eval: evaluation failed: {reason}", file=sys.stderr)
         return _NO_TASKS if watcher.missing_tasks and len(watcher.failures) == 1 else _EVAL_FAILED
+    if watcher.document_errors:
+        print(f"lmms_eval: evaluation finished, but {watcher.document_errors} document(s) could not be answered "
+              "(scored as empty predictions; causes in the samples' 'error' field and in the results' "
+              "config.awares_document_errors)", file=sys.stderr)
+        return _DOCUMENT_ERRORS
     return status
 
 

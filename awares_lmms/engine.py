@@ -221,7 +221,9 @@ class TwoTurnEngine:
         stats = SampleStats(mode=self.config.mode, min_pixels=budget.min_pixels, max_pixels=budget.max_pixels)
         normalised = []
         for img in req.images:
-            im, notes = images.normalise(img, self.max_aspect_ratio, exif_transpose=self.protocol.exif_transpose)
+            im, notes = images.normalise(img, self.max_aspect_ratio, exif_transpose=self.protocol.exif_transpose,
+                                         color_conversion=self.protocol.color_conversion,
+                                         max_pixels=self.protocol.max_image_pixels)
             normalised.append(im)
             stats.image_notes += notes
         to_model = [images.pre_resize(im, self.protocol.image_path) for im in normalised]
@@ -240,9 +242,43 @@ class TwoTurnEngine:
     @torch.inference_mode()
     def run(self, requests: list[Request], settings: GenerationSettings | None = None,
             trace: bool = False) -> list[Result]:
-        """Answer a batch. ``trace=True`` also returns what the model was fed in each turn."""
+        """Answer a batch. ``trace=True`` also returns what the model was fed in each turn.
+
+        A request that cannot be answered (an unreadable image, a failure of the model on it) does not
+        take the batch down: it gets an empty answer with ``stats.error`` naming the cause. When a
+        batched step fails, each row is retried alone, so only the row that fails alone is marked.
+        """
         settings = settings or GenerationSettings()
-        rows = [self._prepare(r) for r in requests]
+        prepared: list[_Row | Result] = []
+        for req in requests:
+            try:
+                prepared.append(self._prepare(req))
+            except Exception as exc:  # noqa: BLE001 - one bad document must not end the batch
+                prepared.append(self.unanswered(exc, "input"))
+        live = [row for row in prepared if isinstance(row, _Row)]
+        answered: list[Result] = []
+        if live:
+            try:
+                answered = self._answer(live, settings, trace)
+            except Exception as exc:  # noqa: BLE001
+                if len(live) == 1:
+                    answered = [self.unanswered(exc, "model")]
+                else:
+                    logger.warning("batch of %d failed (%s: %s); retrying its rows one by one", len(live),
+                                   type(exc).__name__, exc)
+                    answered = [self.run([row.req], settings, trace)[0] for row in live]
+        results = iter(answered)
+        return [next(results) if isinstance(row, _Row) else row for row in prepared]
+
+    def unanswered(self, exc: BaseException, stage: str) -> Result:
+        """The result of a request that could not be answered: empty text, ``stats.error`` set."""
+        message = f"{stage}: {type(exc).__name__}: {exc}"
+        logger.warning("request not answered: %s", message)
+        stats = SampleStats(mode=self.config.mode, min_pixels=self.budget.min_pixels,
+                            max_pixels=self.budget.max_pixels, tool_call_status="error", error=message)
+        return Result(text="", stats=stats)
+
+    def _answer(self, rows: list[_Row], settings: GenerationSettings, trace: bool) -> list[Result]:
         start = time.perf_counter()
         state = self._turn1(rows, settings, trace)
         turn1_s = time.perf_counter() - start

@@ -7,10 +7,13 @@ returned notes, which end up in the per-sample log.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import threading
 
 import numpy as np
-from PIL import Image, ImageOps, ImageStat
+from PIL import Image, ImageFile, ImageOps, ImageStat, UnidentifiedImageError
 
 from . import protocol
 
@@ -26,16 +29,40 @@ RELEASED_MAX_ASPECT_RATIO = 200.0
 MAX_LR_SOURCE_SIDE = 20000
 
 
-def _to_8bit_rgb(img: Image.Image) -> Image.Image:
+# Images above this many pixels are downscaled (by an integer factor, recorded) before anything else:
+# no benchmark image comes close (V* photos are ~21 M, 8K frames 33 M), and the model never sees more
+# than its pixel budget of any image or crop anyway. Beyond 2 x PIL's Image.MAX_IMAGE_PIXELS (~179 M),
+# PIL itself refuses to open a file (a decompression bomb), which is recorded as the sample's error.
+MAX_IMAGE_PIXELS = 64_000_000
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# Notes a decoder attached to an image (decode_document_image), carried into the sample's image_notes.
+NOTES_KEY = "awares_notes"
+
+
+def _stretch_to_8bit(img: Image.Image, notes: list[str]) -> Image.Image:
+    """16-bit, 32-bit and float images have no fixed white point: the used range is stretched to
+    0..255. NaN and infinite pixels (a float image's missing values) become the darkest value."""
+    arr = np.asarray(img, dtype=np.float32)
+    finite = np.isfinite(arr)
+    bad = int(arr.size - np.count_nonzero(finite))
+    if bad:
+        notes.append(f"nonfinite_pixels_{bad}")
+        if bad == arr.size:
+            return Image.new("RGB", img.size, (0, 0, 0))
+        arr = np.where(finite, arr, np.nan)
+    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
+    scaled = np.nan_to_num(scaled, nan=0.0)
+    notes.append(f"stretched_{img.mode}_range_{lo:g}_{hi:g}")
+    return Image.fromarray(scaled.round().astype(np.uint8), "L").convert("RGB")
+
+
+def _to_8bit_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        # 16-bit and float images have no fixed white point: stretch the used range to 0..255.
-        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
-        return Image.fromarray(scaled.round().astype(np.uint8), "L").convert("RGB")
+    if mode in HIGH_BIT_MODES:
+        return _stretch_to_8bit(img, notes)
     if mode == "P":
         img = img.convert("RGBA")
         mode = "RGBA"
@@ -48,6 +75,34 @@ def _to_8bit_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _pil_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
+    """PIL's own ``convert("RGB")``, what stock lmms-eval tasks and the released evaluation apply. It
+    clips high-bit-depth values at 255 and drops alpha; both losses are recorded."""
+    if img.mode in HIGH_BIT_MODES:
+        arr = np.asarray(img, dtype=np.float32)
+        clipped = int(np.count_nonzero(~(arr <= 255)))  # NaN counts as clipped
+        if clipped:
+            notes.append(f"pil_convert_clipped_{clipped}_of_{arr.size}")
+    elif "A" in img.mode or img.mode in ("P", "PA"):
+        notes.append(f"pil_convert_dropped_alpha_{img.mode}")
+    return img.convert("RGB")
+
+
+def shrink_to(img: Image.Image, max_pixels: int, notes: list[str]) -> Image.Image:
+    """Downscale by the smallest integer factor that brings the image within ``max_pixels`` (box
+    filter: fast and light on memory), noted; unchanged when it already fits."""
+    w, h = img.size
+    if w * h <= max_pixels:
+        return img
+    factor = int(np.ceil(np.sqrt(w * h / max_pixels)))
+    while (w // factor) * (h // factor) > max_pixels:
+        factor += 1
+    small = img.reduce(factor) if img.mode not in ("P", "1") else img.convert("RGB").reduce(factor)
+    notes.append(f"downscaled_{w}x{h}_to_{small.width}x{small.height}")
+    logger.warning("image %dx%d exceeds %d pixels; downscaled by %d", w, h, max_pixels, factor)
+    return small
 
 
 def _pad_to_aspect(img: Image.Image, max_ratio: float) -> Image.Image:
@@ -64,14 +119,19 @@ def _pad_to_aspect(img: Image.Image, max_ratio: float) -> Image.Image:
     return canvas
 
 
-def normalise(img, max_aspect_ratio: float = MAX_ASPECT_RATIO,
-              exif_transpose: bool = True) -> tuple[Image.Image, list[str]]:
-    """8-bit RGB, EXIF orientation applied (unless ``exif_transpose`` is false, as the released
-    evaluation), aspect ratio within Qwen's limit.
+def normalise(img, max_aspect_ratio: float = MAX_ASPECT_RATIO, exif_transpose: bool = True,
+              color_conversion: str = "normalise", max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Image.Image, list[str]]:
+    """8-bit RGB within ``max_pixels``, EXIF orientation applied (unless ``exif_transpose`` is false, as
+    the released evaluation), aspect ratio within Qwen's limit.
 
-    Returns the image and a list of notes (empty when nothing changed but the colour mode).
-    Raises ``ValueError`` for things that are not images or have no pixels.
+    ``color_conversion``: ``normalise`` stretches high-bit-depth images, replaces missing (NaN) values
+    and puts transparency on white; ``pil`` is PIL's plain ``convert("RGB")`` (the stock tasks' and the
+    released evaluation's), its losses recorded. Returns the image and the notes of everything that was
+    changed (the decoder's notes first). Raises ``ValueError`` for things that are not images or have no
+    pixels.
     """
+    if img is None:
+        raise ValueError("the document has no image (None)")
     if isinstance(img, np.ndarray):
         try:
             img = Image.fromarray(img)
@@ -81,7 +141,10 @@ def normalise(img, max_aspect_ratio: float = MAX_ASPECT_RATIO,
         raise ValueError(f"expected a PIL image, got {type(img).__name__}")
     if img.width < 1 or img.height < 1:
         raise ValueError(f"image has no pixels ({img.width}x{img.height})")
-    notes: list[str] = []
+    if color_conversion not in ("normalise", "pil"):
+        raise ValueError(f"color_conversion must be 'normalise' or 'pil', got {color_conversion!r}")
+    notes: list[str] = list(img.info.get(NOTES_KEY, ()))
+    img = shrink_to(img, max_pixels, notes)
     if _has_orientation(img):
         if exif_transpose:
             img = ImageOps.exif_transpose(img)
@@ -90,13 +153,104 @@ def normalise(img, max_aspect_ratio: float = MAX_ASPECT_RATIO,
             notes.append("exif_orientation_ignored")
     if img.mode != "RGB":
         notes.append(f"mode_{img.mode}_to_RGB")
-    img = _to_8bit_rgb(img)
+    img = _to_8bit_rgb(img, notes) if color_conversion == "normalise" else _pil_rgb(img, notes)
     padded = _pad_to_aspect(img, max_aspect_ratio)
     if padded is not img:
         notes.append(f"padded_aspect_{img.width}x{img.height}_to_{padded.width}x{padded.height}")
         logger.warning("image %dx%d exceeds aspect ratio %.0f:1; padded to %dx%d",
                        img.width, img.height, max_aspect_ratio, padded.width, padded.height)
     return padded, notes
+
+
+def decode_document_image(cell, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """A dataset image cell (``{"bytes", "path"}``, raw bytes, a path or a PIL image) decoded with the
+    checks a benchmark run needs, without converting its colour mode (``normalise`` does that):
+
+    * an empty, missing or unreadable file raises ``ValueError`` naming the cause;
+    * a file over ``max_pixels`` is decoded at reduced size where the format allows (JPEG's DCT
+      scaling) and downscaled otherwise, before any full-size copy is made; PIL refuses decompression
+      bombs itself;
+    * a truncated file (lmms-eval turns on PIL's ``LOAD_TRUNCATED_IMAGES``, which silently fills the
+      missing part) is decoded as far as it goes and noted ``truncated_file``.
+
+    Notes travel in ``image.info["awares_notes"]`` and end up in the sample's ``image_notes``.
+    """
+    if cell is None:
+        raise ValueError("the document has no image (None)")
+    if isinstance(cell, Image.Image):
+        return cell
+    source = cell
+    if isinstance(cell, dict):
+        source = cell.get("bytes") if cell.get("bytes") is not None else cell.get("path")
+        if source is None:
+            raise ValueError("the document's image cell holds neither bytes nor a path")
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ValueError("the document's image file is empty (0 bytes)")
+        stream = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise ValueError(f"the document's image file does not exist: {source}")
+        if os.path.getsize(source) == 0:
+            raise ValueError(f"the document's image file is empty (0 bytes): {source}")
+        stream = source
+    else:
+        raise ValueError(f"cannot read an image from a {type(source).__name__}")
+    def open_image():
+        if isinstance(stream, io.BytesIO):
+            stream.seek(0)
+        try:
+            img = Image.open(stream)
+        except Image.DecompressionBombError as exc:
+            raise ValueError(f"refused as a decompression bomb: {exc}") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"not a readable image file: {exc}") from None
+        w, h = img.size
+        if w * h > max_pixels and img.format == "JPEG":
+            scale = np.sqrt(max_pixels / (w * h))
+            img.draft(img.mode, (int(w * scale), int(h * scale)))  # decode at 1/2, 1/4 or 1/8 scale
+            if img.size != (w, h) and not notes:
+                notes.append(f"decoded_{w}x{h}_at_{img.width}x{img.height}")
+        return img
+
+    notes: list[str] = []
+    img = open_image()
+    img = _load_checking_truncation(img, open_image, notes)
+    img = shrink_to(img, max_pixels, notes)
+    img.info[NOTES_KEY] = notes
+    return img
+
+
+_TRUNCATION_LOCK = threading.Lock()
+
+
+def _load(img: Image.Image, allow_truncated: bool) -> None:
+    # PIL only says a file is truncated when LOAD_TRUNCATED_IMAGES is off. It is a module global
+    # (lmms-eval turns it on), so it is set for this load alone, under a lock.
+    with _TRUNCATION_LOCK:
+        saved = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
+        try:
+            img.load()
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _load_checking_truncation(img: Image.Image, reopen, notes: list[str]) -> Image.Image:
+    try:
+        _load(img, allow_truncated=False)
+        return img
+    except OSError as exc:
+        if "truncated" not in str(exc):
+            raise ValueError(f"cannot decode the image: {exc}") from None
+    notes.append("truncated_file")
+    logger.warning("truncated image file: decoded as far as it goes (noted in image_notes)")
+    img = reopen()
+    try:
+        _load(img, allow_truncated=True)
+    except OSError as exc:
+        raise ValueError(f"cannot decode the truncated image: {exc}") from None
+    return img
 
 
 def _has_orientation(img: Image.Image) -> bool:

@@ -9,7 +9,10 @@ The AwaRes suite (``tasks_config/``) deliberately reuses the built-in names ``ch
 the paper's. ``install()`` therefore patches two methods of ``lmms_eval.tasks.TaskManager``:
 
 ``initialize_tasks``
-    After the stock indexing, if the ``tasks_config`` directory is among the include paths, its
+    The ``tasks_config`` directory is added to the include paths when the TaskManager is built for
+    ``model_name="awares"`` (lmms-eval's own entry points pass ``--model``), so ``python -m lmms_eval``
+    and ``accelerate launch -m lmms_eval`` with ``--model awares`` use the AwaRes tasks too; other
+    models see no change. After the stock indexing, if the ``tasks_config`` directory is among the include paths, its
     entries are indexed once more and override whatever had the same name. Only that directory
     gets this treatment; every other include path keeps the stock "built-in wins" rule, and a
     run that does not include ``tasks_config`` sees no change at all. Paths registered with
@@ -159,8 +162,13 @@ def _patch_task_manager(task_manager_cls) -> None:
 
     def initialize_tasks(self, include_path=None, include_defaults=True):
         paths = _as_list(include_path)
-        for extra in _EXTRA_INCLUDE:
-            if all(_real(p) != extra for p in paths):
+        extras = list(_EXTRA_INCLUDE)
+        if getattr(self, "model_name", None) == "awares":
+            # Stock entry points (`python -m lmms_eval`, `accelerate launch -m lmms_eval`, `lmms-eval`)
+            # with --model awares get the AwaRes tasks too: the model's rtr has no other place to go.
+            extras.append(str(tasks_dir()))
+        for extra in extras:
+            if all(_real(p) != _real(extra) for p in paths):
                 paths.append(extra)
         index = original_initialize(self, include_path=paths or None, include_defaults=include_defaults)
         if any(_is_tasks_dir(p) for p in paths):
@@ -224,7 +232,20 @@ class _DeferredPatchFinder(importlib.abc.MetaPathFinder):
 # ----------------------------------------------------------------------------- results config
 
 _RUN_PROTOCOL: dict = {}
+_DOCUMENT_ERRORS: dict = {}
 _TRACKER_MARK = "_awares_protocol_recorded"
+
+
+def record_document_errors(errors: dict) -> None:
+    """The documents the ``awares`` model could not answer in this process's last evaluation, per task
+    (``[{"doc_id", "error"}]``): written into the results as ``config.awares_document_errors`` and read
+    by the ``lmms_eval`` command to set its exit status."""
+    _DOCUMENT_ERRORS.clear()
+    _DOCUMENT_ERRORS.update(errors)
+
+
+def document_errors() -> dict:
+    return {task: list(items) for task, items in _DOCUMENT_ERRORS.items()}
 
 
 def record_run_protocol(summary: dict) -> None:
@@ -246,7 +267,9 @@ def _patch_evaluation_tracker() -> None:
 
     def save_results_aggregated(self, results, samples, datetime_str):
         if _RUN_PROTOCOL and isinstance(results, dict):
-            results.setdefault("config", {})["awares_protocol"] = dict(_RUN_PROTOCOL)
+            config = results.setdefault("config", {})
+            config["awares_protocol"] = dict(_RUN_PROTOCOL)
+            config["awares_document_errors"] = document_errors()
         return original(self, results, samples, datetime_str)
 
     save_results_aggregated.__wrapped__ = original

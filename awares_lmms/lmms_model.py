@@ -8,6 +8,7 @@ own Qwen models; the protocol lives in ``protocol.py`` and the two-turn logic in
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -19,7 +20,15 @@ from lmms_eval.protocol import ChatMessages
 from tqdm import tqdm
 
 from . import accounting, lmms_hooks, presets, protocol, sample_stats
-from .engine import EngineConfig, GenerationSettings, Request, TwoTurnEngine
+from .engine import EngineConfig, GenerationSettings, Request, Result, TwoTurnEngine
+from .presets import ArgumentError
+
+# on_error: "record" answers a document that cannot be read or processed with an empty prediction,
+# records why in its sample, and the lmms_eval command exits 3 after writing everything; "fail" stops
+# the run at the first such document.
+ON_ERROR = ("record", "fail")
+# The question columns of the benchmark datasets (vstar calls it "text").
+QUESTION_COLUMNS = ("question", "text")
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
            "float32": torch.float32, "fp32": torch.float32}
@@ -70,27 +79,60 @@ def resolve_protocol(pretrained: str, adapter: str | None, preset: str | None, o
     return presets.resolve(preset, overrides, declared)
 
 
+def _looks_like_path(name: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else (absolute, relative, home, deeper) is a path."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
+
+
+def _check_local(name: str | None, what: str) -> None:
+    if name and _looks_like_path(str(name)) and not Path(str(name)).expanduser().exists():
+        raise ArgumentError(f"{what}={name}: no such file or directory")
+
+
+def _batch_size(value) -> int:
+    try:
+        size = int(str(value))
+    except ValueError:
+        raise ArgumentError(f"batch_size must be a positive integer, got {value!r} ('auto' is not supported)") from None
+    if size < 1:
+        raise ArgumentError(f"batch_size must be >= 1, got {size}")
+    return size
+
+
 class AwaresLMM(lmms):
     """AwaRes two-turn inference. ``--model_args`` (all optional); docs/evaluation.md has the table.
 
     Model: pretrained, adapter, device, dtype (auto|bfloat16|float32|float16), batch_size,
     attn_implementation, trust_remote_code. Run: mode (awares|full|lr|lr_then_full|fixed), crops (for
-    fixed, e.g. 0;5), system_prompt (awares|default|none), reuse_cache. Protocol (``presets``): preset
-    (paper|awares) and each setting by name: parser, image_path, min_pixels, max_pixels, exif_transpose,
-    apply_until, small_image, stop_tokens, turn2_reply, max_new_tokens, lr_scale, fallback.
+    fixed, e.g. 0;5), system_prompt (awares|default|none), reuse_cache, on_error (record|fail).
+    Protocol (``presets``): preset (paper|awares) and each setting by name (``presets.SETTING_NAMES``).
     """
 
     is_simple = False
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """As lmms-eval's, except that ``batch_size`` may be given in ``--model_args`` too: there it
+        wins over ``--batch_size`` (which lmms-eval always passes, 1 by default)."""
+        args = utils.simple_parse_args_string(arg_string)
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
+        return cls(**args, **extra)
 
     def __init__(self, pretrained: str = "Kimhi/AWARES-Qwen2.5-VL-7B", adapter: str | None = None,
                  mode: str = "awares", crops=None, device: str | None = None, device_map: str | None = None,
                  dtype: str = "auto", batch_size=1, system_prompt: str | None = None, reuse_cache: bool = True,
                  attn_implementation: str | None = None, trust_remote_code: bool = False, max_batch_size=None,
-                 preset: str | None = None, **protocol_args):
+                 preset: str | None = None, on_error: str = "record", **protocol_args):
         super().__init__()
         unknown = sorted(set(protocol_args) - set(presets.SETTING_NAMES))
         if unknown:
-            raise ValueError(f"unknown --model_args for awares: {unknown}; see docs/evaluation.md for the list")
+            raise ArgumentError(f"unknown --model_args for awares: {unknown}; see docs/evaluation.md for the list")
+        if on_error not in ON_ERROR:
+            raise ArgumentError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.on_error = on_error
+        _check_local(pretrained, "pretrained")
+        _check_local(adapter, "adapter")
+        self.batch_size_per_gpu = _batch_size(batch_size)
         accelerator = Accelerator()
         if accelerator.num_processes > 1:
             self._device = accelerator.device
@@ -106,30 +148,33 @@ class AwaresLMM(lmms):
         elif dtype in _DTYPES:
             torch_dtype = _DTYPES[dtype]
         else:
-            raise ValueError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {dtype!r}")
+            raise ArgumentError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {dtype!r}")
         if system_prompt is not None and system_prompt not in _SYSTEM_PROMPTS:
-            raise ValueError(f"system_prompt must be one of {sorted(_SYSTEM_PROMPTS)}, got {system_prompt!r}")
+            raise ArgumentError(f"system_prompt must be one of {sorted(_SYSTEM_PROMPTS)}, got {system_prompt!r}")
         self.resolved = resolve_protocol(pretrained, adapter, preset, protocol_args)
         settings = self.resolved.settings
-        fixed = protocol.parse_crop_spec(crops) if crops not in (None, "") else ()
-        self.engine_config = EngineConfig(
-            mode=mode, fixed_crops=fixed,
-            system_prompt=_SYSTEM_PROMPTS[system_prompt] if system_prompt is not None else None,
-            reuse_cache=bool(reuse_cache), protocol=settings)
+        try:
+            fixed = protocol.parse_crop_spec(crops) if crops not in (None, "") else ()
+            self.engine_config = EngineConfig(
+                mode=mode, fixed_crops=fixed,
+                system_prompt=_SYSTEM_PROMPTS[system_prompt] if system_prompt is not None else None,
+                reuse_cache=bool(reuse_cache), protocol=settings)
+        except ValueError as exc:
+            raise ArgumentError(str(exc)) from None
         model, processor = load_model_and_processor(
             pretrained, adapter, torch_dtype, str(self._device), attn_implementation, settings.min_pixels,
             settings.max_pixels, bool(trust_remote_code))
         self._model = model
         self.processor = processor
         self.engine = TwoTurnEngine(model, processor, self.engine_config)
-        self.batch_size_per_gpu = int(batch_size)
         self.pretrained = pretrained
         self.protocol_summary = {**self.resolved.summary(), "min_pixels": self.engine.budget.min_pixels,
                                  "max_pixels": self.engine.budget.max_pixels}
         lmms_hooks.record_run_protocol(self.protocol_summary)
         eval_logger.info(self.resolved.describe())
         eval_logger.info(f"awares: mode={mode} pixels=[{self.engine.budget.min_pixels}, "
-                         f"{self.engine.budget.max_pixels}] dtype={torch_dtype} device={self._device}")
+                         f"{self.engine.budget.max_pixels}] dtype={torch_dtype} device={self._device} "
+                         f"batch_size={self.batch_size_per_gpu}")
 
     @property
     def model(self):
@@ -175,32 +220,53 @@ class AwaresLMM(lmms):
                                   temperature=temperature, top_p=gen_kwargs.get("top_p"),
                                   until=tuple(u for u in (until or ()) if u))
 
+    def _read_document(self, ctx, to_messages, doc_id, task, split) -> Request:
+        doc = self.task_dict[task][split][doc_id]
+        for column in QUESTION_COLUMNS:
+            # Prompt builders format a missing question as the text "None": refuse it instead.
+            if column in doc and (not isinstance(doc[column], str) or not doc[column].strip()):
+                raise ValueError(f"the document's question ({column}) is missing or empty: {doc[column]!r}")
+        messages = ChatMessages(messages=to_messages(doc))
+        imgs, videos, audios = messages.extract_media()
+        if videos or audios:
+            raise ValueError("awares handles images only, got video/audio input")
+        text = "\n".join(c.text for m in messages.messages if m.role == "user"
+                         for c in m.content if c.type == "text")
+        if not text.strip():
+            raise ValueError("the document has no question text")
+        return Request(question=text, images=list(imgs))
+
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         # lmms-eval sends every task's requests in this one call: stats left from an earlier
         # evaluation in the same process must not be scored against this one.
         sample_stats.clear()
+        errors: dict[str, list[tuple[int, str]]] = {}
         collator = utils.Collator([r.args for r in requests], lambda a: (a[3], a[0]),
                                   group_fn=lambda a: a[2], grouping=True)
         results = []
         pbar = tqdm(total=len(requests), disable=self.rank != 0, desc="awares")
         for chunk in collator.get_batched(n=self.batch_size, batch_fn=None):
             ctxs, to_messages, gen_kwargs, doc_ids, tasks, splits = zip(*chunk)
-            engine_requests, uids = [], []
+            settings = self._settings(gen_kwargs[0])
+            # Each document is read on its own: one that cannot be read is answered empty and recorded.
+            slots: list[Request | Result] = []
             for ctx, to_msg, doc_id, task, split in zip(ctxs, to_messages, doc_ids, tasks, splits):
-                doc = self.task_dict[task][split][doc_id]
-                messages = ChatMessages(messages=to_msg(doc))
-                imgs, videos, audios = messages.extract_media()
-                if videos or audios:
-                    raise ValueError(f"{task} doc {doc_id}: awares handles images only, got video/audio input")
-                text = "\n".join(c.text for m in messages.messages if m.role == "user"
-                                 for c in m.content if c.type == "text")
-                engine_requests.append(Request(question=text, images=list(imgs)))
-                uids.append(sample_stats.doc_uid(doc, fallback=f"{task}/{split}/{doc_id}"))
-            outputs = self.engine.run(engine_requests, self._settings(gen_kwargs[0]))
-            for uid, out in zip(uids, outputs):
+                try:
+                    slots.append(self._read_document(ctx, to_msg, doc_id, task, split))
+                except Exception as exc:  # noqa: BLE001 - the document's own problem, not the run's
+                    slots.append(self.engine.unanswered(exc, "document"))
+            answered = iter(self.engine.run([r for r in slots if isinstance(r, Request)], settings))
+            outputs = [next(answered) if isinstance(r, Request) else r for r in slots]
+            for out, doc_id, task in zip(outputs, doc_ids, tasks):
                 s = out.stats
                 s.protocol = self.protocol_summary
-                sample_stats.record(uid, s)
+                if s.error is not None:
+                    errors.setdefault(task, []).append((doc_id, s.error))
+                    if self.on_error == "fail":
+                        raise RuntimeError(f"{task} doc {doc_id} could not be answered: {s.error} (on_error=fail)")
+                # The task's process_docs stamps "<task>:<row>" and rows are doc ids: the uid is known even
+                # when the document itself could not be read.
+                sample_stats.record(f"{task}:{doc_id}", s)
                 counts = AwaresTokenCounts(
                     input_tokens=s.input_tokens, output_tokens=s.output_tokens,
                     visual_tokens_lr=s.visual_tokens_lr, visual_tokens_crops=s.visual_tokens_crops,
@@ -208,4 +274,17 @@ class AwaresLMM(lmms):
                 results.append(GenerationResult(text=out.text, token_counts=counts))
             pbar.update(len(chunk))
         pbar.close()
+        self._report_errors(errors, len(requests))
         return collator.get_original(results)
+
+    def _report_errors(self, errors: dict, total: int) -> None:
+        lmms_hooks.record_document_errors({task: [{"doc_id": d, "error": e} for d, e in items]
+                                           for task, items in errors.items()})
+        if not errors:
+            return
+        count = sum(len(v) for v in errors.values())
+        eval_logger.warning(f"awares: {count} of {total} documents could not be answered; each is scored with an "
+                            "empty prediction and its cause is in the sample's 'error' field:")
+        for task, items in sorted(errors.items()):
+            first = "; ".join(f"doc {d}: {e}" for d, e in items[:3])
+            eval_logger.warning(f"  {task}: {len(items)} ({first}{' ...' if len(items) > 3 else ''})")

@@ -29,16 +29,22 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import protocol
+from . import images, protocol
 
 DECLARATION_FILE = "awares_protocol.json"
 DECLARATION_VERSION = 1
+
+class ArgumentError(ValueError):
+    """A bad ``--model_args`` value: reported in one line, without a traceback, by the ``lmms_eval``
+    command (``--verbosity DEBUG`` shows the traceback)."""
+
 
 PARSERS = ("released", "robust")
 IMAGE_PATHS = ("qwen_vl_utils", "processor")
 SMALL_IMAGE_POLICIES = ("rewrite", "keep")
 STOP_TOKENS = ("tokenizer_eos", "generation_config")
 TURN2_REPLY = ("retokenized", "generated")
+COLOR_CONVERSIONS = ("normalise", "pil")
 
 # The released evaluation's processor budget: 32 and 2048 visual tokens of 28x28 pixels.
 RELEASED_MIN_PIXELS = 32 * 28 * 28
@@ -64,24 +70,30 @@ class ProtocolSettings:
     # What the robust parser does with a request it cannot honour; the released parser always sends
     # the whole image.
     fallback: str = "full"
+    # How a non-RGB image becomes RGB: "normalise" (16-bit stretched, NaN replaced, transparency on
+    # white) or "pil" (PIL's convert("RGB"), as the stock tasks and the released file do; losses noted).
+    color_conversion: str = "normalise"
+    # Images above this many pixels are downscaled first (noted): a memory bound, far above benchmarks.
+    max_image_pixels: int = images.MAX_IMAGE_PIXELS
 
     def __post_init__(self):
         for name, allowed in (("parser", PARSERS), ("image_path", IMAGE_PATHS), ("small_image", SMALL_IMAGE_POLICIES),
                               ("stop_tokens", STOP_TOKENS), ("turn2_reply", TURN2_REPLY),
-                              ("fallback", protocol.FALLBACK_POLICIES)):
+                              ("fallback", protocol.FALLBACK_POLICIES),
+                              ("color_conversion", COLOR_CONVERSIONS)):
             value = getattr(self, name)
             if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+                raise ArgumentError(f"{name} must be one of {allowed}, got {value!r}")
         if not 0 < self.lr_scale <= 1:
-            raise ValueError(f"lr_scale must be in (0, 1], got {self.lr_scale}")
+            raise ArgumentError(f"lr_scale must be in (0, 1], got {self.lr_scale}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        for name in ("min_pixels", "max_pixels"):
+            raise ArgumentError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        for name in ("min_pixels", "max_pixels", "max_image_pixels"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ArgumentError(f"{name} must be a positive integer, got {value!r}")
         if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
-            raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
+            raise ArgumentError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -91,13 +103,13 @@ PRESETS: dict[str, ProtocolSettings] = {
     "paper": ProtocolSettings(
         parser="released", image_path="qwen_vl_utils", min_pixels=RELEASED_MIN_PIXELS,
         max_pixels=RELEASED_MAX_PIXELS, exif_transpose=False, apply_until=False, small_image="rewrite",
-        stop_tokens="tokenizer_eos", turn2_reply="retokenized", max_new_tokens=4096),
+        stop_tokens="tokenizer_eos", turn2_reply="retokenized", max_new_tokens=4096, color_conversion="pil"),
     "awares": ProtocolSettings(),
 }
 DEFAULT_PRESET = "paper"
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(ProtocolSettings))
 _BOOL_SETTINGS = {"exif_transpose", "apply_until"}
-_INT_SETTINGS = {"min_pixels", "max_pixels", "max_new_tokens"}
+_INT_SETTINGS = {"min_pixels", "max_pixels", "max_new_tokens", "max_image_pixels"}
 
 
 def _coerce(name: str, value):
@@ -105,7 +117,7 @@ def _coerce(name: str, value):
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
         if name in ("min_pixels", "max_pixels"):
             return None
-        raise ValueError(f"{name} needs a value")
+        raise ArgumentError(f"{name} needs a value")
     if name in _BOOL_SETTINGS:
         if isinstance(value, bool):
             return value
@@ -113,12 +125,12 @@ def _coerce(name: str, value):
             return True
         if str(value).lower() in ("false", "0", "no"):
             return False
-        raise ValueError(f"{name} must be true or false, got {value!r}")
+        raise ArgumentError(f"{name} must be true or false, got {value!r}")
     if name in _INT_SETTINGS:
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{name} must be an integer, got {value!r}") from None
+            raise ArgumentError(f"{name} must be an integer, got {value!r}") from None
         if not number.is_integer():
             raise ValueError(f"{name} must be an integer, got {value!r}")
         return int(number)
@@ -126,7 +138,7 @@ def _coerce(name: str, value):
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"lr_scale must be a number, got {value!r}") from None
+            raise ArgumentError(f"lr_scale must be a number, got {value!r}") from None
     return str(value)
 
 
@@ -173,7 +185,7 @@ def resolve(preset: str | None = None, overrides: dict | None = None, declared: 
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(SETTING_NAMES))
     if unknown:
-        raise ValueError(f"unknown protocol settings {unknown}; known: {list(SETTING_NAMES)}")
+        raise ArgumentError(f"unknown protocol settings {unknown}; known: {list(SETTING_NAMES)}")
     declared_settings: dict = {}
     if declared is not None:
         declared_settings = dict(declared.get("settings") or {})
@@ -188,7 +200,7 @@ def resolve(preset: str | None = None, overrides: dict | None = None, declared: 
     else:
         base_name, preset_source = DEFAULT_PRESET, "default"
     if base_name not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {base_name!r}")
+        raise ArgumentError(f"preset must be one of {sorted(PRESETS)}, got {base_name!r}")
     values = PRESETS[base_name].to_dict()
     sources = {name: f"preset:{base_name}" for name in SETTING_NAMES}
     for name, value in declared_settings.items():

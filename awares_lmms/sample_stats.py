@@ -44,6 +44,7 @@ class SampleStats:
     turn1_s: float = 0.0
     turn2_s: float = 0.0
     image_notes: list = field(default_factory=list)
+    error: str | None = None  # why the document could not be answered (its prediction is then empty)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -25,44 +25,47 @@ from __future__ import annotations
 
 import math
 
+import datasets
 from lmms_eval.tasks.chartqa import utils as _chartqa
 from lmms_eval.tasks.ocrbench import utils as _ocrbench
 from lmms_eval.tasks.pope import utils as _pope
 from lmms_eval.tasks.realworldqa import utils as _realworldqa
 from lmms_eval.tasks.vstar_bench import utils as _vstar
 
-from awares_lmms import sample_stats
+from awares_lmms import images, sample_stats
 
 # The per-sample fields the AwaRes model records for each document (one list: sample_stats.SampleStats).
 STAT_KEYS = sample_stats.STAT_KEYS
 # Per-sample ratios aggregated into task metrics (mean over the samples that have one).
 RATIO_KEYS = ("rtr", "rtr_paper")
 
-# Upstream process_docs to chain before stamping ids. None of the six upstream tasks defines one
-# in lmms-eval 0.7.3 (tests/test_tasks.py checks that this table matches the upstream YAMLs).
-UPSTREAM_PROCESS_DOCS: dict[str, object] = {
-    "chartqa": None,
-    "docvqa": None,
-    "ocrbench": None,
-    "pope": None,
-    "vstar": None,
-    "realworldqa": None,
-    "awares_synth": None,
-}
-
-
 # ----------------------------------------------------------------------------- process_docs
 
 
 def stamp_uids(dataset, task: str):
-    """Add ``sample_stats.UID_COLUMN`` = ``"<task>:<row>"`` (row order kept, so row == doc_id)."""
-    upstream = UPSTREAM_PROCESS_DOCS.get(task)
-    if upstream is not None:
-        dataset = upstream(dataset)
+    """Add ``sample_stats.UID_COLUMN`` = ``"<task>:<row>"`` (row order kept, so row == doc_id), and
+    keep image columns undecoded until ``doc_to_visual`` decodes them with its checks.
+
+    None of the upstream tasks defines a ``process_docs`` in lmms-eval 0.7.3 (tests/test_tasks.py
+    checks it): one added upstream would have to be chained here.
+    """
     column = sample_stats.UID_COLUMN
     if column in dataset.column_names:
         dataset = dataset.remove_columns(column)
-    return dataset.add_column(column, [f"{task}:{i}" for i in range(len(dataset))])
+    dataset = dataset.add_column(column, [f"{task}:{i}" for i in range(len(dataset))])
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Image) and feature.decode:
+            dataset = dataset.cast_column(name, datasets.Image(decode=False))
+    return dataset
+
+
+def doc_to_visual(doc):
+    """The document's image, decoded by ``images.decode_document_image``: an empty, unreadable or
+    oversized file is caught there (the model records it per sample), a truncated one is noted, and the
+    colour mode is left to the model (upstream's ``convert("RGB")`` would clip 16-bit images and drop
+    transparency before any model could see them; the ``paper`` preset applies that same conversion).
+    """
+    return [images.decode_document_image(doc["image"])]
 
 
 def chartqa_process_docs(dataset):
@@ -182,10 +185,6 @@ def realworldqa_process_results(doc, results):
 
 def awares_synth_process_docs(dataset):
     return stamp_uids(dataset, "awares_synth")
-
-
-def awares_synth_doc_to_visual(doc):
-    return [doc["image"].convert("RGB")]
 
 
 def awares_synth_doc_to_text(doc, lmms_eval_specific_kwargs=None):

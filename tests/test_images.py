@@ -182,7 +182,8 @@ def test_high_bit_depth_modes_stretch_to_full_8bit_range(values, mode):
     assert (np.diff(flat.astype(int)) >= 0).all()  # monotone gradient stays monotone
     expected = np.round((values.astype(np.float64) - values.min()) * 255 / (values.max() - values.min()))
     assert np.abs(arr[..., 0].astype(int) - expected).max() <= 1
-    assert notes == [f"mode_{mode}_to_RGB"]
+    lo, hi = values.min(), values.max()
+    assert notes == [f"mode_{mode}_to_RGB", f"stretched_{mode}_range_{float(lo):g}_{float(hi):g}"]
 
 
 def test_I16_from_png_file():
@@ -202,7 +203,9 @@ def test_every_mode_gives_8bit_rgb_of_same_size(mode, processor):
     img = Image.new(mode, (37, 29))
     out, notes = normalise(img)
     assert_rgb8(out, (37, 29))
-    assert notes == ([] if mode == "RGB" else [f"mode_{mode}_to_RGB"])
+    assert notes[:1] == ([] if mode == "RGB" else [f"mode_{mode}_to_RGB"])
+    # High-bit-depth modes also record their stretch (a constant image: range 0..0).
+    assert notes[1:] == ([f"stretched_{mode}_range_0_0"] if mode in ("I", "I;16", "I;16B", "I;16L", "F") else [])
     assert grid_of(processor, out)[0] == 1
 
 
@@ -322,13 +325,16 @@ def test_tiny_images_through_low_res_view_and_processor(size, lr, processor):
 
 
 def test_huge_image_respects_max_pixels(processor):
-    img, notes = normalise(Image.new("RGB", (12000, 9000), (250, 250, 250)))
-    assert notes == [] and img.size == (12000, 9000)
+    img, notes = normalise(Image.new("RGB", (9200, 6900), (250, 250, 250)))  # 63.5 M: under the memory bound
+    assert notes == [] and img.size == (9200, 6900)
     t, gh, gw = grid_of(processor, img)
     assert (gh * 14) * (gw * 14) <= 12845056
-    assert (gh * 14, gw * 14) == smart_resize(9000, 12000, factor=28, min_pixels=3136, max_pixels=12845056)
-    assert t * gh * gw // 4 == CKPT.tokens(12000, 9000)
-    assert abs((gw / gh) - 12000 / 9000) < 0.02
+    assert (gh * 14, gw * 14) == smart_resize(6900, 9200, factor=28, min_pixels=3136, max_pixels=12845056)
+    assert t * gh * gw // 4 == CKPT.tokens(9200, 6900)
+    assert abs((gw / gh) - 9200 / 6900) < 0.02
+    # Beyond images.MAX_IMAGE_PIXELS (64 M) the image is downscaled first, and that is recorded.
+    big, notes = normalise(Image.new("RGB", (12000, 9000), (250, 250, 250)))
+    assert big.size == (6000, 4500) and notes == ["downscaled_12000x9000_to_6000x4500"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,10 +342,12 @@ def test_huge_image_respects_max_pixels(processor):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["image.png", None, 3, b"\x89PNG", Path("x.png"), [1, 2, 3]])
+@pytest.mark.parametrize("bad", ["image.png", 3, b"\x89PNG", Path("x.png"), [1, 2, 3]])
 def test_non_image_input_raises_value_error(bad):
     with pytest.raises(ValueError, match="expected a PIL image"):
         normalise(bad)
+    with pytest.raises(ValueError, match="the document has no image"):
+        normalise(None)
 
 
 def test_unreadable_array_raises_value_error():

@@ -8,11 +8,13 @@ built on the same files, and on hand-picked real answer strings.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from awares_lmms import lmms_hooks, sample_stats
 from awares_lmms.export_datasets import (
@@ -107,7 +109,8 @@ def ours_tm():
 
 @pytest.fixture(scope="module")
 def stock_tm():
-    return TaskManager("WARNING", model_name="awares")
+    # Another model's task manager: with --model awares our directory is included automatically.
+    return TaskManager("WARNING", model_name="other_model")
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +152,9 @@ def test_our_names_win_only_with_our_directory(ours_tm, stock_tm, tmp_path):
     # built-in chartqa / docvqa group are what lmms-eval resolves.
     assert ours_tm.task_index["docvqa_val"]["yaml_path"].startswith(str(_upstream_tasks_dir()))
     assert stock_tm.task_index["chartqa"]["yaml_path"].startswith(str(_upstream_tasks_dir()))
+    # lmms-eval's own entry points build TaskManager(model_name=args.model): for awares, ours win.
+    awares_tm = TaskManager("WARNING", model_name="awares")
+    assert awares_tm.task_index["chartqa"]["yaml_path"] == str(lmms_hooks.tasks_dir() / "chartqa.yaml")
     assert stock_tm.task_index["docvqa"]["type"] == "group"
     assert "vstar" not in stock_tm.task_index and "awares_suite" not in stock_tm.task_index
 
@@ -199,11 +205,18 @@ def test_yaml_matches_upstream(name):
     for key in ("dataset_path", "dataset_name", "dataset_kwargs", "test_split", "output_type", "doc_to_target",
                 "generation_kwargs", "lmms_eval_specific_kwargs", "metadata"):
         assert mine.get(key) == up.get(key), f"{name}: {key} differs from upstream {rel}"
-    for key in ("doc_to_visual", "doc_to_text"):
-        assert _same_function(mine[key], up[key]), f"{name}: {key} differs from upstream"
+    assert _same_function(mine["doc_to_text"], up["doc_to_text"]), f"{name}: doc_to_text differs from upstream"
+    # doc_to_visual: ours decodes with checks and leaves the colour mode to the model; upstream's is a
+    # plain convert("RGB"), which the paper preset applies (same pixels for an RGB image).
+    assert mine["doc_to_visual"] is hooks.doc_to_visual
+    rgb = Image.new("RGB", (30, 20), (10, 200, 30))
+    png = io.BytesIO()
+    rgb.save(png, "PNG")
+    ours_img = mine["doc_to_visual"]({"image": {"bytes": png.getvalue(), "path": None}})[0]
+    assert up["doc_to_visual"]({"image": rgb})[0].tobytes() == ours_img.convert("RGB").tobytes() == rgb.tobytes()
 
-    # Upstream process_docs (none today) must be chained by ours.
-    assert hooks.UPSTREAM_PROCESS_DOCS[name] is up.get("process_docs")
+    # Upstream process_docs (none today) would have to be chained by ours (see stamp_uids).
+    assert up.get("process_docs") is None
     assert callable(mine["process_docs"])
     # Scoring: upstream's process_results is what ours delegates to (docvqa_val has none: ANLS
     # through the generic metric path, re-implemented by calling the same `anls` function).
@@ -469,10 +482,11 @@ def test_generated_sample_set_is_deterministic_and_scores_its_gold(tmp_path, our
                 assert doc["answer"] in ("yes", "no") and doc["question_id"]
             if name == "ocrbench":
                 assert doc["question_type"] in OCRBench_score and doc["dataset"] != "HME100k"
+            image = task.doc_to_visual(doc)[0]  # images stay undecoded in the docs until doc_to_visual
             if name == "docvqa":
-                assert doc["image"].size == (1000, 1300)
+                assert image.size == (1000, 1300)
             if name == "vstar":
-                assert min(doc["image"].size) >= 1500 and doc["label"] in "ABCD" and doc["category"]
+                assert min(image.size) >= 1500 and doc["label"] in "ABCD" and doc["category"]
             gold = task.doc_to_target(doc)
             out = task.process_results(task.eval_docs_no_media[i], [gold[0] if isinstance(gold, list) else gold])
             value = out[PRIMARY[name]]

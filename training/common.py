@@ -10,10 +10,13 @@ import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 from accelerate.utils import is_peft_model
-from transformers.trainer_utils import get_last_checkpoint
+from safetensors import safe_open
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import TrainOutput
 from trl import get_peft_config
 
 from awares_lmms import presets
@@ -42,31 +45,114 @@ def lora_config(lora_target: str, model_args):
     return peft_config
 
 
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                "pytorch_model.bin", "adapter_model.bin")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a ``checkpoint-N`` folder cannot be resumed from, or None when it is complete.
+
+    The Trainer writes a checkpoint's ``trainer_state.json`` last (after the weights, optimizer,
+    scheduler and RNG states), so a kill during a save leaves it missing or cut short; the weights'
+    safetensors headers are checked too (DeepSpeed keeps them under ``global_step*``)."""
+    step = int(_CHECKPOINT.match(path.name).group(1))
+    state_file = path / "trainer_state.json"
+    if not state_file.is_file():
+        return "no trainer_state.json (the save did not finish)"
+    try:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "trainer_state.json is cut short"
+    if state.get("global_step") != step:
+        return f"trainer_state.json says step {state.get('global_step')}, the folder step {step}"
+    weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
+    if not weights and not any(path.glob("global_step*")):
+        return "no model weights"
+    for file in weights:
+        if file.suffix == ".safetensors":
+            try:
+                with safe_open(str(file), framework="pt"):
+                    pass
+            except Exception:  # noqa: BLE001 - any unreadable header means an unusable checkpoint
+                return f"{file.name} is unreadable"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest complete ``checkpoint-N`` in ``output_dir``. Newer incomplete ones (a kill during a
+    save) are removed, each named in the log, so that the Trainer's own save of that step starts clean."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    found = sorted((p for p in output_dir.iterdir() if p.is_dir() and _CHECKPOINT.match(p.name)),
+                   key=lambda p: int(_CHECKPOINT.match(p.name).group(1)), reverse=True)
+    for path in found:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        logger.warning("skipping incomplete checkpoint %s: %s; removing it", path, problem)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
 def resume_checkpoint(training_args):
-    """``--resume_from_checkpoint PATH``, or ``true``/``last`` for the newest checkpoint-* in output_dir."""
+    """``--resume_from_checkpoint PATH``, or ``true``/``last`` for the newest *complete* checkpoint-* in
+    output_dir (incomplete newer ones, left by a kill during a save, are skipped and named)."""
     value = training_args.resume_from_checkpoint
     out = training_args.output_dir
-    last = get_last_checkpoint(out) if os.path.isdir(out) else None
     if value is None or str(value).lower() in ("false", "none", ""):
-        if last is not None:
-            logger.warning("%s holds %s but training starts from scratch; pass --resume_from_checkpoint true "
-                           "to continue it", out, last)
+        if os.path.isdir(out) and any(_CHECKPOINT.match(p) for p in os.listdir(out)):
+            logger.warning("%s holds checkpoints but training starts from scratch; pass --resume_from_checkpoint "
+                           "true to continue from the last complete one", out)
         return None
     if str(value).lower() in ("true", "last"):
+        had_any = os.path.isdir(out) and any(_CHECKPOINT.match(p) for p in os.listdir(out))
+        last = last_complete_checkpoint(out)
         if last is None:
+            if had_any:  # killed during its first save: nothing to resume, so the run starts over
+                logger.warning("no complete checkpoint in %s (the first save was interrupted): starting from "
+                               "step 0", out)
+                return None
             raise ValueError(f"--resume_from_checkpoint {value}: no checkpoint-* in {out}")
+        logger.info("resuming from %s", last)
         return last
+    problem = checkpoint_problem(Path(value)) if _CHECKPOINT.match(Path(value).name) else None
+    if problem is not None:
+        raise ValueError(f"--resume_from_checkpoint {value}: {problem}")
     return value
 
 
 class FullWeightsResumeMixin:
-    """Trainer mixin: resume full fine-tuning from the weights really saved in the checkpoint.
+    """Trainer mixin with two resume fixes (both use Trainer internals: ``_load_from_checkpoint``).
+
+    A run resumed from a checkpoint that already reached its last step is not trained further (see
+    ``train``). And full fine-tuning resumes from the weights really saved in the checkpoint:
 
     save_pretrained writes Qwen2.5-VL weights under the original key names (visual.*, model.layers.*)
     while the Trainer loads them with a plain, non-strict load_state_dict into model.visual.* /
     model.language_model.*: every key misses and training silently restarts from the base weights
     (transformers#43701). from_pretrained applies the key conversion; the copy is then loaded strictly.
     """
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """Resuming a run whose checkpoint already reached its last step trains one step more in
+        transformers 5.24 (its data-skip logic runs a batch before checking the step count): a run
+        killed between its last checkpoint and its final save would then differ from an uninterrupted
+        one. Such a checkpoint is loaded and returned as the finished training instead."""
+        if resume_from_checkpoint:
+            state_file = Path(resume_from_checkpoint) / "trainer_state.json"
+            state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+            target = self.args.max_steps if self.args.max_steps > 0 else state.get("max_steps", 0)
+            if target and state.get("global_step", 0) >= target:
+                logger.info("%s is already at step %d of %d: loaded, not trained further", resume_from_checkpoint,
+                            state["global_step"], target)
+                self._load_from_checkpoint(resume_from_checkpoint)
+                self.state = TrainerState.load_from_json(str(state_file))
+                losses = [e["loss"] for e in self.state.log_history if "loss" in e]
+                loss = sum(losses) / len(losses) if losses else 0.0
+                return TrainOutput(self.state.global_step, loss, {"train_loss": loss, "resumed_finished": 1.0})
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         model = self.model if model is None else model

@@ -16,6 +16,7 @@ import logging
 from trl import TrlParser
 
 from training.curation.config import ARGUMENT_CLASSES
+from training.curation.lock import OutputLocked
 from training.curation.pipeline import Curator
 from training.curation.summary import format_summary, write_summary
 
@@ -24,10 +25,23 @@ def main(argv=None) -> dict:
     parser = TrlParser(ARGUMENT_CLASSES)
     inputs, answerer, judge, oracle, mapping, run = parser.parse_args_and_config(argv)
     logging.basicConfig(level=run.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stats = Curator(inputs, answerer, judge, oracle, mapping, run).run()
+    try:
+        stats = Curator(inputs, answerer, judge, oracle, mapping, run).run()
+    except OutputLocked as exc:
+        raise SystemExit(f"curate: {exc}") from None
     summary = write_summary(run.output_dir)
     print(format_summary(summary))
-    print(f"done in {stats['seconds']}s ({stats['processed']} processed) -> {run.output_dir}/transcripts.jsonl")
+    failed = summary["status"].get("failed", 0)
+    share = failed / summary["samples"] if summary["samples"] else 1.0
+    if summary["transcripts"] == 0:
+        raise SystemExit(f"curate: no transcript was written ({failed} of {summary['samples']} samples failed; "
+                         f"see {run.output_dir}/curation_log.jsonl)")
+    if share > run.max_failed_share:
+        raise SystemExit(f"curate: {failed} of {summary['samples']} samples failed ({share:.0%} > max_failed_share "
+                         f"{run.max_failed_share:.0%}); {summary['transcripts']} transcripts in "
+                         f"{run.output_dir}/transcripts.jsonl, causes in curation_log.jsonl")
+    print(f"done in {stats['seconds']}s ({stats['processed']} processed): {summary['transcripts']} transcripts "
+          f"-> {run.output_dir}/transcripts.jsonl")
     return summary
 
 

@@ -379,12 +379,13 @@ def save_policy(trainer: AwaResGRPOTrainer, model_path: str, output_dir: str,
         base = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype)
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
         merged.save_pretrained(output_dir)
-    # The saved processor is the starting one; the protocol (pixel budget, fallback policy) is declared.
-    AutoProcessor.from_pretrained(model_path).save_pretrained(output_dir)
     script_args = script_args or GRPOScriptArguments(transcripts="")
     common.declare_protocol(output_dir, "training.grpo", start_checkpoint=model_path,
                             transcripts=script_args.transcripts or None, min_pixels=script_args.min_pixels,
                             max_pixels=script_args.max_pixels, fallback=script_args.fallback_policy)
+    # The saved processor is the starting one (the protocol is declared above); written last, so a
+    # complete output_dir has it.
+    AutoProcessor.from_pretrained(model_path).save_pretrained(output_dir)
 
 
 def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig):

@@ -292,13 +292,14 @@ def save_outputs(trainer: WeightedSFTTrainer, base_path: str, script_args: SFTSc
     else:
         trainer.save_model(str(output_dir))
     if trainer.accelerator.is_main_process:
-        # The base processor, not the training one: its chat template (TRL trains with a variant carrying
-        # generation markers) is what evaluation and GRPO expect; the training pixel budget is declared.
-        AutoProcessor.from_pretrained(base_path, revision=model_args.model_revision,
-                                      trust_remote_code=training_args.trust_remote_code).save_pretrained(output_dir)
         common.declare_protocol(output_dir, "training.sft", start_checkpoint=base_path,
                                 transcripts=script_args.transcripts, min_pixels=script_args.min_pixels,
                                 max_pixels=script_args.max_pixels)
+        # The base processor, not the training one: its chat template (TRL trains with a variant carrying
+        # generation markers) is what evaluation and GRPO expect; the training pixel budget is declared.
+        # Written last: a complete output_dir has it.
+        AutoProcessor.from_pretrained(base_path, revision=model_args.model_revision,
+                                      trust_remote_code=training_args.trust_remote_code).save_pretrained(output_dir)
     trainer.accelerator.wait_for_everyone()
 
 

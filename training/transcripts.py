@@ -22,11 +22,15 @@ module the evaluator uses, so training and evaluation speak the same protocol.
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 from PIL import Image
 
 from awares_lmms import images, protocol
+
+logger = logging.getLogger(__name__)
 
 
 def system_message() -> dict:
@@ -68,17 +72,55 @@ def turn_images(original: Image.Image, crops=(), crop_all: bool = False, lr_scal
     return out
 
 
-def read(path: str | Path) -> list[dict]:
-    """Records of a transcripts file, image paths made absolute."""
+REQUIRED_FIELDS = ("id", "label", "question", "answer", "image", "images", "messages")
+
+
+def read(path: str | Path, check_images: bool = True) -> list[dict]:
+    """Records of a transcripts file, image paths made absolute.
+
+    Every line is checked before training starts (a bad line, a missing field, an empty answer or a
+    missing image file raises ``ValueError`` naming the line), so a run never fails at step N over
+    something that was wrong at step 0.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"transcripts file not found: {path}")
     root = path.parent
-    records = []
-    with path.open() as f:
-        for line in f:
+    records, problems, seen, duplicates = [], [], set(), 0
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            rec = json.loads(line)
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path}:{lineno}: not valid JSON ({exc.msg})")
+                continue
+            missing = [k for k in REQUIRED_FIELDS if not isinstance(rec, dict) or k not in rec]
+            if missing:
+                problems.append(f"{path}:{lineno}: missing {missing}")
+                continue
+            if not isinstance(rec["answer"], str) or not rec["answer"].strip():
+                problems.append(f"{path}:{lineno}: sample {rec['id']!r} has no answer text")
+                continue
             rec["image"] = str(root / rec["image"])
             rec["images"] = [str(root / p) for p in rec["images"]]
+            if check_images:
+                absent = [p for p in [rec["image"], *rec["images"]] if not os.path.isfile(p)]
+                if absent:
+                    problems.append(f"{path}:{lineno}: sample {rec['id']!r} names missing image files {absent}")
+                    continue
+            if rec["id"] in seen:
+                # Only a second writer could append an id twice (curation takes a lock against that):
+                # the first record wins, as curation's own summary counts.
+                duplicates += 1
+                continue
+            seen.add(rec["id"])
             records.append(rec)
+    if duplicates:
+        logger.warning("%s: %d duplicate sample ids ignored (the first record of each is used)", path, duplicates)
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ValueError(f"{len(problems)} unusable transcript line(s):\n  {shown}{more}")
     return records

@@ -300,7 +300,13 @@ def test_entry_point_lora_saves_loadable_policy_and_resumes(tiny_ckpt, transcrip
     parser = TrlParser((grpo.GRPOScriptArguments, GRPOConfig, ModelConfig))
     args = parser.parse_args_and_config(["--config", str(REPO / "training/recipes/tiny_cpu/grpo.yaml"), *overrides,
                                          "--max_steps", "2", "--resume_from_checkpoint", "true"])
+    # A kill during the save of step 2 left an incomplete checkpoint-2 (no trainer_state.json): skipped.
+    import shutil
+
+    shutil.copytree(out / "checkpoint-1", out / "checkpoint-2")
+    (out / "checkpoint-2" / "trainer_state.json").unlink()
     assert common.resume_checkpoint(args[1]) == str(out / "checkpoint-1")
+    assert not (out / "checkpoint-2").exists()
     grpo.main(*args)
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and state["log_history"][0]["step"] == 1  # history carried over

@@ -184,9 +184,15 @@ class CurationArguments:
     overwrite: bool = field(default=False, metadata={
         "help": "Delete an existing output_dir made with a different labelling configuration."})
     log_level: str = field(default="INFO")
+    max_failed_share: float = field(default=0.5, metadata={
+        "help": "Exit non-zero when more than this share of the samples failed (a rejected input row, an "
+                "unreadable image, a dead judge or oracle after its retries). A run that wrote no transcript "
+                "always exits non-zero."})
 
     def __post_init__(self):
         _check("both_wrong", self.both_wrong, BOTH_WRONG_POLICIES)
+        if not 0.0 <= self.max_failed_share <= 1.0:
+            raise ValueError(f"max_failed_share must be in [0, 1], got {self.max_failed_share}")
 
 
 ARGUMENT_CLASSES = (InputArguments, AnswererArguments, JudgeArguments, OracleArguments, CropMappingArguments,
@@ -199,7 +205,7 @@ _NOT_FINGERPRINTED = {
     "answerer_base_url", "answerer_api_key_env", "judge_base_url", "judge_api_key_env", "judge_batch_size",
     "judge_concurrency", "judge_timeout_s", "oracle_base_url", "oracle_api_key_env", "oracle_batch_size",
     "oracle_concurrency", "oracle_timeout_s", "device", "attn_implementation", "output_dir", "max_attempts",
-    "backoff_s", "backoff_max_s", "retry_failed", "overwrite", "log_level",
+    "backoff_s", "backoff_max_s", "retry_failed", "overwrite", "log_level", "max_failed_share",
 }
 
 

@@ -33,6 +33,9 @@ class Sample:
     box_format: str = "xyxy"
     scorer: str | None = None
     provenance: dict = field(default_factory=dict)
+    # Why the row cannot be curated (see validate_row), or None. Such a sample is recorded as failed at
+    # stage "input" and never sent to a model.
+    problem: str | None = None
 
     def boxes_in_pixels(self, width: int, height: int) -> list[list[float]]:
         """Evidence boxes as (x0, y0, x1, y1) pixels of the source image of ``width`` x ``height``."""
@@ -71,12 +74,36 @@ def to_image(cell, base_dir: Path | None = None) -> Image.Image:
     raise ValueError(f"cannot read an image from a {type(cell).__name__} cell")
 
 
+def _scalar_answer(value) -> str | None:
+    """A usable answer string from a scalar (text or a number), else None."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
 def to_answers(cell) -> list[str]:
-    if cell is None:
-        return []
+    """Reference answers of a row: a string or number, or a list of them. Anything else (None, an empty
+    string or list, a dict, a nested list) gives [] and the row is rejected by ``validate_row``."""
     if isinstance(cell, (list, tuple)):
-        return [str(a) for a in cell if a is not None and str(a).strip()]
-    return [str(cell)] if str(cell).strip() else []
+        answers = [_scalar_answer(a) for a in cell]
+        return [] if not answers or any(a is None for a in answers) else answers
+    answer = _scalar_answer(cell)
+    return [answer] if answer is not None else []
+
+
+def validate_row(row, q_col: str, a_col: str) -> str | None:
+    """The documented input rule: a row is curated only if its question is a non-empty string and its
+    answer a non-empty string or number, or a non-empty list of them. Returns why not, or None. (An
+    image that is missing or unreadable fails the sample when it is loaded, recorded the same way.)"""
+    if not isinstance(row, dict):
+        return f"the row is a {type(row).__name__}, not an object"
+    question = row.get(q_col)
+    if not isinstance(question, str) or not question.strip():
+        return f"question ({q_col}) is missing, empty or not text: {question!r}"[:200]
+    if not to_answers(row.get(a_col)):
+        return f"answer ({a_col}) is missing, empty or not text/numbers: {row.get(a_col)!r}"[:200]
+    return None
 
 
 def to_boxes(cell, image_column: str | None = None) -> list[list[float]]:
@@ -127,11 +154,32 @@ def _synthetic(args: InputArguments) -> list[Sample]:
     return samples
 
 
+class _Unreadable(dict):
+    """A JSONL line that is not a JSON object: kept as a row so it is recorded, with its reason."""
+
+
 def _read_json_rows(path: Path) -> list[dict]:
+    """Rows of a .jsonl (one per non-empty line; a line that is not valid JSON becomes an unreadable
+    row naming file and line) or a .json file (a list, or {"data": [...]})."""
     if path.suffix == ".jsonl":
+        rows = []
         with path.open(encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    data = json.loads(path.read_text(encoding="utf-8"))
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    row = _Unreadable(problem=f"{path}:{lineno}: not valid JSON ({exc.msg})")
+                if not isinstance(row, dict):
+                    row = _Unreadable(problem=f"{path}:{lineno}: a {type(row).__name__}, not a JSON object")
+                row.setdefault("__line__", lineno)  # where a rejected row is reported
+                rows.append(row)
+        return rows
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     return data if isinstance(data, list) else data.get("data", [])
 
 
@@ -148,15 +196,30 @@ def _rows_to_samples(args: InputArguments, columns, n_rows: int, get_meta, get_i
     samples = []
     for i in range(n):
         row = get_meta(i)
-        sid = str(row[args.id_column]) if args.id_column else f"{stem}-{i:06d}"
+        where = f"{source_name}:{row.get('__line__', i) if isinstance(row, dict) else i}"
+        if isinstance(row, _Unreadable):
+            problem, row = row["problem"], {}
+        else:
+            problem = validate_row(row, q_col, a_col)
+            problem = f"{where}: {problem}" if problem else None
+        sid = str(row.get(args.id_column) or "") if args.id_column else ""
+        if not sid:
+            sid = f"{stem}-{i:06d}"
+        question = row.get(q_col)
+
         def load(i=i):
             return to_image(get_image_cell(i), base_dir)
 
         samples.append(Sample(
-            id=sid, question=str(row[q_col]), answers=to_answers(row[a_col]), load_image=load,
-            raw_boxes=to_boxes(row.get(box_col), args.image_column) if box_col else [], box_format=args.box_format,
-            scorer=row.get(args.scorer_column) if args.scorer_column else None,
-            provenance={"source": source_name, "row": i}))
+            id=sid, question=question if isinstance(question, str) else "", answers=to_answers(row.get(a_col)),
+            load_image=load,
+            raw_boxes=to_boxes(row.get(box_col), args.image_column) if box_col and not problem else [],
+            box_format=args.box_format, scorer=row.get(args.scorer_column) if args.scorer_column else None,
+            provenance={"source": source_name, "row": i, "where": where}, problem=problem))
+    rejected = [s for s in samples if s.problem]
+    if rejected:
+        logger.warning("%d of %d input rows are rejected and recorded as failed (first: %s)", len(rejected),
+                       len(samples), rejected[0].problem)
     return samples
 
 
@@ -172,9 +235,9 @@ def load_samples(args: InputArguments) -> list[Sample]:
         path = Path(args.source)
         if path.is_file() and path.suffix in (".jsonl", ".json"):
             rows = _read_json_rows(path)
-            columns = set().union(*(r.keys() for r in rows)) if rows else set()
+            columns = set().union(*(r.keys() for r in rows if not isinstance(r, _Unreadable))) if rows else set()
             samples = _rows_to_samples(args, columns, len(rows), lambda i: rows[i],
-                                       lambda i: rows[i][args.image_column], path.parent, str(path))
+                                       lambda i: rows[i].get(args.image_column), path.parent, str(path))
         else:
             import datasets
 

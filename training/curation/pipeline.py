@@ -32,6 +32,7 @@ from .config import (AnswererArguments, CropMappingArguments, CurationArguments,
                      OracleArguments, fingerprint)
 from .crop_mapping import MappingRule, map_boxes
 from .inputs import Sample, load_samples
+from .lock import OutputLock
 from .retry import RetryPolicy
 from .store import JsonlStore, save_png
 
@@ -95,6 +96,8 @@ class Curator:
         self.no_box = mapping.no_box
         self.policy = RetryPolicy(run.max_attempts, run.backoff_s, run.backoff_max_s)
         self.out = Path(run.output_dir)
+        # Held for the life of the Curator (released when the process ends, however it ends).
+        self.lock = OutputLock(self.out).acquire()
         self.fingerprint = fingerprint(inputs, answerer, judge, oracle, mapping, run)
         self._check_fingerprint()
         self.caches = {s: JsonlStore(self.out / "cache" / f"{s}.jsonl") for s in STAGES}
@@ -139,6 +142,17 @@ class Curator:
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def __del__(self):
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.release()
+
+    def _run(self) -> dict:
         t0 = time.perf_counter()
         samples = load_samples(self.inputs)
         pending = [s for s in samples if not self._finished(s.id)]
@@ -148,9 +162,13 @@ class Curator:
                 self._stale[stage] = {s.id for s in pending if cache.get(s.id, {}).get("status") == "error"}
         logger.info("%d samples, %d already finished, %d to do", len(samples), len(samples) - len(pending),
                     len(pending))
-        self._answer(pending)
-        self._judge(pending)
-        self._locate(pending)
+        for s in pending:
+            if s.problem:  # rejected by the input rule: recorded as failed at stage "input", never answered
+                self.input_errors[s.id] = s.problem
+        usable = [s for s in pending if not s.problem]
+        self._answer(usable)
+        self._judge(usable)
+        self._locate(usable)
         self._finalise(pending)
         self.log.compact()
         return {"samples": len(samples), "processed": len(pending), "seconds": round(time.perf_counter() - t0, 1)}
