@@ -3,11 +3,11 @@
 Each task is the stock lmms-eval 0.7.3 task of the same benchmark (same data, prompts,
 generation settings and scoring; the YAMLs call the upstream functions by import path) plus:
 
-* ``process_docs``: stamps every document with a stable id in ``sample_stats.UID_COLUMN``
+* ``process_docs``: stamps every document with a stable id in ``handoff.UID_COLUMN``
   (``"<task>:<row>"``), after any upstream ``process_docs``. The AwaRes model reads that id from
   the document it answers and records its accounting under it.
 * ``process_results``: the upstream scores, plus the per-sample accounting that the model
-  recorded for the document (``STAT_KEYS``), read with ``sample_stats.get``. Every key is always
+  recorded for the document (``STAT_KEYS``), read with ``handoff.get``. Every key is always
   present; all are ``None`` when nothing was recorded for the document (another model, a
   response-cache hit, ...).
 * ``rtr`` (visual tokens processed / tokens of one full-resolution pass) and ``rtr_paper`` (the
@@ -26,16 +26,19 @@ from __future__ import annotations
 import math
 
 import datasets
+from lmms_eval.api.metrics import anls
 from lmms_eval.tasks.chartqa import utils as _chartqa
 from lmms_eval.tasks.ocrbench import utils as _ocrbench
 from lmms_eval.tasks.pope import utils as _pope
 from lmms_eval.tasks.realworldqa import utils as _realworldqa
 from lmms_eval.tasks.vstar_bench import utils as _vstar
 
-from awares_lmms import images, sample_stats
+from awares_lmms.core import images, stats
+from awares_lmms.data import synthetic
+from awares_lmms.plugin import handoff
 
-# The per-sample fields the AwaRes model records for each document (one list: sample_stats.SampleStats).
-STAT_KEYS = sample_stats.STAT_KEYS
+# The per-sample fields the AwaRes model records for each document (one list: stats.SampleStats).
+STAT_KEYS = stats.STAT_KEYS
 # Per-sample ratios aggregated into task metrics (mean over the samples that have one).
 RATIO_KEYS = ("rtr", "rtr_paper")
 
@@ -43,13 +46,13 @@ RATIO_KEYS = ("rtr", "rtr_paper")
 
 
 def stamp_uids(dataset, task: str):
-    """Add ``sample_stats.UID_COLUMN`` = ``"<task>:<row>"`` (row order kept, so row == doc_id), and
+    """Add ``handoff.UID_COLUMN`` = ``"<task>:<row>"`` (row order kept, so row == doc_id), and
     keep image columns undecoded until ``doc_to_visual`` decodes them with its checks.
 
     None of the upstream tasks defines a ``process_docs`` in lmms-eval 0.7.3 (tests/test_tasks.py
     checks it): one added upstream would have to be chained here.
     """
-    column = sample_stats.UID_COLUMN
+    column = handoff.UID_COLUMN
     if column in dataset.column_names:
         dataset = dataset.remove_columns(column)
     dataset = dataset.add_column(column, [f"{task}:{i}" for i in range(len(dataset))])
@@ -97,10 +100,9 @@ def realworldqa_process_docs(dataset):
 
 def sample_fields(doc) -> dict:
     """The recorded accounting of ``doc`` as a dict over ``STAT_KEYS`` (values ``None`` if absent)."""
-    uid = sample_stats.doc_uid(doc)
-    stats = sample_stats.get(uid) if uid is not None else None
-    stats = stats or {}
-    fields = {key: stats.get(key) for key in STAT_KEYS}
+    uid = handoff.doc_uid(doc)
+    recorded = (handoff.get(uid) if uid is not None else None) or {}
+    fields = {key: recorded.get(key) for key in STAT_KEYS}
     for key in RATIO_KEYS:
         value = fields[key]
         if value is not None:
@@ -139,7 +141,6 @@ def chartqa_process_results(doc, results):
 def docvqa_process_results(doc, results):
     """ANLS exactly as stock docvqa_val scores it (it has no process_results: lmms-eval's generic
     path calls the registered ``anls`` metric with all reference answers), plus the stats."""
-    from lmms_eval.api.metrics import anls
 
     pred = results[0] if results else ""
     if isinstance(pred, list):  # repeats: lmms-eval hands a list of responses
@@ -192,8 +193,6 @@ def awares_synth_doc_to_text(doc, lmms_eval_specific_kwargs=None):
 
 
 def awares_synth_process_results(doc, results):
-    from awares_lmms import synthetic
-
     pred = results[0] if results else ""
     fields = sample_fields(doc)
     crops = fields["crops"]

@@ -11,7 +11,6 @@ Facts checked (numbers printed; run with ``-s`` to see them):
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from statistics import mean
@@ -19,9 +18,12 @@ from statistics import mean
 import pytest
 import torch
 from PIL import Image
-from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor, smart_resize
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
+    Qwen2VLImageProcessor,
+    smart_resize,
+)
 
-from awares_lmms.accounting import (
+from awares_lmms.core.accounting import (
     QWEN25VL_MAX_PIXELS,
     QWEN25VL_MIN_PIXELS,
     PixelBudget,
@@ -30,11 +32,10 @@ from awares_lmms.accounting import (
     retain_token_ratio,
     tokens_from_grid,
 )
-from awares_lmms.images import crop_regions, low_res_view, normalise
-from awares_lmms.protocol import NUM_REGIONS, can_crop
+from awares_lmms.core.images import crop_regions, low_res_view, normalise
+from awares_lmms.core.protocol import NUM_REGIONS, can_crop
 
-REAL = (Path(__file__).resolve().parents[2] / "shared" / "data" / "real").resolve()
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+from .conftest import benchmark_images, image_id
 
 BUDGETS = {
     "checkpoint": (QWEN25VL_MIN_PIXELS, QWEN25VL_MAX_PIXELS),  # 3136 / 12845056
@@ -49,26 +50,13 @@ def processor_for(name: str) -> Qwen2VLImageProcessor:
     return Qwen2VLImageProcessor(min_pixels=mn, max_pixels=mx, patch_size=14, temporal_patch_size=2, merge_size=2)
 
 
-def _real_paths() -> list[Path]:
-    if not REAL.is_dir():
-        return []
-    paths = set()
-    for jsonl in REAL.glob("*/samples.jsonl"):
-        for line in jsonl.read_text().splitlines():
-            if line.strip():
-                paths.add((jsonl.parent / json.loads(line)["image"]).resolve())
-    for path in REAL.glob("*/images/**/*"):
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            paths.add(path.resolve())
-    return sorted(paths)
-
-
-REAL_PATHS = _real_paths()
-SKIP_REASON = f"real benchmark images not found at {REAL} (shared/data/real beside the repo)"
+# Generated twins of the real benchmark images (same sizes and modes), plus the real ones where present.
+STYLES = {path: style for style, path in benchmark_images()}
+IMAGE_PATHS = sorted(STYLES)
 
 
 def _style(path: Path) -> str:
-    return path.relative_to(REAL).parts[0]
+    return STYLES[path]
 
 
 @lru_cache(maxsize=None)
@@ -93,23 +81,16 @@ def measured(path: Path, budget: str) -> tuple[int, int]:
 
 
 def _params():
-    if not REAL_PATHS:
-        return [pytest.param(None, None, marks=pytest.mark.skip(reason=SKIP_REASON))]
     params = []
     for b in BUDGETS:
-        for p in REAL_PATHS:
+        for p in IMAGE_PATHS:
             if b == "max_only":
                 # Differs from lmms_eval only where min_pixels binds: small images (keeps the run fast).
                 with Image.open(p) as im:
                     if im.size[0] * im.size[1] > 4 * BUDGETS["lmms_eval"][0]:
                         continue
-            params.append(pytest.param(p, b, id=f"{b}-{p.relative_to(REAL)}"))
+            params.append(pytest.param(p, b, id=f"{b}-{image_id(p)}"))
     return params
-
-
-def _need_real():
-    if not REAL_PATHS:
-        pytest.skip(SKIP_REASON)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +99,7 @@ def _need_real():
 
 
 @pytest.mark.parametrize("path, budget", _params())
-def test_budget_tokens_equal_processor_grid_on_real_images(path, budget):
+def test_budget_tokens_equal_processor_grid_on_benchmark_images(path, budget):
     full, lr = views(path)
     mn, mx = BUDGETS[budget]
     pb = PixelBudget(mn, mx)
@@ -134,10 +115,9 @@ def test_budget_tokens_equal_processor_grid_on_real_images(path, budget):
 
 @pytest.mark.parametrize("style", ["docvqa", "pope", "vstar", "ocrbench", "chartqa"])
 def test_crop_tokens_equal_processor_grid(style):
-    _need_real()
     # One croppable image per style (the smallest, to stay fast), lmms-eval budget; a quadrant, the
     # center and both kinds of half (all nine on images under 1 Mpx).
-    candidates = [p for p in REAL_PATHS if _style(p) == style and can_crop(*views(p)[0].size)]
+    candidates = [p for p in IMAGE_PATHS if _style(p) == style and can_crop(*views(p)[0].size)]
     assert candidates, style
     path = min(candidates, key=lambda p: views(p)[0].size[0] * views(p)[0].size[1])
     img = views(path)[0]
@@ -157,7 +137,7 @@ def _ratios(budget: str, paths) -> dict[str, tuple[int, int, float]]:
     out = {}
     for p in paths:
         full, lr = measured(p, budget)
-        out[str(p.relative_to(REAL))] = (full, lr, lr / full)
+        out[image_id(p)] = (full, lr, lr / full)
     return out
 
 
@@ -168,8 +148,7 @@ def _show(title, ratios):
 
 
 def test_docvqa_lr_view_costs_about_062_of_full_under_lmms_eval_budget():
-    _need_real()
-    pages = [p for p in REAL_PATHS if _style(p) == "docvqa"]
+    pages = [p for p in IMAGE_PATHS if _style(p) == "docvqa"]
     assert pages
     ratios = _ratios("lmms_eval", pages)
     _show(f"DocVQA pages, budget lmms_eval {BUDGETS['lmms_eval']}", ratios)
@@ -188,10 +167,9 @@ def test_docvqa_lr_view_costs_about_062_of_full_under_lmms_eval_budget():
 
 
 def test_vstar_lr_view_costs_as_much_as_full_under_lmms_eval_budget():
-    _need_real()
     mx = BUDGETS["lmms_eval"][1]
     # Photos whose half-resolution view still exceeds max_pixels: both sides get capped.
-    big = [p for p in REAL_PATHS if _style(p) == "vstar"
+    big = [p for p in IMAGE_PATHS if _style(p) == "vstar"
            and views(p)[1].size[0] * views(p)[1].size[1] > mx]
     assert len(big) >= 3, big
     ratios = _ratios("lmms_eval", big)
@@ -202,9 +180,8 @@ def test_vstar_lr_view_costs_as_much_as_full_under_lmms_eval_budget():
 
 
 def test_lr_view_costs_about_a_quarter_under_checkpoint_budget():
-    _need_real()
     # Images large enough that min_pixels never binds (both sides >= 448 px at full resolution).
-    paths = [p for p in REAL_PATHS if min(views(p)[0].size) >= 448]
+    paths = [p for p in IMAGE_PATHS if min(views(p)[0].size) >= 448]
     styles = {_style(p) for p in paths}
     assert {"docvqa", "vstar", "chartqa"} <= styles
     ratios = _ratios("checkpoint", paths)
@@ -221,9 +198,8 @@ def test_lr_view_costs_about_a_quarter_under_checkpoint_budget():
 
 
 def test_tiny_ocrbench_lr_view_costs_as_much_as_full_with_min_pixels_25088():
-    _need_real()
     mn = BUDGETS["lmms_eval"][0]
-    tiny = [p for p in REAL_PATHS if _style(p) == "ocrbench"
+    tiny = [p for p in IMAGE_PATHS if _style(p) == "ocrbench"
             and views(p)[0].size[0] * views(p)[0].size[1] < mn // 4]
     assert any(views(p)[0].size == (46, 18) for p in tiny)
     ratios = _ratios("lmms_eval", tiny)

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from awares_lmms import lmms_hooks
-from awares_lmms.export_datasets import TASK_NAMES
-from awares_lmms.quickstart_data import write_sample_set
+from awares_lmms.core.stats import STAT_KEYS
+from awares_lmms.data.export_datasets import TASK_NAMES
+from awares_lmms.data.quickstart_data import write_sample_set
+from awares_lmms.plugin import hooks
 
-from awares_lmms.sample_stats import STAT_KEYS
 PRIMARY = {
     "chartqa": "relaxed_overall",
     "docvqa": "anls",
@@ -37,7 +37,8 @@ PLUGIN = textwrap.dedent(
     """Test-only lmms-eval model: gold answers, AwaRes stats recorded with rtr=<rtr>."""
     from lmms_eval.api.model import lmms
 
-    from awares_lmms import sample_stats
+    from awares_lmms.core import stats
+    from awares_lmms.plugin import handoff
 
     TARGET = {"chartqa": "answer", "docvqa": "answers", "ocrbench": "answer", "pope": "answer",
               "vstar": "label", "realworldqa": "answer"}
@@ -58,7 +59,7 @@ PLUGIN = textwrap.dedent(
             for req in requests:
                 _ctx, _gen, _visual, doc_id, task, split = req.args
                 doc = self.task_dict[task][split][doc_id]
-                sample_stats.record(sample_stats.doc_uid(doc, f"{task}/{split}/{doc_id}"), sample_stats.SampleStats(
+                handoff.record(handoff.doc_uid(doc, f"{task}/{split}/{doc_id}"), stats.SampleStats(
                     visual_tokens_lr=10, visual_tokens_crops=0, visual_tokens_full=40, rtr=self.rtr,
                     rtr_paper=self.rtr, latency_s=0.01, mode="scripted", min_pixels=3136, max_pixels=1003520))
                 gold = doc[TARGET.get(task, "answer")]
@@ -121,7 +122,7 @@ def env(tmp_path_factory):
     e = dict(os.environ)
     e.update({
         "PYTHONPATH": os.pathsep.join([str(plugin)] + [p for p in [e.get("PYTHONPATH")] if p]),
-        lmms_hooks.DATASETS_ENV: str(data),
+        hooks.DATASETS_ENV: str(data),
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -166,8 +167,8 @@ def runs(env):
                   "--include_path", str(extra), "--limit", "2", "--log_samples", "--output_path", "{out}"],
         # stock lmms-eval, our directory as its one --include_path
         "stock": [_bin("lmms-eval"), "--model", "awares_scripted", "--tasks", "chartqa,docvqa",
-                  "--include_path", str(lmms_hooks.tasks_dir()), "--limit", "1", "--output_path", "{out}"],
-        "crash": [sys.executable, "-m", "awares_lmms.cli", "--model", "awares_scripted",
+                  "--include_path", str(hooks.tasks_dir()), "--limit", "1", "--output_path", "{out}"],
+        "crash": [sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares_scripted",
                   "--model_args", "crash=true", "--tasks", "pope", "--limit", "1"],
         "unknown_task": [_bin("lmms_eval"), "--model", "awares_scripted", "--tasks", "chartqa,no_such_task_xyz",
                          "--limit", "1"],

@@ -6,34 +6,48 @@ import pytest
 import torch
 from PIL import Image
 
-from awares_lmms import images, protocol
-from awares_lmms.engine import EngineConfig, GenerationSettings, Request, TwoTurnEngine
-from awares_lmms.presets import ProtocolSettings
+from awares_lmms.core import images, protocol
+from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.core.presets import ProtocolSettings
 
-from .conftest import real_samples
+from .conftest import generated_benchmark_images, real_samples
 
 
 def _img(path):
     return Image.open(path)
 
 
-@pytest.fixture(scope="module")
-def mixed_batch():
-    pope = real_samples("pope")
-    ocr = {r["id"]: r for r in real_samples("ocrbench")}
-    croppable = [r for r in ocr.values() if r["image_width"] >= 100 and r["image_height"] >= 100]
-    svt = croppable[0] if croppable else None
+def _twin(style: str, size: tuple[int, int]) -> Image.Image:
+    """The generated twin of a real benchmark image of this style and size (tests/conftest.py)."""
+    return Image.open(next(p for s, p in generated_benchmark_images() if s == style and p.stem.startswith(
+        f"{size[0]}x{size[1]}_")))
+
+
+def _mixed_batch(photos, word):
     odd = Image.new("RGB", (333, 517), (30, 120, 200))
     odd.paste((250, 250, 0), (200, 300, 333, 517))
-    rows = [
-        Request(pope[0]["question"], [_img(pope[0]["image_path"])], forced_turn1="GET_CROPS: ['3']"),
-        Request(pope[3]["question"], [_img(pope[3]["image_path"])]),  # answers in turn 1
+    return [
+        Request("Is there a dog in the image?", [photos[0]], forced_turn1="GET_CROPS: ['3']"),
+        Request("Is there a car in the image?", [photos[1]]),  # answers in turn 1
         Request("What colour is the bottom-right corner?", [odd], forced_turn1="GET_CROPS: ['0', '5']"),
-        Request(pope[6]["question"], [_img(pope[6]["image_path"])], forced_turn1="GET_CROPS: ['all']"),
+        Request("Is there a cat in the image?", [photos[2]], forced_turn1="GET_CROPS: ['all']"),
+        Request("What is written in the image?", [word], forced_turn1="GET_CROPS: [4]"),
     ]
-    if svt is not None:
-        rows.append(Request(svt["question"], [_img(svt["image_path"])], forced_turn1="GET_CROPS: [4]"))
-    return rows
+
+
+@pytest.fixture(scope="module")
+def mixed_batch():
+    """Five rows of different sizes: crops, a direct answer, multi-crop, 'all', a word image."""
+    photos = [_twin("pope", size) for size in ((640, 427), (500, 375), (334, 500))]
+    return _mixed_batch(photos, _twin("ocrbench", (114, 54)))
+
+
+@pytest.fixture(scope="module")
+def real_mixed_batch():
+    pope = real_samples("pope")
+    word = next(r for r in real_samples("ocrbench") if r["image_width"] >= 100 and r["image_height"] >= 100)
+    return _mixed_batch([_img(pope[i]["image_path"]) for i in (0, 3, 6)], _img(word["image_path"]))
 
 
 def _reference_turn2(model, processor, row: Request, turn1_text: str, crops: list, lr_scale=0.5):
@@ -50,7 +64,7 @@ def _reference_turn2(model, processor, row: Request, turn1_text: str, crops: lis
     return processor(text=[text], images=[lr] + crops, return_tensors="pt")
 
 
-def test_turn2_with_kv_reuse_matches_from_scratch_prefill(tiny_model, mixed_batch):
+def _check_reuse_matches_from_scratch_prefill(tiny_model, mixed_batch):
     model, processor = tiny_model
     engine = TwoTurnEngine(model, processor, EngineConfig(mode="awares"))
     settings = GenerationSettings(max_new_tokens=6)
@@ -85,6 +99,15 @@ def test_turn2_with_kv_reuse_matches_from_scratch_prefill(tiny_model, mixed_batc
         ref_text = processor.tokenizer.decode(gen[0, ref["input_ids"].shape[1]:], skip_special_tokens=True)
         assert res.text == ref_text
         assert res.stats.visual_tokens_crops == sum(int(g.prod()) // 4 for g in ref["image_grid_thw"][1:])
+
+
+def test_turn2_with_kv_reuse_matches_from_scratch_prefill(tiny_model, mixed_batch):
+    _check_reuse_matches_from_scratch_prefill(tiny_model, mixed_batch)
+
+
+@pytest.mark.real_data
+def test_turn2_with_kv_reuse_matches_from_scratch_prefill_on_real_images(tiny_model, real_mixed_batch):
+    _check_reuse_matches_from_scratch_prefill(tiny_model, real_mixed_batch)
 
 
 def test_wrong_positions_would_be_caught(tiny_model, mixed_batch):
@@ -163,9 +186,8 @@ def test_malformed_calls_follow_policy(tiny_model, reply, policy, status, crops)
 def test_tiny_odd_and_extreme_images_do_not_crash(tiny_model):
     model, processor = tiny_model
     engine = TwoTurnEngine(model, processor, EngineConfig())
-    word = real_samples("ocrbench")[0]
     reqs = [
-        Request("what is written in the image?", [Image.open(word["image_path"])], forced_turn1="GET_CROPS: ['3']"),
+        Request("what is written in the image?", [_twin("ocrbench", (46, 18))], forced_turn1="GET_CROPS: ['3']"),
         Request("Q?", [Image.new("RGB", (3000, 8), "white")], forced_turn1="GET_CROPS: ['1']"),
         Request("Q?", [Image.new("RGBA", (120, 120), (0, 0, 0, 0))], forced_turn1="GET_CROPS: ['4']"),
         Request("Q?", [Image.new("I;16", (200, 150))]),

@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from awares_lmms import images, protocol
-from awares_lmms.engine import GenerationSettings, Request, TwoTurnEngine
-from awares_lmms.export_datasets import features_for
-from awares_lmms.sample_stats import STAT_KEYS
+from awares_lmms.core import images, protocol
+from awares_lmms.core.engine import GenerationSettings, Request
+from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.core.stats import STAT_KEYS
+from awares_lmms.data.export_datasets import features_for
 
 
 def _png(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -99,7 +100,7 @@ def write_chartqa_with_a_none_question(path: Path) -> None:
                             "type": ["human_test"] * 2, "image": [image, image]}, path)
 
 
-def _lmms_eval(args, data_dir: Path, cwd: Path, entry=("-m", "awares_lmms.cli"), timeout=600):
+def _lmms_eval(args, data_dir: Path, cwd: Path, entry=("-m", "awares_lmms.plugin.cli"), timeout=600):
     env = dict(os.environ, AWARES_DATASETS_DIR=str(data_dir), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run([sys.executable, *entry, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)

@@ -10,13 +10,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
-from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor, smart_resize
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
+    Qwen2VLImageProcessor,
+    smart_resize,
+)
 
-from awares_lmms.accounting import PixelBudget
-from awares_lmms.images import MAX_ASPECT_RATIO, crop_regions, low_res_view, normalise
-from awares_lmms.protocol import NUM_REGIONS, can_crop, region_box
+from awares_lmms.core.accounting import PixelBudget
+from awares_lmms.core.images import (
+    MAX_ASPECT_RATIO,
+    crop_regions,
+    low_res_view,
+    normalise,
+)
+from awares_lmms.core.protocol import NUM_REGIONS, can_crop, region_box
 
-REAL = (Path(__file__).resolve().parents[2] / "shared" / "data" / "real").resolve()
+from .conftest import (
+    HAS_REAL_DATA,
+    REAL_DATA,
+    benchmark_images,
+    generated_benchmark_images,
+    image_id,
+)
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CKPT = PixelBudget(3136, 12845056)
 
@@ -426,40 +441,37 @@ def test_crop_regions_match_region_boxes(size):
 # ---------------------------------------------------------------------------------------------
 
 
-def _real_image_params():
-    if not REAL.is_dir():
-        return [pytest.param(None, None, marks=pytest.mark.skip(
-            reason=f"real benchmark images not found at {REAL} (shared/data/real beside the repo)"))]
-    recorded = {}
-    for jsonl in sorted(REAL.glob("*/samples.jsonl")):
-        for line in jsonl.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                path = (jsonl.parent / rec["image"]).resolve()
-                recorded[path] = (rec["image_width"], rec["image_height"])
-                ctx = rec.get("context_image")
-                if isinstance(ctx, str):
-                    recorded.setdefault((jsonl.parent / ctx).resolve(), None)
-    for path in sorted(REAL.glob("*/images/**/*")):
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            recorded.setdefault(path.resolve(), None)
-    return [pytest.param(p, size, id=str(p.relative_to(REAL))) for p, size in sorted(recorded.items())]
+def _image_params():
+    """Generated twins (their size is the one they were drawn at) and the real images where present
+    (with the size their record gives, and the context images of the SVT items)."""
+    params = [pytest.param(path, tuple(int(v) for v in path.stem.split("_")[0].split("x")), id=image_id(path))
+              for _, path in generated_benchmark_images()]
+    if HAS_REAL_DATA:
+        recorded = {}
+        for jsonl in sorted(REAL_DATA.glob("*/samples.jsonl")):
+            for line in jsonl.read_text().splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    recorded[(jsonl.parent / rec["image"]).resolve()] = (rec["image_width"], rec["image_height"])
+                    ctx = rec.get("context_image")
+                    if isinstance(ctx, str):
+                        recorded.setdefault((jsonl.parent / ctx).resolve(), None)
+        params += [pytest.param(p, size, id=image_id(p)) for p, size in sorted(recorded.items())]
+    return params
 
 
-REAL_PARAMS = _real_image_params()
+IMAGE_PARAMS = _image_params()
 
 
-def test_real_image_set_covers_every_style():
-    if not REAL.is_dir():
-        pytest.skip(f"real benchmark images not found at {REAL}")
-    styles = {p.values[0].relative_to(REAL).parts[0] for p in REAL_PARAMS}
+def test_benchmark_image_set_covers_every_style():
+    styles = {style for style, _ in benchmark_images()}
     assert {"docvqa", "ocrbench", "pope", "chartqa", "vstar"} <= styles
-    largest = max(Image.open(p.values[0]).size[0] * Image.open(p.values[0]).size[1] for p in REAL_PARAMS)
+    largest = max(Image.open(p).size[0] * Image.open(p).size[1] for _, p in benchmark_images())
     assert largest >= 4000 * 2700  # high-resolution V* photos are part of the set
 
 
-@pytest.mark.parametrize("path, recorded_size", REAL_PARAMS)
-def test_real_images_normalise_low_res_and_crops(path, recorded_size):
+@pytest.mark.parametrize("path, recorded_size", IMAGE_PARAMS)
+def test_benchmark_images_normalise_low_res_and_crops(path, recorded_size):
     raw = Image.open(path)
     img, notes = normalise(raw)
     assert img.mode == "RGB"
@@ -469,7 +481,7 @@ def test_real_images_normalise_low_res_and_crops(path, recorded_size):
         assert img.size in (raw.size, raw.size[::-1])
     else:
         assert img.size == raw.size
-    assert not any(n.startswith("padded") for n in notes)  # no real benchmark image is that extreme
+    assert not any(n.startswith("padded") for n in notes)  # no benchmark image is that extreme
     w, h = img.size
     view = low_res_view(img)
     assert view.size == (int(w * 0.5), int(h * 0.5))

@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from awares_lmms.engine import GenerationSettings, Request
-from awares_lmms.lmms_model import AwaresLMM
+from awares_lmms.core.engine import GenerationSettings, Request
+from awares_lmms.plugin.model import AwaresLMM
 
-from .conftest import real_samples
+from .conftest import generated_benchmark_images
 
 
 def test_entry_point_resolves_awares():
@@ -19,8 +19,7 @@ def test_entry_point_resolves_awares():
 
 
 def test_pixel_budget_model_args_change_rtr(tiny_dir):
-    page = real_samples("docvqa")[0]
-    img = Image.open(page["image_path"])
+    img = Image.open(next(p for style, p in generated_benchmark_images() if style == "docvqa"))
     default = AwaresLMM(pretrained=str(tiny_dir), device="cpu", mode="lr", preset="awares")
     capped = AwaresLMM(pretrained=str(tiny_dir), device="cpu", mode="lr", preset="awares", min_pixels=25088,
                        max_pixels=1605632)

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REAL_DATA
-
 TASKS = "pope,docvqa"
 
 
@@ -35,20 +33,18 @@ def _collect(out_dir: Path) -> tuple[dict, dict]:
 
 @pytest.mark.slow
 def test_two_processes_match_one(tiny_dir, tmp_path):
-    if not REAL_DATA.exists():
-        pytest.skip(f"real samples not found at {REAL_DATA}")
-    from awares_lmms import quickstart_data
+    from awares_lmms.data import quickstart_data
 
     data = tmp_path / "data"
-    quickstart_data.write_real_sample_set(REAL_DATA, data)
+    quickstart_data.write_sample_set(data, per_task=5, tasks=TASKS.split(","))
     env = dict(os.environ, AWARES_DATASETS_DIR=str(data), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false")
     # mode=fixed forces a crop turn on every row, so the cache-reuse path runs on both ranks.
     args = ["--model", "awares", "--model_args", f"pretrained={tiny_dir},device=cpu,mode=fixed,crops=3",
             "--tasks", TASKS, "--limit", "5", "--batch_size", "1", "--log_samples"]
-    _run([sys.executable, "-m", "awares_lmms.cli", *args, "--output_path", str(tmp_path / "one")], env)
+    _run([sys.executable, "-m", "awares_lmms.plugin.cli", *args, "--output_path", str(tmp_path / "one")], env)
     _run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "awares_lmms.cli", *args,
+          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "awares_lmms.plugin.cli", *args,
           "--output_path", str(tmp_path / "two")], env)
     res1, samples1 = _collect(tmp_path / "one")
     res2, samples2 = _collect(tmp_path / "two")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from awares_lmms import presets
-from awares_lmms.lmms_model import AwaresLMM, resolve_protocol
+from awares_lmms.core import presets
+from awares_lmms.plugin.model import AwaresLMM, resolve_protocol
 
 
 def test_undeclared_checkpoint_gets_the_paper_preset():

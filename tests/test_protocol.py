@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from awares_lmms import protocol
-from awares_lmms.protocol import (
+from awares_lmms.core import protocol
+from awares_lmms.core.protocol import (
     ARGUMENT_WINDOW,
     FALLBACK_POLICIES,
     NUM_REGIONS,

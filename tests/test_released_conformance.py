@@ -18,9 +18,9 @@ from PIL import Image
 from qwen_vl_utils import process_vision_info
 from transformers import AutoProcessor
 
-from awares_lmms import accounting, presets
-from awares_lmms.engine import GenerationSettings, Request
-from awares_lmms.lmms_model import AwaresLMM
+from awares_lmms.core import accounting, presets
+from awares_lmms.core.engine import GenerationSettings, Request
+from awares_lmms.plugin.model import AwaresLMM
 
 # ------------------------------------------------------------------ the released evaluation, rebuilt
 CROP_MAP = {"0": "top-left", "1": "top-right", "2": "bottom-left", "3": "bottom-right", "4": "center",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from awares_lmms import protocol, synthetic
+from awares_lmms.core import protocol
+from awares_lmms.data import synthetic
 
 
 def test_generation_is_deterministic_with_exact_answers_and_boxes():
@@ -35,7 +36,7 @@ def _lmms_eval(args, env, cwd):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "awares_lmms.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "awares_lmms.plugin.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -45,7 +46,7 @@ def test_shipped_awares_checkpoint_crops_only_when_needed_through_lmms_eval(tmp_
     import json
     import os
 
-    from awares_lmms import assets
+    from awares_lmms.tools import assets
 
     synthetic.write_parquet(tmp_path / "awares_synth.parquet", 60, seed=2, prefix="test")
     env = dict(os.environ, AWARES_DATASETS_DIR=str(tmp_path), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -76,7 +77,7 @@ def test_model_args_preset_wins_over_the_declaration_and_says_so(tmp_path):
     import json
     import os
 
-    from awares_lmms import assets
+    from awares_lmms.tools import assets
 
     synthetic.write_parquet(tmp_path / "awares_synth.parquet", 12, seed=2, prefix="test")
     env = dict(os.environ, AWARES_DATASETS_DIR=str(tmp_path), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -99,11 +100,11 @@ def test_model_args_preset_wins_over_the_declaration_and_says_so(tmp_path):
 def test_awares_synth_without_its_data_exits_with_the_command_that_writes_it(tmp_path):
     import os
 
-    from awares_lmms import assets
+    from awares_lmms.tools import assets
 
     env = {k: v for k, v in os.environ.items() if k != "AWARES_DATASETS_DIR"}
     model = assets.synthetic_checkpoint("awares")
     proc = _lmms_eval(["--model", "awares", "--model_args", f"pretrained={model},device=cpu", "--tasks", "awares_synth",
                        "--output_path", str(tmp_path / "out")], dict(env, HF_HUB_OFFLINE="1"), tmp_path)
     assert proc.returncode != 0
-    assert "python -m awares_lmms.synthetic" in proc.stdout + proc.stderr
+    assert "python -m awares_lmms.data.synthetic" in proc.stdout + proc.stderr

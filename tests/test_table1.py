@@ -6,12 +6,14 @@ import json
 
 import pytest
 
-from awares_lmms import paper_table, quickstart_data, runs, table1
+from awares_lmms.data import quickstart_data
+from awares_lmms.report import paper_table, runs
+from awares_lmms.tools import table1
 
 
 @pytest.mark.slow
 def test_table1_runs_end_to_end_and_resumes(tmp_path, tiny_dir, capsys):
-    from awares_lmms import assets
+    from awares_lmms.tools import assets
 
     data = tmp_path / "data"
     quickstart_data.write_sample_set(data, per_task=2)

@@ -16,23 +16,21 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from awares_lmms import lmms_hooks, sample_stats
-from awares_lmms.export_datasets import (
+from awares_lmms.core import stats
+from awares_lmms.data.export_datasets import (
     REQUIRED_COLUMNS,
     TASK_NAMES,
     check_layout,
     hub_source,
     write_dataset,
 )
-from awares_lmms.quickstart_data import write_real_sample_set, write_sample_set
+from awares_lmms.data.quickstart_data import write_real_sample_set, write_sample_set
+from awares_lmms.plugin import handoff, hooks
 
 REAL_DIR = Path(__file__).resolve().parents[2] / "shared/data/real"
-needs_real = pytest.mark.skipif(
-    not (REAL_DIR / "README.md").is_file(),
-    reason=f"real benchmark samples not found at {REAL_DIR} (expected ../shared/data/real beside the checkout)",
-)
+needs_real = pytest.mark.real_data  # genuine benchmark items: collected only where ../shared is present
 
-lmms_hooks.install()  # what the `awares` entry point does in every lmms-eval run
+hooks.install()  # what the `awares` entry point does in every lmms-eval run
 
 from lmms_eval.api.model import lmms
 from lmms_eval.tasks import TaskManager, get_task_dict
@@ -53,7 +51,7 @@ PRIMARY = {
     "vstar": "vstar_overall_acc",
     "realworldqa": "exact_match",
 }
-STAT_KEYS = sample_stats.STAT_KEYS
+STAT_KEYS = stats.STAT_KEYS
 
 
 def _upstream_tasks_dir() -> Path:
@@ -66,8 +64,8 @@ def _split(task) -> str:
     return task.config.test_split
 
 
-def _stats(rtr: float) -> sample_stats.SampleStats:
-    return sample_stats.SampleStats(
+def _stats(rtr: float) -> stats.SampleStats:
+    return stats.SampleStats(
         visual_tokens_lr=100, visual_tokens_crops=40, visual_tokens_full=400, rtr=rtr, rtr_paper=rtr / 2,
         crops=["top_left"], tool_call="<tool_call>crop</tool_call>", tool_call_status="ok",
         prefill_tokens_turn2=77, latency_s=0.5, mode="awares", min_pixels=3136, max_pixels=1003520)
@@ -75,15 +73,13 @@ def _stats(rtr: float) -> sample_stats.SampleStats:
 
 @pytest.fixture(autouse=True)
 def _clean_stats():
-    sample_stats.clear()
+    handoff.clear()
     yield
-    sample_stats.clear()
+    handoff.clear()
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    if not (REAL_DIR / "README.md").is_file():
-        pytest.skip(f"real benchmark samples not found at {REAL_DIR}")
     out = tmp_path_factory.mktemp("awares_data")
     written = write_real_sample_set(REAL_DIR, out)
     assert set(written) == {"chartqa", "docvqa", "ocrbench", "pope", "vstar"}
@@ -93,18 +89,18 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def offline_env(data_dir):
-    old = os.environ.get(lmms_hooks.DATASETS_ENV)
-    os.environ[lmms_hooks.DATASETS_ENV] = str(data_dir)
+    old = os.environ.get(hooks.DATASETS_ENV)
+    os.environ[hooks.DATASETS_ENV] = str(data_dir)
     yield data_dir
     if old is None:
-        os.environ.pop(lmms_hooks.DATASETS_ENV, None)
+        os.environ.pop(hooks.DATASETS_ENV, None)
     else:
-        os.environ[lmms_hooks.DATASETS_ENV] = old
+        os.environ[hooks.DATASETS_ENV] = old
 
 
 @pytest.fixture(scope="module")
 def ours_tm():
-    return TaskManager("WARNING", include_path=str(lmms_hooks.tasks_dir()), model_name="awares")
+    return TaskManager("WARNING", include_path=str(hooks.tasks_dir()), model_name="awares")
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +139,7 @@ def _records(style: str) -> list[dict]:
 
 
 def test_our_names_win_only_with_our_directory(ours_tm, stock_tm, tmp_path):
-    ours_dir = str(lmms_hooks.tasks_dir())
+    ours_dir = str(hooks.tasks_dir())
     for name in TASK_NAMES:
         assert ours_tm.task_index[name]["type"] == "task"
         assert ours_tm.task_index[name]["yaml_path"].startswith(ours_dir), name
@@ -154,7 +150,7 @@ def test_our_names_win_only_with_our_directory(ours_tm, stock_tm, tmp_path):
     assert stock_tm.task_index["chartqa"]["yaml_path"].startswith(str(_upstream_tasks_dir()))
     # lmms-eval's own entry points build TaskManager(model_name=args.model): for awares, ours win.
     awares_tm = TaskManager("WARNING", model_name="awares")
-    assert awares_tm.task_index["chartqa"]["yaml_path"] == str(lmms_hooks.tasks_dir() / "chartqa.yaml")
+    assert awares_tm.task_index["chartqa"]["yaml_path"] == str(hooks.tasks_dir() / "chartqa.yaml")
     assert stock_tm.task_index["docvqa"]["type"] == "group"
     assert "vstar" not in stock_tm.task_index and "awares_suite" not in stock_tm.task_index
 
@@ -169,10 +165,10 @@ def test_hooks_are_idempotent():
     import lmms_eval.tasks as lt
 
     patched = lt.TaskManager.initialize_tasks
-    lmms_hooks.install()
-    lmms_hooks.install()
+    hooks.install()
+    hooks.install()
     assert lt.TaskManager.initialize_tasks is patched
-    assert lmms_hooks.installed()
+    assert hooks.installed()
 
 
 # ----------------------------------------------------------------------------- YAML drift
@@ -194,9 +190,7 @@ def _same_function(a, b) -> bool:
 
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_yaml_matches_upstream(name):
-    from tasks_config import utils as hooks
-
-    mine = _load_yaml(lmms_hooks.tasks_dir() / f"{name}.yaml")
+    mine = _load_yaml(hooks.tasks_dir() / f"{name}.yaml")
     upstream_name, rel = UPSTREAM[name]
     up = _load_yaml(_upstream_tasks_dir() / rel)
 
@@ -208,7 +202,9 @@ def test_yaml_matches_upstream(name):
     assert _same_function(mine["doc_to_text"], up["doc_to_text"]), f"{name}: doc_to_text differs from upstream"
     # doc_to_visual: ours decodes with checks and leaves the colour mode to the model; upstream's is a
     # plain convert("RGB"), which the paper preset applies (same pixels for an RGB image).
-    assert mine["doc_to_visual"] is hooks.doc_to_visual
+    from tasks_config import utils as task_utils
+
+    assert mine["doc_to_visual"] is task_utils.doc_to_visual
     rgb = Image.new("RGB", (30, 20), (10, 200, 30))
     png = io.BytesIO()
     rgb.save(png, "PNG")
@@ -223,8 +219,8 @@ def test_yaml_matches_upstream(name):
     if name == "docvqa":
         assert "process_results" not in up
     else:
-        upstream_module = {"chartqa": hooks._chartqa, "ocrbench": hooks._ocrbench, "pope": hooks._pope,
-                           "vstar": hooks._vstar, "realworldqa": hooks._realworldqa}[name]
+        upstream_module = {"chartqa": task_utils._chartqa, "ocrbench": task_utils._ocrbench, "pope": task_utils._pope,
+                           "vstar": task_utils._vstar, "realworldqa": task_utils._realworldqa}[name]
         delegate = getattr(upstream_module, up["process_results"].__name__)
         assert _same_function(delegate, up["process_results"])
         assert mine["process_results"].__name__ == f"{name}_process_results"
@@ -242,7 +238,7 @@ def test_yaml_matches_upstream(name):
         else:
             assert _same_function(agg_mine, agg_up)
     for ratio in mine["metric_list"][-2:]:
-        assert ratio["aggregation"] is hooks.rtr_mean and ratio["higher_is_better"] is False
+        assert ratio["aggregation"] is task_utils.rtr_mean and ratio["higher_is_better"] is False
 
 
 # ----------------------------------------------------------------------------- offline data
@@ -257,9 +253,9 @@ def test_offline_parquet_is_what_the_tasks_read(ours, data_dir):
         assert task.config.dataset_kwargs == {"data_files": {_split(task): str(data_dir / f"{name}.parquet")}}
         docs = task.dataset[_split(task)]
         assert len(docs) == counts[name]
-        assert docs[sample_stats.UID_COLUMN] == [f"{name}:{i}" for i in range(len(docs))]
+        assert docs[handoff.UID_COLUMN] == [f"{name}:{i}" for i in range(len(docs))]
         # process_results sees the uid too (image columns are dropped there)
-        assert task.eval_docs_no_media[0][sample_stats.UID_COLUMN] == f"{name}:0"
+        assert task.eval_docs_no_media[0][handoff.UID_COLUMN] == f"{name}:0"
         assert "image" not in task.eval_docs_no_media.column_names
     # Real images keep their original resolution.
     doc = ours["docvqa"].dataset["validation"][0]
@@ -268,14 +264,14 @@ def test_offline_parquet_is_what_the_tasks_read(ours, data_dir):
 
 
 def test_missing_parquet_names_the_path(tmp_path, ours_tm, monkeypatch):
-    monkeypatch.setenv(lmms_hooks.DATASETS_ENV, str(tmp_path))
+    monkeypatch.setenv(hooks.DATASETS_ENV, str(tmp_path))
     with pytest.raises(FileNotFoundError) as err:
         get_task_dict(["pope"], ours_tm)
     assert str(tmp_path / "pope.parquet") in str(err.value)
 
 
 def test_without_env_the_hub_dataset_is_configured(ours_tm, monkeypatch):
-    monkeypatch.delenv(lmms_hooks.DATASETS_ENV, raising=False)
+    monkeypatch.delenv(hooks.DATASETS_ENV, raising=False)
     config = ours_tm._get_config("docvqa")
     assert config["dataset_path"] == "lmms-lab-encoder/DocVQA" and config["dataset_name"] == "DocVQA"
 
@@ -380,7 +376,7 @@ def test_rtr_from_recorded_stats(ours):
     empty = _score(task, 0, "0.24")
     assert all(empty[k] is None for k in STAT_KEYS)  # nothing recorded: keys present, None
 
-    sample_stats.record("chartqa:0", _stats(0.3))
+    handoff.record("chartqa:0", _stats(0.3))
     out = _score(task, 0, "0.24")
     assert out["rtr"] == pytest.approx(0.3)
     assert {k: out[k] for k in STAT_KEYS} == _stats(0.3).to_dict()
@@ -404,9 +400,9 @@ class ScriptedLMM(lmms):
         for req in requests:
             _ctx, _gen_kwargs, _visual, doc_id, task, split = req.args
             doc = self.task_dict[task][split][doc_id]
-            uid = sample_stats.doc_uid(doc, f"{task}/{split}/{doc_id}")
+            uid = handoff.doc_uid(doc, f"{task}/{split}/{doc_id}")
             if doc_id not in self.skip:
-                sample_stats.record(uid, _stats((doc_id + 1) / 10))
+                handoff.record(uid, _stats((doc_id + 1) / 10))
             target = {"chartqa": "answer", "docvqa": "answers", "ocrbench": "answer", "pope": "answer",
                       "vstar": "label", "realworldqa": "answer"}[task]
             gold = doc[target]
@@ -474,7 +470,7 @@ def test_generated_sample_set_is_deterministic_and_scores_its_gold(tmp_path, our
         ds = datasets.load_dataset("parquet", data_files={"test": str(a[name])}, split="test")
         check_layout(ds, name)
         assert len(ds) == 2
-    monkeypatch.setenv(lmms_hooks.DATASETS_ENV, str(tmp_path / "a"))
+    monkeypatch.setenv(hooks.DATASETS_ENV, str(tmp_path / "a"))
     tasks = get_task_dict(list(TASK_NAMES), ours_tm)
     for name, task in tasks.items():
         for i, doc in enumerate(task.eval_docs):
@@ -536,7 +532,7 @@ def test_export_reads_hub_sources_from_our_yamls():
     assert hub_source("docvqa") == {"path": "lmms-lab-encoder/DocVQA", "name": "DocVQA", "split": "validation"}
     assert hub_source("vstar")["path"] == "lmms-lab-encoder/vstar-bench"
     assert set(REQUIRED_COLUMNS) == set(TASK_NAMES)
-    from awares_lmms import export_datasets
+    from awares_lmms.data import export_datasets
 
     with pytest.raises(SystemExit):
         export_datasets.main(["--out", "x", "--tasks", "chartqa,nope"])

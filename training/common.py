@@ -11,19 +11,32 @@ import logging
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
+import datasets
+import torch
+import transformers
 from accelerate.utils import is_peft_model
+from peft import PeftModel
 from safetensors import safe_open
+from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import TrainOutput
 from trl import get_peft_config
 
-from awares_lmms import presets
+from awares_lmms.core import accounting, presets
 
 logger = logging.getLogger(__name__)
 
+# Parameters of the vision tower (ViT blocks and the patch merger), plain or PEFT-wrapped.
 VISION_PARAMETER = re.compile(r"(^|\.)visual\.")
+# LoRA on the language model's attention and MLP projections only. A bare list of names ("q_proj",
+# "gate_proj", ...) would also match the vision tower's MLP (model.visual.blocks.N.mlp.gate_proj), and
+# lm_head must stay out: TRL's fused LM head reads lm_head.weight directly, and GRPO refuses it.
+LANGUAGE_MODEL_LORA_TARGET = (
+    r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+)
 
 
 def freeze_vision_tower(model) -> int:
@@ -197,3 +210,64 @@ def declare_protocol(output_dir: str | Path, written_by: str, start_checkpoint: 
     logger.info("protocol declared in %s: preset %s, parser %s, pixels [%s, %s]", path, preset, base.parser,
                 base.min_pixels, base.max_pixels)
     return path
+
+
+def setup_logging(training_args, *loggers) -> None:
+    """Log to stdout at the Trainer's process log level (quiet on ranks other than 0)."""
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
+    level = training_args.get_process_log_level()
+    for log in (logger, *loggers):
+        log.setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def save_trained(trainer, start_path: str, written_by: str, protocol_settings: dict, merge_lora: bool = True,
+                 revision: str | None = None, trust_remote_code: bool = False) -> Path:
+    """Make ``output_dir`` loadable as is by the evaluator and by the next training stage.
+
+    The weights: the full model, or with LoRA the adapter in ``output_dir/adapter`` and (``merge_lora``)
+    base + adapter merged into ``output_dir``, merged from a fresh copy of the starting weights on CPU so
+    it works whatever sharding trained the adapter. Then ``awares_protocol.json`` (``declare_protocol``
+    with ``protocol_settings``), and last the starting checkpoint's processor: its chat template is the
+    one evaluation expects (TRL trains with a variant carrying generation markers), and a complete
+    ``output_dir`` is one that has it.
+    """
+    output_dir = Path(trainer.args.output_dir)
+    peft = is_peft_model(trainer.accelerator.unwrap_model(trainer.model))
+    adapter_dir = output_dir / "adapter"
+    # save_model gathers ZeRO-3 shards; for a PeftModel it writes the adapter only.
+    trainer.save_model(str(adapter_dir if peft else output_dir))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.is_main_process:
+        if peft and merge_lora:
+            dtype = trainer.accelerator.unwrap_model(trainer.model).dtype
+            base = AutoModelForImageTextToText.from_pretrained(start_path, revision=revision, dtype=dtype,
+                                                               trust_remote_code=trust_remote_code)
+            PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().save_pretrained(output_dir)
+            logger.info("merged model written to %s (adapter in %s)", output_dir, adapter_dir)
+        declare_protocol(output_dir, written_by, start_checkpoint=start_path, **protocol_settings)
+        AutoProcessor.from_pretrained(start_path, revision=revision,
+                                      trust_remote_code=trust_remote_code).save_pretrained(output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return output_dir
+
+
+def load_processor(path: str, model_args, trust_remote_code: bool = False, min_pixels=None, max_pixels=None,
+                   **kwargs):
+    """The checkpoint's processor with the training pixel budget (``kwargs``: e.g. ``padding_side``)."""
+    processor = AutoProcessor.from_pretrained(path, revision=model_args.model_revision,
+                                              trust_remote_code=trust_remote_code, **kwargs)
+    return accounting.set_pixel_budget(processor, min_pixels, max_pixels)
+
+
+def load_model(path: str, model_args, trust_remote_code: bool = False):
+    """The model to train, from ``ModelConfig`` (dtype, attention kernel, revision)."""
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        raise ValueError("quantized (QLoRA) training is not supported here: the merged output needs full weights")
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    kwargs = {"revision": model_args.model_revision, "trust_remote_code": trust_remote_code, "dtype": dtype}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    return AutoModelForImageTextToText.from_pretrained(path, **kwargs)

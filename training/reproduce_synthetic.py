@@ -5,7 +5,7 @@
 Stages (each one is skipped when its output is complete, so a killed run resumes where it stopped;
 the stages themselves resume from their own checkpoints and append-only stores):
 
-1. ``data``     train / held-out parquet files from ``awares_lmms.synthetic`` (``DIR/data``); the
+1. ``data``     train / held-out parquet files from ``awares_lmms.data.synthetic`` (``DIR/data``); the
                 held-out file is also written as ``DIR/data/awares_synth.parquet`` for lmms-eval;
 2. ``base``     a small Qwen2.5-VL taught from scratch at mixed resolutions (``training.synthetic_base``),
                 the analogue of the pretrained model the paper starts from;
@@ -26,11 +26,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from awares_lmms.core import protocol
+from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.core.loading import load_model_and_processor
+from awares_lmms.data import drawing, synthetic
+from awares_lmms.tools import assets
+from training import synthetic_base
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "training" / "recipes" / "synthetic"
@@ -81,8 +93,6 @@ def _resume(out: Path) -> list[str]:
 
 
 def stage_data(cfg: ReproductionConfig, root: Path) -> dict[str, Path]:
-    from awares_lmms import synthetic
-
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     paths = {"train": data / "train.parquet", "test": data / "awares_synth.parquet"}
@@ -95,8 +105,6 @@ def stage_data(cfg: ReproductionConfig, root: Path) -> dict[str, Path]:
 
 
 def stage_base(cfg: ReproductionConfig, root: Path) -> Path:
-    from training import synthetic_base
-
     out = root / "base"
     if not _finished_checkpoint(out):
         _log(f"training the base model ({cfg.base_steps} steps) -> {out}")
@@ -140,11 +148,7 @@ def evaluate_checkpoint(path: Path, mode: str, samples, batch_size: int = 32) ->
     Runs the evaluator's engine (the code path ``lmms_eval --model awares`` runs) with its default
     settings: greedy, the released system prompt in ``awares`` mode, the checkpoint's pixel budget.
     """
-    import torch
 
-    from awares_lmms import synthetic
-    from awares_lmms.engine import EngineConfig, GenerationSettings, Request, TwoTurnEngine
-    from awares_lmms.lmms_model import load_model_and_processor
 
     model, processor = load_model_and_processor(str(path), dtype=torch.float32, device="cpu")
     engine = TwoTurnEngine(model, processor, EngineConfig(mode=mode))
@@ -167,7 +171,6 @@ def evaluate_checkpoint(path: Path, mode: str, samples, batch_size: int = 32) ->
 
 def request_holds_box(crop_names: list[str], box, image_size) -> bool:
     """Whether one of the requested regions (or the whole image, ``all``) contains the evidence box."""
-    from awares_lmms import protocol
 
     x0, y0, x1, y1 = box
     for name in crop_names:
@@ -205,14 +208,12 @@ def summarise(records: list[dict]) -> dict:
 
 def draw_plot(table: dict, path: Path) -> Path:
     """Accuracy vs RTR, one labelled point per row (PIL: no plotting dependency)."""
-    from PIL import Image, ImageDraw
 
-    from training.curation.summary import _font
 
     w, h, m = 640, 480, 70
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    font = _font(14)
+    font = drawing.font(14)
 
     def xy(rtr, acc):
         return m + rtr * (w - 2 * m), h - m - acc * (h - 2 * m)
@@ -274,8 +275,6 @@ def targets(table: dict) -> dict:
 
 
 def stage_evaluate(cfg: ReproductionConfig, root: Path, test_parquet: Path, checkpoints: dict) -> dict:
-    from awares_lmms import synthetic
-
     samples = synthetic.generate(cfg.n_test, seed=cfg.seed * 2 + 2, prefix="test")  # = the test parquet
     table, per_sample = {}, {}
     for name, (path, mode) in checkpoints.items():
@@ -290,10 +289,8 @@ def stage_evaluate(cfg: ReproductionConfig, root: Path, test_parquet: Path, chec
 
 
 def export_assets(root: Path) -> None:
-    """Copy the loadable files of ``base`` and ``grpo`` into the package (``awares_lmms.assets``)."""
-    import shutil
+    """Copy the loadable files of ``base`` and ``grpo`` into the package (``awares_lmms.tools.assets``)."""
 
-    from awares_lmms import assets
 
     for name, src in (("base", root / "base"), ("awares", root / "grpo")):
         dst = assets.SYNTHETIC_DIR / name

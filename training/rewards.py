@@ -29,7 +29,10 @@ import functools
 import os
 from collections.abc import Callable
 
-from awares_lmms import protocol
+import torch
+from sentence_transformers import SentenceTransformer
+
+from awares_lmms.core import protocol
 
 # Unpublished in the paper: placeholders, see the module docstring.
 ALPHA_MISS = 0.5
@@ -83,8 +86,6 @@ def requested_area(completion, fallback_policy: str = "full", image_size=_NOMINA
 
 # --------------------------------------------------------------------------- embedder
 def _default_device() -> str:
-    import torch
-
     if torch.cuda.is_available():
         # One small embedder per rank, on the rank's own GPU rather than all of them on cuda:0.
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
@@ -106,7 +107,6 @@ def resolve_similarity_model(name_or_path: str) -> str:
 @functools.lru_cache(maxsize=4)
 def load_embedder(name_or_path: str = DEFAULT_SIMILARITY_MODEL, device: str | None = None):
     """The sentence-transformer, loaded once per (model, device) on first use."""
-    from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(resolve_similarity_model(name_or_path), device=device or _default_device())
 
@@ -117,7 +117,6 @@ def answer_similarity(completions, answer, similarity_model: str = DEFAULT_SIMIL
     predictions = [final_answer(c) for c in completions]
     references = [str(a) for a in answer]
     embedder = load_embedder(similarity_model)
-    import torch
 
     with torch.no_grad():
         emb = embedder.encode(predictions + references, convert_to_tensor=True, normalize_embeddings=True,

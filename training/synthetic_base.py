@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-from awares_lmms import images, synthetic, tiny
+from awares_lmms.core import images
+from awares_lmms.data import synthetic
+from awares_lmms.tools import tiny
 
 
 @dataclass

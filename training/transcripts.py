@@ -26,9 +26,11 @@ import logging
 import os
 from pathlib import Path
 
+from datasets import Dataset, List
+from datasets import Image as ImageFeature
 from PIL import Image
 
-from awares_lmms import images, protocol
+from awares_lmms.core import images, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +49,6 @@ def tool_call_text(crops, crop_all: bool) -> str:
     return protocol.FORMAT_ALL if crop_all else protocol.format_get_crops(crops)
 
 
-def crop_turn(n_images: int) -> dict:
-    """Turn 2's user message: the crops only, no text (as the released protocol)."""
-    return {"role": "user", "content": [{"type": "image"} for _ in range(n_images)]}
 
 
 def conversation(question: str, answer: str, crops=(), crop_all: bool = False) -> list[dict]:
@@ -57,7 +56,7 @@ def conversation(question: str, answer: str, crops=(), crop_all: bool = False) -
     if crops or crop_all:
         n = 1 if crop_all else len(crops)
         msgs += [{"role": "assistant", "content": [{"type": "text", "text": tool_call_text(crops, crop_all)}]},
-                 crop_turn(n)]
+                 protocol.crop_turn_message(n)]
     msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return msgs
 
@@ -124,3 +123,41 @@ def read(path: str | Path, check_images: bool = True) -> list[dict]:
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise ValueError(f"{len(problems)} unusable transcript line(s):\n  {shown}{more}")
     return records
+
+
+def sft_dataset(path: str | Path) -> Dataset:
+    """The ``messages`` and ``images`` columns of a transcripts file, as a TRL conversational VLM dataset.
+
+    Images stay file paths under a ``datasets`` Image feature: each one is opened when its sample is
+    collated, so a large curated set never sits decoded in memory.
+    """
+    records = read(path)
+    if not records:
+        raise ValueError(f"{path}: no transcripts")
+    for rec in records:
+        # TRL fills image placeholders in order and raises on a mismatch; failing here names the sample.
+        placeholders = sum(1 for m in rec["messages"] if isinstance(m["content"], list)
+                           for part in m["content"] if part.get("type") == "image")
+        if placeholders != len(rec["images"]):
+            raise ValueError(f"{path}: sample {rec.get('id')!r} has {placeholders} image placeholders "
+                             f"but {len(rec['images'])} image files")
+    dataset = Dataset.from_dict({"messages": [rec["messages"] for rec in records],
+                                 "images": [rec["images"] for rec in records]})
+    return dataset.cast_column("images", List(ImageFeature()))
+
+
+def grpo_dataset(path: str | Path, max_samples: int | None = None) -> Dataset:
+    """One GRPO row per transcript: the turn-1 prompt (as the evaluator renders it), the LR view, the
+    original image crops are cut from, the reference answer and the lr/hr label."""
+    records = read(path)[:max_samples] if max_samples is not None else read(path)
+    if not records:
+        raise ValueError(f"no transcripts in {path}")
+    rows = [{
+        "id": str(rec["id"]),
+        "prompt": prompt_messages(rec["question"]),
+        "images": [rec["images"][0]],  # the LR view, as curated (crops come from the rollout)
+        "original_image": rec["image"],
+        "answer": str(rec["answer"]),
+        "label": rec["label"],
+    } for rec in records]
+    return Dataset.from_list(rows).cast_column("images", List(ImageFeature()))

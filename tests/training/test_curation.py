@@ -23,11 +23,18 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from awares_lmms import protocol
+from awares_lmms.core import protocol
+from awares_lmms.data import curation_samples as synthetic
 from training import transcripts as tr
-from training.curation import crop_mapping, judges, labels, oracles, synthetic
-from training.curation.config import (AnswererArguments, CropMappingArguments, CurationArguments, InputArguments,
-                                      JudgeArguments, OracleArguments)
+from training.curation import crop_mapping, judges, labels, oracles
+from training.curation.config import (
+    AnswererArguments,
+    CropMappingArguments,
+    CurationArguments,
+    InputArguments,
+    JudgeArguments,
+    OracleArguments,
+)
 from training.curation.crop_mapping import MappingRule, coverage, iou, map_boxes
 from training.curation.inputs import load_samples
 from training.curation.json_reply import ReplyError
@@ -42,8 +49,6 @@ FAST_RETRY = RetryPolicy(attempts=2, backoff_s=0.01, backoff_max_s=0.02)
 
 def _real(style: str) -> list[dict]:
     path = REAL / style / "samples.jsonl"
-    if not path.exists():
-        pytest.skip(f"real samples not found at {path}")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -116,7 +121,7 @@ def test_no_box_tiny_image_and_out_of_image_boxes():
 def test_geometry_helpers():
     assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
     assert coverage((0, 0, 10, 10), [(0, 0, 5, 10), (5, 0, 10, 5)]) == pytest.approx(0.75)
-    assert crop_mapping.union_area([(0, 0, 10, 10), (5, 5, 15, 15)]) == 175
+    assert protocol.union_area([(0, 0, 10, 10), (5, 5, 15, 15)]) == 175
 
 
 # ============================================================================ crop mapping: real boxes
@@ -166,6 +171,7 @@ def test_crop_mapping_on_real_evidence_boxes():
 # ============================================================================ rule judge on real answers
 
 
+@pytest.mark.real_data
 def test_rule_scorers_on_real_answers():
     docvqa = {r["id"]: r for r in _real("docvqa")}
     memo = docvqa["docvqa_val_q22505"]["answers"]  # ['March 2, 1951']
@@ -184,6 +190,7 @@ def test_rule_scorers_on_real_answers():
     assert not judges.score("anls", "", memo)[0]
 
 
+@pytest.mark.real_data
 def test_rule_judge_picks_scorer_per_sample():
     judge = judges.RuleJudge(JudgeArguments())
     pope = _real("pope")[0]
@@ -452,6 +459,7 @@ def test_ocr_oracle_on_generated_text(ocr_oracle):
     assert ocr_oracle.locate([oracles.OracleItem("n", img, "Is there a car?", ["no"])])[0].value["boxes"] == []
 
 
+@pytest.mark.real_data
 def test_ocr_oracle_on_real_images(ocr_oracle):
     svt = {r["id"]: r for r in _real("ocrbench")}["ocrbench_292_svt"]
     street = Image.open(REAL / "ocrbench" / svt["context_image"]).convert("RGB")
@@ -469,6 +477,7 @@ def test_ocr_oracle_on_real_images(ocr_oracle):
 # ============================================================================ inputs
 
 
+@pytest.mark.real_data
 def test_inputs_from_real_jsonl_and_local_parquet(tmp_path):
     _real("pope")
     pope = load_samples(InputArguments(source=str(REAL / "pope" / "samples.jsonl"), id_column="id",
@@ -533,7 +542,7 @@ def test_store_drops_a_torn_last_line_and_never_duplicates(tmp_path):
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory) -> Path:
     """The recipe's base model (the default tiny checkpoint), built once into a temp dir."""
-    from awares_lmms import tiny
+    from awares_lmms.tools import tiny
 
     return tiny.build(tmp_path_factory.mktemp("curate_base") / "base")
 
@@ -696,8 +705,8 @@ def test_sampled_lr_answers_relabel_lucky_guesses_on_the_synthetic_benchmark(tmp
     """The shipped synthetic base model cannot see the texture at LR and answers it with one constant
     guess. Greedy-only curation labels every sample of that class LR-sufficient; with sampled LR
     answers those become HR-needed (lr_correct_by_chance) while colour and quadrant stay LR."""
-    from awares_lmms import assets
-    from awares_lmms import synthetic as synth
+    from awares_lmms.data import synthetic as synth
+    from awares_lmms.tools import assets
 
     source = synth.write_parquet(tmp_path / "train.parquet", 60, seed=21, prefix="s")
     recipe = REPO / "training" / "recipes" / "synthetic" / "curate.yaml"

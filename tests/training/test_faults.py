@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from training import common
@@ -199,8 +198,14 @@ def test_second_curation_on_the_same_output_fails_at_once(tiny_dir, tmp_path):
     while not (lock.exists() and lock.read_text().strip()):
         assert first.poll() is None and time.time() < deadline, "the first run never took its lock"
         time.sleep(0.05)
-    t0 = time.time()
-    second = subprocess.run(_curate(out, tiny_dir), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    # Freeze the holder so the tiny run cannot finish (and release) before the second one starts.
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        t0 = time.time()
+        second = subprocess.run(_curate(out, tiny_dir), cwd=REPO, env=ENV, capture_output=True, text=True,
+                                timeout=120)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert second.returncode != 0 and time.time() - t0 < 60
     assert f'"pid": {first.pid}' in second.stderr and "another curation run" in second.stderr
     stdout, stderr = first.communicate(timeout=300)

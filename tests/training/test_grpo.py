@@ -49,7 +49,7 @@ def write_transcripts(root: Path, size: int = 224) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    from awares_lmms import tiny
+    from awares_lmms.tools import tiny
 
     return tiny.build(tmp_path_factory.mktemp("grpo_tiny") / "ckpt", sharpen=1.0)
 
@@ -78,13 +78,13 @@ def _config(output_dir, **overrides):
 def _trainer(tiny_ckpt, transcripts_file, output_dir, **overrides):
     from transformers import AutoProcessor
 
-    from training import grpo
+    from training.trainers.awares_grpo import AwaResGRPOTrainer
 
     processor = AutoProcessor.from_pretrained(tiny_ckpt, padding_side="left")
     args = _config(output_dir, **overrides)
-    return grpo.AwaResGRPOTrainer(
+    return AwaResGRPOTrainer(
         model=str(tiny_ckpt), reward_funcs=rewards.get_reward_funcs(list(rewards.REWARD_FUNCS)), args=args,
-        train_dataset=grpo.load_transcripts_dataset(str(transcripts_file)), processing_class=processor)
+        train_dataset=transcripts.grpo_dataset(str(transcripts_file)), processing_class=processor)
 
 
 # Turn-1 replies forced per row of the generation batch (rows 2k, 2k+1 share a prompt): the random
@@ -139,35 +139,41 @@ def _expected_observation_tokens(processor, crops) -> int:
     return base + sum(int(g.prod()) // 4 - 1 for g in grids)
 
 
-def test_forced_crop_calls_train_two_steps(tiny_ckpt, transcripts_file, tmp_path):
-    from awares_lmms import images
-
-    trainer = _trainer(tiny_ckpt, transcripts_file, tmp_path / "out")
+@pytest.fixture(scope="module")
+def trained(tiny_ckpt, transcripts_file, tmp_path_factory):
+    """Two real GRPO steps (one generation batch used twice) with forced turn-1 replies, recorded."""
+    trainer = _trainer(tiny_ckpt, transcripts_file, tmp_path_factory.mktemp("grpo_out"))
     assert trainer.ref_model is not None  # beta > 0 without PEFT: a frozen copy of the starting model
     turn2_limits = _force_turn1(trainer, FORCED_TURN1)
     calls = _record(trainer)
     trainer.train()
-
-    # num_iterations=2, one generation batch for both steps.
-    assert len(calls["batches"]) == 1
-    batch, rows = calls["batches"][0], calls["rows"][0]
+    assert len(calls["batches"]) == 1  # num_iterations=2: one generation batch for both steps
     _, completion_ids, tool_mask, completions, _, extra, out_images, crop_images = calls["rollouts"][0]
-    processor = trainer.processing_class
-    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    return {"trainer": trainer, "batch": calls["batches"][0], "rows": calls["rows"][0], "turn2_limits": turn2_limits,
+            "completion_ids": completion_ids, "tool_mask": tool_mask, "completions": completions, "extra": extra,
+            "out_images": out_images, "crop_images": crop_images}
+
+
+def test_images_per_row_and_crops_from_the_original(trained):
+    from awares_lmms.core import images
 
     # Images per row: the LR view, then the crops (2 for ['0','5'], the whole original for 'all').
     expected_crops = [2, 0, 1, 0]
-    assert [len(x) for x in out_images] == [1 + c for c in expected_crops]
-    assert [len(x) for x in crop_images] == expected_crops
-    assert batch["num_images"] == [1 + c for c in expected_crops]
-    assert extra["crop_regions"] == [[0, 5], [], ["all"], []]
-    assert extra["tool_call"] == ["valid", "none", "valid", "none"]
-
+    assert [len(x) for x in trained["out_images"]] == [1 + c for c in expected_crops]
+    assert [len(x) for x in trained["crop_images"]] == expected_crops
+    assert trained["batch"]["num_images"] == [1 + c for c in expected_crops]
+    assert trained["extra"]["crop_regions"] == [[0, 5], [], ["all"], []]
+    assert trained["extra"]["tool_call"] == ["valid", "none", "valid", "none"]
     # Crops are cut from the full-resolution original, not the LR view.
-    original = images.normalise(Image.open(rows[0]["original_image"]))[0]
-    assert [c.size for c in crop_images[0]] == [im.size for im in images.crop_regions(original, [0, 5])]
-    assert crop_images[2][0].size == original.size == (224, 224)
+    original = images.normalise(Image.open(trained["rows"][0]["original_image"]))[0]
+    crops = trained["crop_images"]
+    assert [c.size for c in crops[0]] == [im.size for im in images.crop_regions(original, [0, 5])]
+    assert crops[2][0].size == original.size == (224, 224)
 
+
+def test_image_tokens_match_the_grids_and_reach_m_rope(trained):
+    batch = trained["batch"]
+    image_pad = trained["trainer"].processing_class.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     # <|image_pad|> tokens per row == sum over the row's images of grid.prod() / 4.
     grids = batch["image_grid_thw"].split(batch["num_images"])
     sequences = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
@@ -178,7 +184,11 @@ def test_forced_crop_calls_train_two_steps(tiny_ckpt, transcripts_file, tmp_path
     # M-RoPE gets every image token of the sequence, crops included.
     assert int(batch["mm_token_type_ids"].sum()) == int((sequences == image_pad).sum())
 
-    # tool_mask: 0 exactly over the crop turn, 1 over turn 1 and the answer.
+
+def test_tool_mask_covers_exactly_the_crop_turn(trained):
+    processor = trained["trainer"].processing_class
+    tool_mask, crop_images = trained["tool_mask"], trained["crop_images"]
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     for r in range(4):
         zeros = tool_mask[r].count(0)
         expected = _expected_observation_tokens(processor, crop_images[r]) if crop_images[r] else 0
@@ -186,32 +196,40 @@ def test_forced_crop_calls_train_two_steps(tiny_ckpt, transcripts_file, tmp_path
         if expected:
             turn1 = len(processor.tokenizer.encode(FORCED_TURN1[r], add_special_tokens=False)) + 1
             assert tool_mask[r][:turn1] == [1] * turn1 and tool_mask[r][turn1:turn1 + zeros] == [0] * zeros
-            assert image_pad not in [t for t, m in zip(completion_ids[r], tool_mask[r]) if m == 1]
-    # Turn 2 generates only what is left of the completion budget (then the limit is restored).
-    left = [120 - (len(tool_mask[r]) - tool_mask[r][::-1].index(0)) for r in (0, 2)]  # after the crop turn
-    assert turn2_limits == [max(left)] and trainer.generation_config.max_new_tokens == 120
-    padded = batch["tool_mask"]
+            assert image_pad not in [t for t, m in zip(trained["completion_ids"][r], tool_mask[r]) if m == 1]
+    padded = trained["batch"]["tool_mask"]
     assert [int((padded[r] == 0).sum()) for r in range(4)] == [m.count(0) for m in tool_mask]
 
-    # Completions carry a text placeholder for the crop turn, never images.
+
+def test_turn2_generates_only_the_remaining_budget(trained):
+    tool_mask = trained["tool_mask"]
+    left = [120 - (len(tool_mask[r]) - tool_mask[r][::-1].index(0)) for r in (0, 2)]  # after the crop turn
+    assert trained["turn2_limits"] == [max(left)] and trained["trainer"].generation_config.max_new_tokens == 120
+
+
+def test_completions_carry_a_placeholder_not_images(trained):
+    completions = trained["completions"]
     assert completions[0][1] == {"role": "user", "content": "[high-resolution crops: top-left, top]"}
     assert completions[2][1]["content"] == "[high-resolution image: all]"
     assert [len(c) for c in completions] == [3, 1, 3, 1]
 
-    # Reward components, exactly (the per-row label comes from the row's prompt).
-    logged = trainer._logs["rewards"]
-    labels = [row["label"] for row in rows]
+
+def test_reward_components_exactly(trained):
+    logged = trained["trainer"]._logs["rewards"]
+    labels = [row["label"] for row in trained["rows"]]
     tool = list(logged["tool_cost"])[:4]
     area = list(logged["area_penalty"])[:4]
     validity = list(logged["format_validity"])[:4]
     assert tool[0] == pytest.approx(-rewards.ALPHA_USE) and tool[2] == pytest.approx(-rewards.ALPHA_USE)
-    for r in (1, 3):
+    for r in (1, 3):  # the per-row label comes from the row's prompt
         assert tool[r] == pytest.approx(-rewards.ALPHA_MISS if labels[r] == "hr" else 0.0)
     # ['0','5'] on 224x224: top-left quadrant + top half = the top half = 0.5; 'all' = 1.
     assert area == pytest.approx([-rewards.AREA_WEIGHT * 0.5, 0.0, -rewards.AREA_WEIGHT * 1.0, 0.0])
     assert validity[0] == 1.0 and validity[2] == 1.0 and all(math.isnan(v) for v in (validity[1], validity[3]))
 
-    # Logged per step: reward, its components, tool-use statistics, KL and clipping.
+
+def test_logged_per_step_reward_tools_kl_and_clipping(trained):
+    trainer = trained["trainer"]
     history = [h for h in trainer.state.log_history if "loss" in h]
     assert len(history) == 2 and "reward" in history[0]  # rewards are logged when a batch is generated
     first = history[0]
@@ -229,9 +247,29 @@ def test_forced_crop_calls_train_two_steps(tiny_ckpt, transcripts_file, tmp_path
     assert first["reward"] == pytest.approx(total, abs=1e-5)
     # Old log-probs are kept for the second pass (ratio != 1), and the policy moved away from the
     # reference by the second step.
-    assert "old_per_token_logps" in batch
+    assert "old_per_token_logps" in trained["batch"]
     assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert history[1]["kl"] > 0.0
+
+
+def test_trl_internals_still_hold(trained):
+    """The private TRL API the trainer relies on (listed in training/trainers/awares_grpo.py)."""
+    import inspect
+
+    from trl import GRPOTrainer
+
+    from training.trainers import awares_grpo
+
+    changed = []
+    for name, params in awares_grpo.TRL_INTERNALS.items():
+        method = getattr(GRPOTrainer, name, None)
+        found = tuple(list(inspect.signature(method).parameters)[1:]) if method else None
+        if found != params:
+            changed.append(f"GRPOTrainer.{name}{params} is now {found}")
+    missing = [a for a in awares_grpo.TRL_ATTRIBUTES if not hasattr(trained["trainer"], a)]
+    changed += [f"GRPOTrainer has no attribute {a}" for a in missing]
+    assert not changed, ("TRL changed the private API AwaResGRPOTrainer overrides or calls (pinned trl==1.16.0): "
+                         + "; ".join(changed))
 
 
 def test_overlong_crop_turn_is_dropped_not_truncated(tiny_ckpt, transcripts_file, tmp_path):
@@ -279,13 +317,13 @@ def test_entry_point_lora_saves_loadable_policy_and_resumes(tiny_ckpt, transcrip
     assert (out / "checkpoint-1").is_dir()
     assert "rewards/answer_similarity/mean" in proc.stdout and "tools/call_frequency" in proc.stdout
 
-    from awares_lmms.lmms_model import load_model_and_processor
+    from awares_lmms.core.loading import load_model_and_processor
 
     model, processor = load_model_and_processor(str(out))
     assert processor.chat_template and "<|im_start|>" in processor.chat_template
     # The saved processor is the starting one; the training budget is declared for the evaluator.
     assert processor.image_processor.size["longest_edge"] != 50176
-    from awares_lmms import presets
+    from awares_lmms.core import presets
 
     declared = presets.read_declaration(out)
     assert declared["preset"] == "awares" and declared["written_by"] == "training.grpo"

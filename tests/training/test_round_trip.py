@@ -37,12 +37,12 @@ def test_tiny_recipe_curate_sft_grpo_then_lmms_eval(tmp_path):
     for step in ("sft", "grpo"):
         assert (runs / step / "config.json").exists() and (runs / step / "chat_template.jinja").exists()
 
-    from awares_lmms import quickstart_data
+    from awares_lmms.data import quickstart_data
 
     data = tmp_path / "data"
     quickstart_data.write_sample_set(data, per_task=2)
     out = tmp_path / "results"
-    _run([sys.executable, "-m", "awares_lmms.cli", "--model", "awares",
+    _run([sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares",
           "--model_args", f"pretrained={runs / 'grpo'},device=cpu", "--tasks", "pope,docvqa",
           "--log_samples", "--output_path", str(out)], tmp_path, dict(env, AWARES_DATASETS_DIR=str(data)))
     results = json.loads(next(out.rglob("*_results.json")).read_text())

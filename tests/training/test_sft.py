@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from awares_lmms import protocol
+from awares_lmms.core import protocol
 from training import transcripts as tr
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ def parse_recipe(*overrides: str):
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> Path:
-    from awares_lmms import tiny
+    from awares_lmms.tools import tiny
 
     return tiny.build(tmp_path_factory.mktemp("sft_base") / "tiny", sharpen=1.0)
 
@@ -184,8 +184,8 @@ def _state_dict(path):
 def test_cli_run_loads_in_evaluator_and_resumes(base_dir, tmp_path):
     from transformers import AutoProcessor
 
-    from awares_lmms import presets
-    from awares_lmms.lmms_model import load_model_and_processor
+    from awares_lmms.core import presets
+    from awares_lmms.core.loading import load_model_and_processor
     from training.sft import main
 
     data = write_transcripts(tmp_path / "curated", n=4)
@@ -223,7 +223,7 @@ def test_cli_run_loads_in_evaluator_and_resumes(base_dir, tmp_path):
 
 
 def test_lora_trains_language_model_only_and_merges(base_dir, data_file, tmp_path):
-    from awares_lmms.lmms_model import load_model_and_processor
+    from awares_lmms.core.loading import load_model_and_processor
     from training.sft import main
 
     out = tmp_path / "sft_lora"

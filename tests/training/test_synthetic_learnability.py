@@ -29,7 +29,8 @@ def _run(cmd, env):
 
 @pytest.mark.slow
 def test_short_sft_from_the_base_model_learns_when_and_where_to_crop(tmp_path):
-    from awares_lmms import assets, synthetic
+    from awares_lmms.data import synthetic
+    from awares_lmms.tools import assets
     from training.reproduce_synthetic import evaluate_checkpoint
 
     base = assets.synthetic_checkpoint("base")

@@ -10,9 +10,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import torch
 from PIL import Image
 
-from awares_lmms import images, presets
+from awares_lmms.core import images, presets
+from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.core.loading import DTYPES, load_model_and_processor
+from awares_lmms.tools import tiny
 
 from . import endpoints
 from .config import AnswererArguments
@@ -25,16 +30,11 @@ MODES = ("lr", "full")
 
 class LocalAnswerer:
     def __init__(self, args: AnswererArguments, policy: RetryPolicy):
-        import torch
-
-        from awares_lmms import tiny
-        from awares_lmms.engine import EngineConfig, GenerationSettings, TwoTurnEngine
-        from awares_lmms.lmms_model import _DTYPES, load_model_and_processor
 
         device = args.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = _DTYPES[args.dtype]
+        dtype = DTYPES[args.dtype]
         if device == "cpu" and dtype != torch.float32:
             logger.info("dtype %s on CPU is slow and lossy; using float32", args.dtype)
             dtype = torch.float32
@@ -50,9 +50,7 @@ class LocalAnswerer:
 
     def answer(self, mode: str, questions: list[str], originals: list[Image.Image],
                temperature: float = 0.0, seed: int | None = None) -> list[Outcome]:
-        import torch
 
-        from awares_lmms.engine import Request
 
         engine = self.engines[mode]
         settings = dataclasses.replace(self.settings, temperature=temperature)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from awares_lmms import protocol
+from awares_lmms.core import protocol
 
 Box = tuple[float, float, float, float]
 
@@ -86,24 +86,9 @@ def iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def union_area(rects) -> float:
-    """Area of a union of axis-aligned rectangles (overlaps once), on the grid their edges make."""
-    rects = [r for r in rects if area(r) > 0]
-    if not rects:
-        return 0.0
-    xs = sorted({r[0] for r in rects} | {r[2] for r in rects})
-    ys = sorted({r[1] for r in rects} | {r[3] for r in rects})
-    total = 0.0
-    for x0, x1 in zip(xs, xs[1:]):
-        for y0, y1 in zip(ys, ys[1:]):
-            if any(r[0] <= x0 and x1 <= r[2] and r[1] <= y0 and y1 <= r[3] for r in rects):
-                total += (x1 - x0) * (y1 - y0)
-    return total
-
-
 def coverage(box, regions) -> float:
     """Fraction of ``box``'s area inside the union of ``regions`` (rectangles)."""
-    return union_area([intersection(box, r) for r in regions]) / area(box) if area(box) > 0 else 0.0
+    return protocol.union_area([intersection(box, r) for r in regions]) / area(box) if area(box) > 0 else 0.0
 
 
 def clip_box(box, width: int, height: int) -> Box:

@@ -12,12 +12,11 @@ import base64
 import io
 import os
 
+from openai import OpenAI
 from PIL import Image
 
 
 def make_client(base_url: str | None, api_key_env: str, timeout_s: float):
-    from openai import OpenAI
-
     if not base_url:
         raise ValueError("an openai backend needs a base_url (e.g. http://HOST:8000/v1)")
     return OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY", timeout=timeout_s,

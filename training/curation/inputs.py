@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import datasets
 from PIL import Image
+
+from awares_lmms.data import curation_samples
 
 from .config import BOX_FORMATS, InputArguments
 
@@ -142,10 +145,8 @@ def _pick(columns, spec: str, what: str, required: bool = True) -> str | None:
 
 
 def _synthetic(args: InputArguments) -> list[Sample]:
-    from . import synthetic
-
     samples = []
-    for item in synthetic.generate(args.synthetic_samples, seed=args.synthetic_seed):
+    for item in curation_samples.generate(args.synthetic_samples, seed=args.synthetic_seed):
         image = item["image"]
         samples.append(Sample(
             id=item["id"], question=item["question"], answers=item["answers"], load_image=lambda im=image: im,
@@ -239,7 +240,6 @@ def load_samples(args: InputArguments) -> list[Sample]:
             samples = _rows_to_samples(args, columns, len(rows), lambda i: rows[i],
                                        lambda i: rows[i].get(args.image_column), path.parent, str(path))
         else:
-            import datasets
 
             if path.is_file() and path.suffix == ".parquet":
                 ds = datasets.load_dataset("parquet", data_files=str(path), split="train")

@@ -13,6 +13,14 @@ import logging
 import re
 from dataclasses import dataclass
 
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+)
+
 from . import endpoints
 from .config import JudgeArguments
 from .json_reply import ReplyError, extract_json
@@ -63,6 +71,7 @@ def score(scorer: str, prediction: str, answers: list[str], anls_threshold: floa
     pred = _clean(prediction)
     if not pred or not answers:
         return False, 0.0
+    # lmms-eval's scorers are imported on use: importing lmms_eval.tasks costs seconds.
     if scorer == "anls":
         from lmms_eval.api.metrics import anls
 
@@ -188,16 +197,12 @@ class HFJudge:
     """A local causal LM (or a VLM used on text only) as the judge, greedy, batched."""
 
     def __init__(self, args: JudgeArguments, policy: RetryPolicy):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
-
         if not args.judge_model:
             raise ValueError("judge=hf needs judge_model (a local path or hub id)")
         self.tokenizer = AutoTokenizer.from_pretrained(args.judge_model, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.tokenizer.chat_template is None:
-            from transformers import AutoProcessor
 
             self.tokenizer.chat_template = AutoProcessor.from_pretrained(args.judge_model).chat_template
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -212,8 +217,6 @@ class HFJudge:
         self.name = args.judge_model
 
     def _generate(self, prompts: list[str]) -> list[str]:
-        import torch
-
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.model.device)
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,

@@ -20,7 +20,13 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+import torch
 from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+from awares_lmms.tools import tiny
 
 from . import endpoints
 from .config import ORACLE_BACKENDS, ORACLE_COORDS, OracleArguments
@@ -156,7 +162,6 @@ class OpenAIOracle:
     def _frame(self, sent: Image.Image) -> tuple[int, int]:
         if self.args.oracle_coords != "qwen25_resized":
             return sent.size
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
         h, w = smart_resize(sent.height, sent.width, factor=28,
                             min_pixels=self.args.oracle_min_pixels or QWEN25_SERVER_MIN_PIXELS,
@@ -190,12 +195,8 @@ class HFOracle:
     name = "hf"
 
     def __init__(self, args: OracleArguments, policy: RetryPolicy):
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         if not args.oracle_model:
             raise ValueError("oracle=hf needs oracle_model (a local path or hub id)")
-        from awares_lmms import tiny
 
         path = tiny.resolve(args.oracle_model)
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -206,8 +207,6 @@ class HFOracle:
         self.policy = policy
 
     def _generate(self, prompts, imgs):
-        import torch
-
         enc = self.processor(text=prompts, images=imgs, padding=True, padding_side="left", return_tensors="pt")
         enc = enc.to(self.model.device)
         if "pixel_values" in enc:
@@ -324,7 +323,6 @@ class OCROracle:
 
     def read(self, image: Image.Image) -> list[tuple[str, tuple[float, float, float, float]]]:
         """Text lines with axis-aligned boxes in ``image``'s pixels."""
-        import numpy as np
 
         small = _downscale(image.convert("RGB"), self.max_side)
         sx, sy = image.width / small.width, image.height / small.height

@@ -21,15 +21,23 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from PIL import Image
 from tqdm import tqdm
 
-from awares_lmms import images, protocol
+from awares_lmms.core import images, protocol
 from training import transcripts
 
 from . import answerers, judges, labels, oracles
-from .config import (AnswererArguments, CropMappingArguments, CurationArguments, InputArguments, JudgeArguments,
-                     OracleArguments, fingerprint)
+from .config import (
+    AnswererArguments,
+    CropMappingArguments,
+    CurationArguments,
+    InputArguments,
+    JudgeArguments,
+    OracleArguments,
+    fingerprint,
+)
 from .crop_mapping import MappingRule, map_boxes
 from .inputs import Sample, load_samples
 from .lock import OutputLock
@@ -410,7 +418,6 @@ class Curator:
 def _free_memory() -> None:
     gc.collect()
     try:
-        import torch
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -58,7 +59,6 @@ def map_concurrently(fn: Callable[[Any], Outcome], items: list, concurrency: int
     """``[fn(x) for x in items]`` on a thread pool (network-bound backends), order preserved."""
     if concurrency <= 1 or len(items) <= 1:
         return [fn(x) for x in items]
-    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=min(concurrency, len(items))) as pool:
         return list(pool.map(fn, items))

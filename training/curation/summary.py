@@ -11,9 +11,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from awares_lmms import protocol
+from awares_lmms.core import protocol
+from awares_lmms.data import drawing
 
 from .store import JsonlStore
 
@@ -67,19 +68,13 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):
-        return ImageFont.load_default()
-
 
 def draw_histogram(counts: dict[str, int], path: str | Path, title: str = "Crops requested by HR transcripts") -> Path:
     """A bar chart of ``counts`` (bins in ``HISTOGRAM_BINS`` order), each bar labelled with its share."""
     width, height, left, bottom, top = 1000, 480, 60, 80, 60
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
-    small, label_font, title_font = _font(12), _font(13), _font(18)
+    small, label_font, title_font = drawing.font(12), drawing.font(13), drawing.font(18)
     d.text((left, 18), title, fill="black", font=title_font)
     total = sum(counts.values())
     peak = max([1, *counts.values()])

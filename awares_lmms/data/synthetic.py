@@ -18,14 +18,18 @@ Everything is deterministic from the seed; answers and evidence boxes are exact.
 
 from __future__ import annotations
 
+import argparse
 import io
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from datasets import Dataset, Features, Sequence, Value
+from datasets import Image as ImageFeature
 from PIL import Image, ImageDraw
 
-from . import protocol
+from awares_lmms.core import images, protocol
 
 SIZE = 224
 PATCH = 84
@@ -144,8 +148,6 @@ def to_columns(samples: list[SynthSample]) -> dict[str, list]:
 
 
 def write_parquet(path, n: int, seed: int = 0, mix: dict | None = None, prefix: str = "synth"):
-    from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
-
     features = Features({
         "id": Value("string"), "image": ImageFeature(), "question": Value("string"), "answer": Value("string"),
         "answers": Sequence(Value("string")), "kind": Value("string"), "needs_hr": Value("bool"),
@@ -161,9 +163,8 @@ def probe_information_gap(n_train: int = 600, n_test: int = 300, seed: int = 123
     The LR cut-outs come from ``images.low_res_view`` (the plugin's own LR path). A probe at
     chance (1/3) at LR and near 1.0 at full resolution is the information gap the benchmark needs.
     """
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # only the probe needs it (seconds to import)
 
-    from . import images
 
     samples = generate(n_train + n_test, seed=seed, mix={"texture": 1.0})
     feats_hr, feats_lr, labels = [], [], []
@@ -201,9 +202,6 @@ def probe_information_gap(n_train: int = 600, n_test: int = 300, seed: int = 123
 
 
 def main(argv=None) -> None:
-    import argparse
-    from pathlib import Path
-
     parser = argparse.ArgumentParser(description="Write the synthetic benchmark as DIR/awares_synth.parquet "
                                                  "(the lmms-eval task awares_synth reads it with AWARES_DATASETS_DIR=DIR).")
     parser.add_argument("--out", required=True, help="directory to write awares_synth.parquet into")

@@ -73,19 +73,25 @@ def can_crop(width: int, height: int) -> bool:
     return width >= MIN_CROPPABLE_SIDE and height >= MIN_CROPPABLE_SIDE
 
 
-def union_area_fraction(indices, width: int, height: int) -> float:
-    """Fraction of the image covered by the union of the given regions (overlaps counted once)."""
-    boxes = [region_box(i, width, height) for i in indices]
-    if not boxes:
+def union_area(rects) -> float:
+    """Area of a union of axis-aligned rectangles ``(x0, y0, x1, y1)``, overlaps counted once (exact, on
+    the grid their edges make)."""
+    rects = [r for r in rects if r[2] > r[0] and r[3] > r[1]]
+    if not rects:
         return 0.0
-    xs = sorted({b[0] for b in boxes} | {b[2] for b in boxes})
-    ys = sorted({b[1] for b in boxes} | {b[3] for b in boxes})
-    covered = 0
+    xs = sorted({r[0] for r in rects} | {r[2] for r in rects})
+    ys = sorted({r[1] for r in rects} | {r[3] for r in rects})
+    covered = 0.0
     for x0, x1 in zip(xs, xs[1:]):
         for y0, y1 in zip(ys, ys[1:]):
-            if any(b[0] <= x0 and x1 <= b[2] and b[1] <= y0 and y1 <= b[3] for b in boxes):
+            if any(r[0] <= x0 and x1 <= r[2] and r[1] <= y0 and y1 <= r[3] for r in rects):
                 covered += (x1 - x0) * (y1 - y0)
-    return covered / float(width * height)
+    return covered
+
+
+def union_area_fraction(indices, width: int, height: int) -> float:
+    """Fraction of the image covered by the union of the given regions (overlaps counted once)."""
+    return union_area([region_box(i, width, height) for i in indices]) / float(width * height)
 
 
 def format_get_crops(indices) -> str:
@@ -360,6 +366,23 @@ def crop_turn_text(processor, n_images: int, end_of_turn: str = "<|im_end|>", **
     if whole[:cut] != prefix[:cut]:
         raise ValueError("the chat template does not render a conversation as the concatenation of its turns")
     return whole[cut:]
+
+
+def requested_area(decision: CropDecision, image_size: tuple[int, int]) -> float:
+    """Share of the image a decision sends in turn 2: the union of its regions, 1.0 for the whole
+    image, 0.0 for a direct answer. GRPO's area penalty and the logs use this one definition."""
+    if decision.action == "full":
+        return 1.0
+    if decision.action == "crops":
+        return union_area_fraction(decision.regions, *image_size)
+    return 0.0
+
+
+def turn2_names(decision: CropDecision) -> list[str]:
+    """What turn 2 holds, by name: the regions in request order, ``["all"]``, or [] (no turn 2)."""
+    if decision.action == "full":
+        return ["all"]
+    return [REGION_NAMES[i] for i in decision.regions] if decision.action == "crops" else []
 
 
 def parse_crop_spec(spec) -> tuple[int, ...]:

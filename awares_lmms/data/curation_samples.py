@@ -1,6 +1,6 @@
 """A built-in, offline curation source whose evidence boxes are exact by construction.
 
-``awares_lmms.quickstart_data`` draws benchmark-style items but keeps no boxes, and curation needs
+``awares_lmms.data.quickstart_data`` draws benchmark-style items but keeps no boxes, and curation needs
 them (the ``dataset`` oracle reads them, tests compare the ``ocr`` oracle against them). Each item
 here is drawn with PIL from a seed, and the box is the drawn element's own rectangle. Four kinds:
 
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import random
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from awares_lmms.data import drawing
 
 KINDS = ("sign", "price", "shape", "pair", "scene")
 _SIZES = ((640, 480), (480, 640), (560, 420), (448, 448))
@@ -26,12 +28,6 @@ _WORDS = ("harbor", "lantern", "meadow", "copper", "violet", "thunder", "orchard
 _COLORS = {"red": (200, 40, 40), "blue": (40, 70, 200), "green": (40, 150, 60), "orange": (235, 140, 20)}
 _SHAPES = ("circle", "square", "triangle")
 
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: fixed bitmap font
-        return ImageFont.load_default()
 
 
 def _backdrop(rng: random.Random, w: int, h: int, color=None) -> Image.Image:
@@ -72,11 +68,11 @@ def make_item(rng: random.Random, index: int) -> dict:
     if kind == "sign":
         color = rng.choice(list(_COLORS))
         word = rng.choice(_WORDS)
-        box = _label(d, rng, word, w, h, _font(rng.randint(16, 20)), _COLORS[color])
+        box = _label(d, rng, word, w, h, drawing.font(rng.randint(16, 20)), _COLORS[color])
         question, answers, boxes, scorer = f"What word is written on the {color} sign?", [word], [box], "exact"
     elif kind == "price":
         price = f"{rng.randint(1, 99)}.{rng.randint(0, 99):02d}"
-        box = _label(d, rng, f"${price}", w, h, _font(rng.randint(16, 20)), (255, 255, 255))
+        box = _label(d, rng, f"${price}", w, h, drawing.font(rng.randint(16, 20)), (255, 255, 255))
         question, answers, boxes, scorer = "What price is shown on the tag?", [price, f"${price}"], [box], "relaxed"
     elif kind == "shape":
         color = rng.choice(list(_COLORS))
@@ -95,7 +91,7 @@ def make_item(rng: random.Random, index: int) -> dict:
         question, answers, boxes, scorer = "What colour is the background of the image?", [background], [], "exact"
     else:
         code = f"{rng.choice('ABCDEFGHJK')}{rng.randint(10, 99)}"
-        font = _font(18)
+        font = drawing.font(18)
         first = _label(d, rng, code, w, h, font, (40, 40, 40))
         second = _label(d, rng, code, w, h, font, (40, 40, 40), avoid=first)
         question, answers, boxes, scorer = "Which code appears on both labels?", [code], [first, second], "exact"

@@ -14,7 +14,7 @@ import io
 import json
 from dataclasses import dataclass, field
 
-from .runs import Run
+from awares_lmms.report.runs import Run
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,9 @@ class PixelBudget:
     def resized(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) the processor will feed the vision tower."""
         if self.pre_resize:
-            from qwen_vl_utils.vision_process import smart_resize as qwen_vl_utils_resize  # see images.pre_resize
+            from qwen_vl_utils.vision_process import (
+                smart_resize as qwen_vl_utils_resize,  # see images.pre_resize
+            )
 
             height, width = qwen_vl_utils_resize(height, width, factor=self.factor)
         h, w = smart_resize(height, width, factor=self.factor,

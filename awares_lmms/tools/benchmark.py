@@ -1,8 +1,8 @@
 """Turn-2 KV reuse vs re-prefill, and AwaRes vs the full-resolution pass, measured in one run.
 
-    python -m awares_lmms.benchmark                       # tiny random model, CPU
-    python -m awares_lmms.benchmark --shape 7b --device cuda --dtype bfloat16
-    python -m awares_lmms.benchmark --model Kimhi/AWARES-Qwen2.5-VL-7B --device cuda --dtype bfloat16
+    python -m awares_lmms.tools.benchmark                       # tiny random model, CPU
+    python -m awares_lmms.tools.benchmark --shape 7b --device cuda --dtype bfloat16
+    python -m awares_lmms.tools.benchmark --model Kimhi/AWARES-Qwen2.5-VL-7B --device cuda --dtype bfloat16
 
 Inputs are document geometry (a 1700x2200 page and a 1920x1080 chart, drawn here). Every
 configuration runs on the same inputs, with a warm-up and the median of ``--repeats`` runs.
@@ -19,8 +19,12 @@ import time
 
 import torch
 from PIL import Image, ImageDraw
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from .engine import EngineConfig, GenerationSettings, Request, TwoTurnEngine
+from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.core.loading import load_model_and_processor
+from awares_lmms.tools import tiny
 
 
 def document_inputs() -> list[Request]:
@@ -38,9 +42,7 @@ def document_inputs() -> list[Request]:
 
 def seven_b_shaped_model(dtype, device):
     """Random weights in Qwen2.5-VL-7B's exact architecture (tiny tokenizer; vocab size is irrelevant here)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from . import tiny
 
     tok = tiny.build_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in tiny.QWEN_SPECIAL_TOKENS}
@@ -63,14 +65,11 @@ def seven_b_shaped_model(dtype, device):
 
 
 def load(args):
-    from .lmms_model import load_model_and_processor
-
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     if args.shape == "7b":
         return seven_b_shaped_model(dtype, args.device)
     path = args.model
     if path is None:
-        from . import tiny
 
         path = tiny.build(tempfile.mkdtemp(prefix="awares-bench-"))
     return load_model_and_processor(str(path), dtype=dtype, device=args.device,

@@ -1,8 +1,8 @@
 """Table 1 in one command: the full-resolution, low-resolution and AwaRes rows on the six benchmarks,
 evaluated through the real ``lmms_eval`` command, written in the paper's layout beside its numbers.
 
-    python -m awares_lmms.table1 --out table1/ --device cuda --dtype bfloat16 --batch_size 8
-    python -m awares_lmms.table1 --out table1/ --limit 50            # a quick look
+    python -m awares_lmms.tools.table1 --out table1/ --device cuda --dtype bfloat16 --batch_size 8
+    python -m awares_lmms.tools.table1 --out table1/ --limit 50            # a quick look
 
 Rows (``--rows``): ``full`` and ``lr`` evaluate ``--base`` (Qwen2.5-VL-7B-Instruct) in ``mode=full`` /
 ``mode=lr``; ``awares`` evaluates ``--awares`` (the released checkpoint) in ``mode=awares``; ``fixed``
@@ -21,7 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import paper_table, runs, tiny
+from awares_lmms.report import paper_table, runs
+from awares_lmms.tools import tiny
 
 ROWS = {
     # row: (checkpoint option, mode, the paper's row it reproduces)
@@ -42,7 +43,7 @@ def row_command(row: str, args) -> list[str]:
         model_args.append(f"preset={args.preset}")
     if args.model_args:
         model_args.append(args.model_args)
-    cmd = [sys.executable, "-m", "awares_lmms.cli", "--model", "awares", "--model_args", ",".join(model_args),
+    cmd = [sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares", "--model_args", ",".join(model_args),
            "--tasks", args.tasks, "--batch_size", str(args.batch_size), "--log_samples",
            "--output_path", str(Path(args.out) / "runs" / row)]
     if args.limit is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SYNTHETIC_DIR = Path(__file__).resolve().parent / "assets" / "synthetic"
+SYNTHETIC_DIR = Path(__file__).resolve().parents[1] / "assets" / "synthetic"
 SYNTHETIC_CHECKPOINTS = ("base", "awares")
 # What a checkpoint directory must hold to load with from_pretrained (weights + processor).
 _FILES = ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "chat_template.jinja")

@@ -35,7 +35,7 @@ A third patch records the run's protocol in the results file:
     after the evaluation from its own arguments only, with no hook for the model; this method is the
     last place the dict passes before it is written. Installed when an ``awares`` model is built.
 
-How it gets installed: ``awares_lmms.registration.manifests`` (our ``lmms_eval.models`` entry
+How it gets installed: ``awares_lmms.plugin.registration.manifests`` (our ``lmms_eval.models`` entry
 point, which lmms-eval calls while importing ``lmms_eval.models``, before any ``TaskManager`` is
 built) calls ``install()``. Importing ``lmms_eval.tasks`` costs several seconds (torch), and
 ``lmms_eval.models`` is imported before it, so when ``lmms_eval.tasks`` is not imported yet the
@@ -60,7 +60,7 @@ DATASETS_ENV = "AWARES_DATASETS_DIR"
 _TARGET_MODULE = "lmms_eval.tasks"
 _MARK = "_awares_hooks_installed"
 # Tasks whose data only exists locally (no hub copy), with the command that writes it.
-GENERATED_TASKS = {"awares_synth": "python -m awares_lmms.synthetic"}
+GENERATED_TASKS = {"awares_synth": "python -m awares_lmms.data.synthetic"}
 
 # Include paths appended to every TaskManager (see add_include_path).
 _EXTRA_INCLUDE: list[str] = []
@@ -139,7 +139,7 @@ def apply_offline_dataset(config: dict) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"{DATASETS_ENV} is set, but the data file for task '{name}' does not exist: {path} "
-            f"(write it with `python -m awares_lmms.export_datasets --out {path.parent}`, "
+            f"(write it with `python -m awares_lmms.data.export_datasets --out {path.parent}`, "
             f"or unset {DATASETS_ENV} to read the hub dataset)"
         )
     split = config.get("test_split") or "test"
@@ -259,6 +259,7 @@ def record_run_protocol(summary: dict) -> None:
 def _patch_evaluation_tracker() -> None:
     # lmms-eval builds results["config"] from scratch after the evaluation, with no model hook; the
     # aggregated results are written by EvaluationTracker.save_results_aggregated (private API).
+    # Imported here: this module is imported while lmms-eval builds its model registry.
     from lmms_eval.loggers.evaluation_tracker import EvaluationTracker
 
     if getattr(EvaluationTracker, _TRACKER_MARK, False):

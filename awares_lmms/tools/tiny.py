@@ -5,7 +5,7 @@ checkpoint's image-processor limits, a byte-level BPE tokenizer carrying every Q
 in Qwen's order, and the official Qwen2.5-VL chat template. ``from_pretrained(out)`` loads it with
 no network. It exercises the same code paths as Qwen2.5-VL-7B; only the sizes differ.
 
-    python -m awares_lmms.tiny --out ./tiny-qwen2_5-vl
+    python -m awares_lmms.tools.tiny --out ./tiny-qwen2_5-vl
 """
 
 from __future__ import annotations
@@ -15,9 +15,20 @@ import json
 from pathlib import Path
 
 import torch
+import trl
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2Tokenizer,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+)
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from . import protocol
-from .accounting import QWEN25VL_MAX_PIXELS, QWEN25VL_MIN_PIXELS
+from awares_lmms.core import protocol
+from awares_lmms.core.accounting import QWEN25VL_MAX_PIXELS, QWEN25VL_MIN_PIXELS
 
 # Qwen2.5-VL's added tokens, in the order of the real tokenizer (ids 151643..151664 there).
 QWEN_SPECIAL_TOKENS = [
@@ -53,10 +64,6 @@ def _training_corpus() -> list[str]:
 
 
 def build_tokenizer():
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
@@ -80,14 +87,11 @@ def build_tokenizer():
 
 def official_chat_template() -> str:
     """The official Qwen2.5-VL chat template, read from the copy TRL installs (no network)."""
-    import trl
 
     return (Path(trl.__file__).parent / "chat_templates" / "qwen2_5_vl.jinja").read_text()
 
 
 def build_processor(tokenizer, min_pixels: int = QWEN25VL_MIN_PIXELS, max_pixels: int = QWEN25VL_MAX_PIXELS):
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
-
     image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14,
                                             temporal_patch_size=2, merge_size=2)
     return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
@@ -98,7 +102,6 @@ def build_model(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int
                 sharpen: float = 1.0, vision_hidden: int = 128, rope_theta: float = 1e6):
     """Random Qwen2.5-VL. ``sharpen`` > 1 scales the LM's weight matrices so logits are peaked:
     a flat random model hides position errors that a trained model would not forgive."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     vocab = len(tokenizer)

@@ -12,16 +12,19 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from loguru import logger as eval_logger
 from lmms_eval import utils
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
+from loguru import logger as eval_logger
 from tqdm import tqdm
 
-from . import accounting, lmms_hooks, presets, protocol, sample_stats
-from .engine import EngineConfig, GenerationSettings, Request, Result, TwoTurnEngine
-from .presets import ArgumentError
+from awares_lmms.core import presets, protocol
+from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request, Result
+from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.core.loading import load_model_and_processor, resolve_dtype
+from awares_lmms.core.presets import ArgumentError
+from awares_lmms.plugin import handoff, hooks
 
 # on_error: "record" answers a document that cannot be read or processed with an empty prediction,
 # records why in its sample, and the lmms_eval command exits 3 after writing everything; "fail" stops
@@ -30,8 +33,6 @@ ON_ERROR = ("record", "fail")
 # The question columns of the benchmark datasets (vstar calls it "text").
 QUESTION_COLUMNS = ("question", "text")
 
-_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-           "float32": torch.float32, "fp32": torch.float32}
 _SYSTEM_PROMPTS = {"awares": protocol.SYSTEM_PROMPT, "default": None, "none": ""}
 
 
@@ -47,27 +48,6 @@ class AwaresTokenCounts(TokenCounts):
 
     def to_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
-
-
-def load_model_and_processor(pretrained: str, adapter: str | None = None, dtype: torch.dtype = torch.float32,
-                             device: str = "cpu", attn_implementation: str | None = None,
-                             min_pixels: int | None = None, max_pixels: int | None = None,
-                             trust_remote_code: bool = False):
-    """Hub id or local path (plus an optional PEFT adapter, merged) -> (model, processor)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForImageTextToText.from_pretrained(pretrained, **kwargs)
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    model = model.to(device).eval()
-    processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-    accounting.set_pixel_budget(processor, min_pixels, max_pixels)
-    return model, processor
 
 
 def resolve_protocol(pretrained: str, adapter: str | None, preset: str | None, overrides: dict) -> presets.Resolved:
@@ -143,12 +123,10 @@ class AwaresLMM(lmms):
             if device in (None, "auto"):
                 device = device_map if device_map not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
             self._device = torch.device(device)
-        if dtype == "auto":
-            torch_dtype = torch.bfloat16 if self._device.type == "cuda" else torch.float32
-        elif dtype in _DTYPES:
-            torch_dtype = _DTYPES[dtype]
-        else:
-            raise ArgumentError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {dtype!r}")
+        try:
+            torch_dtype = resolve_dtype(dtype, self._device)
+        except ValueError as exc:
+            raise ArgumentError(str(exc)) from None
         if system_prompt is not None and system_prompt not in _SYSTEM_PROMPTS:
             raise ArgumentError(f"system_prompt must be one of {sorted(_SYSTEM_PROMPTS)}, got {system_prompt!r}")
         self.resolved = resolve_protocol(pretrained, adapter, preset, protocol_args)
@@ -170,7 +148,7 @@ class AwaresLMM(lmms):
         self.pretrained = pretrained
         self.protocol_summary = {**self.resolved.summary(), "min_pixels": self.engine.budget.min_pixels,
                                  "max_pixels": self.engine.budget.max_pixels}
-        lmms_hooks.record_run_protocol(self.protocol_summary)
+        hooks.record_run_protocol(self.protocol_summary)
         eval_logger.info(self.resolved.describe())
         eval_logger.info(f"awares: mode={mode} pixels=[{self.engine.budget.min_pixels}, "
                          f"{self.engine.budget.max_pixels}] dtype={torch_dtype} device={self._device} "
@@ -239,7 +217,7 @@ class AwaresLMM(lmms):
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         # lmms-eval sends every task's requests in this one call: stats left from an earlier
         # evaluation in the same process must not be scored against this one.
-        sample_stats.clear()
+        handoff.clear()
         errors: dict[str, list[tuple[int, str]]] = {}
         collator = utils.Collator([r.args for r in requests], lambda a: (a[3], a[0]),
                                   group_fn=lambda a: a[2], grouping=True)
@@ -266,7 +244,7 @@ class AwaresLMM(lmms):
                         raise RuntimeError(f"{task} doc {doc_id} could not be answered: {s.error} (on_error=fail)")
                 # The task's process_docs stamps "<task>:<row>" and rows are doc ids: the uid is known even
                 # when the document itself could not be read.
-                sample_stats.record(f"{task}:{doc_id}", s)
+                handoff.record(f"{task}:{doc_id}", s)
                 counts = AwaresTokenCounts(
                     input_tokens=s.input_tokens, output_tokens=s.output_tokens,
                     visual_tokens_lr=s.visual_tokens_lr, visual_tokens_crops=s.visual_tokens_crops,
@@ -278,7 +256,7 @@ class AwaresLMM(lmms):
         return collator.get_original(results)
 
     def _report_errors(self, errors: dict, total: int) -> None:
-        lmms_hooks.record_document_errors({task: [{"doc_id": d, "error": e} for d, e in items]
+        hooks.record_document_errors({task: [{"doc_id": d, "error": e} for d, e in items]
                                            for task, items in errors.items()})
         if not errors:
             return

@@ -3,12 +3,12 @@ small generated sample set of the six paper benchmarks plus the synthetic benchm
 
     awares-quickstart [--out DIR] [--model awares|tiny|PATH] [--mode awares]
 
-The default model is the shipped synthetic AwaRes checkpoint (``awares_lmms.assets``, trained by
+The default model is the shipped synthetic AwaRes checkpoint (``awares_lmms.tools.assets``, trained by
 ``training.reproduce_synthetic``): on ``awares_synth`` it answers colour and quadrant questions from the
 low-resolution view and asks for the right quadrant on texture questions, so the table shows accuracy
 with an RTR well below 1. It has only ever seen synthetic images: its answers on the six paper
 benchmarks are meaningless, but every stage of the real pipeline runs on them. ``--model tiny`` builds
-the tiny random Qwen2.5-VL instead (``awares_lmms.tiny``). The samples are written in the offline
+the tiny random Qwen2.5-VL instead (``awares_lmms.tools.tiny``). The samples are written in the offline
 parquet layout (``AWARES_DATASETS_DIR``), then the same command a GPU user runs prints lmms-eval's
 table with ``rtr`` beside every metric.
 """
@@ -20,6 +20,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from awares_lmms.data import quickstart_data, synthetic
+from awares_lmms.tools import assets, tiny
 
 TASKS = "chartqa,docvqa,ocrbench,pope,vstar,realworldqa,awares_synth"
 SYNTH_SAMPLES, SYNTH_SEED = 60, 2  # seed 2: never used for training (the reproduction trains on seed 1)
@@ -37,7 +40,6 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args(argv)
 
-    from . import assets, quickstart_data, synthetic, tiny
 
     out = Path(args.out).resolve()
     if args.model == "awares":
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
     model_args = f"pretrained={model_dir},device=cpu,mode={args.mode}"
     if args.mode == "fixed":
         model_args += f",crops={args.crops}"
-    cmd = [sys.executable, "-m", "awares_lmms.cli", "--model", "awares", "--model_args", model_args,
+    cmd = [sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares", "--model_args", model_args,
            "--tasks", TASKS, "--batch_size", str(args.batch_size),
            "--log_samples", "--output_path", str(out / "results")]
     print("[quickstart] AWARES_DATASETS_DIR=" + str(data_dir) + " lmms_eval " + " ".join(cmd[3:]), flush=True)

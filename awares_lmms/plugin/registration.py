@@ -11,13 +11,13 @@ def manifests():
     from lmms_eval.models.registry_v2 import ModelManifest
 
     # Let the AwaRes task suite (tasks_config/) win task-name clashes and read local parquet
-    # files when AWARES_DATASETS_DIR is set; see awares_lmms/lmms_hooks.py. Cheap (the patch is
+    # files when AWARES_DATASETS_DIR is set; see awares_lmms/hooks.py. Cheap (the patch is
     # deferred until lmms_eval.tasks is imported) and idempotent. A failure here must not cost
     # lmms-eval its model registry, so it is only reported.
     try:
-        from awares_lmms import lmms_hooks
+        from awares_lmms.plugin import hooks
 
-        lmms_hooks.install()
+        hooks.install()
     except Exception as exc:  # noqa: BLE001  # pragma: no cover - must not break the registry
         import warnings
 
@@ -27,6 +27,6 @@ def manifests():
         ModelManifest(
             model_id="awares",
             simple_class_path=None,
-            chat_class_path="awares_lmms.lmms_model.AwaresLMM",
+            chat_class_path="awares_lmms.plugin.model.AwaresLMM",
         )
     ]

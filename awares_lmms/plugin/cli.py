@@ -5,7 +5,7 @@ Same arguments and subcommands as ``lmms-eval`` (it runs lmms-eval's own dispatc
 * the AwaRes task directory (``tasks_config/``) is always indexed and wins name clashes with
   built-in tasks (``chartqa``, ``docvqa``, ``ocrbench``, ``pope``, ``realworldqa``, plus ``vstar``
   and the tag ``awares_suite``). A user ``--include_path DIR`` still works: lmms-eval accepts one
-  path there, so ours is added through the TaskManager hook (``awares_lmms/lmms_hooks.py``) rather
+  path there, so ours is added through the TaskManager hook (``awares_lmms/hooks.py``) rather
   than through that argument. Without ``--include_path`` (and without ``--config``) ours is also
   passed as ``--include_path`` so it is visible in the logs and in the results' CLI args.
 * the exit status is non-zero when an evaluation failed. lmms-eval 0.7.3 catches every exception
@@ -19,7 +19,7 @@ Same arguments and subcommands as ``lmms-eval`` (it runs lmms-eval's own dispatc
   each such document is scored as an empty prediction and its cause logged) exits 3, after every
   file is written.
 
-``python -m awares_lmms.cli ...`` is the same command.
+``python -m awares_lmms.plugin.cli ...`` is the same command.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from __future__ import annotations
 import os
 import sys
 
-from awares_lmms import lmms_hooks
-from awares_lmms.presets import ArgumentError
+from awares_lmms.core.presets import ArgumentError
+from awares_lmms.plugin import hooks
 
 _EVAL_FAILED = 1
 _NO_TASKS = 2
@@ -67,7 +67,7 @@ class _RunWatcher:
 
     def wrap(self, original):
         def cli_evaluate_single(args=None):
-            lmms_hooks.record_document_errors({})
+            hooks.record_document_errors({})
             try:
                 outcome = original(args)
             except ArgumentError as exc:
@@ -95,7 +95,7 @@ class _RunWatcher:
                 self.failures.append("the evaluation produced results for no task")
             else:
                 self.successes += 1
-                errors = lmms_hooks.document_errors()
+                errors = hooks.document_errors()
                 if errors:
                     self.document_errors += sum(len(v) for v in errors.values())
             return outcome
@@ -106,6 +106,7 @@ class _RunWatcher:
 
 def _run_dispatch(argv: list[str]) -> int:
     """Run lmms-eval's own dispatcher on ``argv``; returns its exit status."""
+    # lmms-eval's CLI modules pull in torch and the whole evaluator (seconds): imported when run.
     from lmms_eval.cli import dispatch
 
     saved = sys.argv
@@ -128,9 +129,9 @@ def _run_dispatch(argv: list[str]) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
-    lmms_hooks.install()
-    tasks_dir = str(lmms_hooks.tasks_dir())
-    lmms_hooks.add_include_path(tasks_dir)
+    hooks.install()
+    tasks_dir = str(hooks.tasks_dir())
+    hooks.add_include_path(tasks_dir)
 
     if not _is_eval_invocation(argv):
         return _run_dispatch(argv)
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     if not _has_flag(argv, "--include_path") and not _has_flag(argv, "--config"):
         argv = argv + ["--include_path", tasks_dir]
 
-    import lmms_eval.__main__ as lmms_main
+    import lmms_eval.__main__ as lmms_main  # see _run_dispatch: heavy, only for evaluation runs
 
     watcher = _RunWatcher()
     original = lmms_main.cli_evaluate_single

@@ -15,7 +15,7 @@ import threading
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, ImageStat, UnidentifiedImageError
 
-from . import protocol
+from awares_lmms.core import protocol
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +286,14 @@ def crop_regions(img: Image.Image, regions, max_aspect_ratio: float = MAX_ASPECT
     """
     return [_pad_to_aspect(img.crop(protocol.region_box(r, img.width, img.height)), max_aspect_ratio)
             for r in regions]
+
+
+def turn2_images(decision: protocol.CropDecision, original: Image.Image,
+                 max_aspect_ratio: float = MAX_ASPECT_RATIO) -> list[Image.Image]:
+    """The images turn 2 sends for a decision: the crops in request order, or the whole original."""
+    if decision.action == "crops":
+        return crop_regions(original, decision.regions, max_aspect_ratio)
+    return [original] if decision.action == "full" else []
 
 
 def pre_resize(img: Image.Image, image_path: str) -> Image.Image:

@@ -14,14 +14,17 @@ licences and are read from ``real_dir``; nothing of them is part of this package
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import random
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from datasets import Dataset, Value
+from PIL import Image, ImageDraw, ImageFilter
 
-from awares_lmms.export_datasets import TASK_NAMES, features_for, write_dataset
+from awares_lmms.data import drawing
+from awares_lmms.data.export_datasets import TASK_NAMES, features_for, write_dataset
 
 SYNTHETIC_OCR_DATASET = "awares_synthetic"  # any name but "HME100k" gets OCRBench's standard rule
 REALWORLDQA_INSTRUCTION = "Please answer directly with only the letter of the correct option and nothing else."
@@ -42,12 +45,6 @@ _COLORS = {
     "yellow": (230, 200, 30),
 }
 
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: fixed bitmap font
-        return ImageFont.load_default()
 
 
 def _image_cell(img: Image.Image, name: str, fmt: str = "PNG") -> dict:
@@ -71,7 +68,7 @@ def _chart_item(rng: random.Random, i: int) -> dict:
     w, h = 800, 600
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    small, title_font = _font(16), _font(22)
+    small, title_font = drawing.font(16), drawing.font(22)
     x0, y0, x1, y1 = 80, 80, w - 40, h - 80  # plot area
     d.line([(x0, y0), (x0, y1), (x1, y1)], fill="black", width=2)
     vmax = 100
@@ -120,7 +117,7 @@ def _document_item(rng: random.Random, i: int) -> dict:
     w, h = 1000, 1300
     img = Image.new("RGB", (w, h), (250, 249, 244))
     d = ImageDraw.Draw(img)
-    head, body, small = _font(34), _font(18), _font(14)
+    head, body, small = drawing.font(34), drawing.font(18), drawing.font(14)
     recipient = f"{rng.choice(_GIVEN)} {rng.choice(_SURNAMES)}"
     sender = f"{rng.choice(_GIVEN)} {rng.choice(_SURNAMES)}"
     month, day, year = rng.choice(_MONTHS), rng.randint(1, 28), rng.randint(1961, 1999)
@@ -170,7 +167,7 @@ def _word_item(rng: random.Random, i: int) -> dict:
     else:
         text = rng.choice(_WORDS).upper() if i % 2 else rng.choice(_WORDS)
         qtype = "Regular Text Recognition"
-    font = _font(rng.randint(26, 40))
+    font = drawing.font(rng.randint(26, 40))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     tw = _text_width(probe, text, font)
     w, h = tw + rng.randint(16, 40), rng.randint(48, 72)
@@ -335,8 +332,6 @@ _GENERATORS = {
 
 
 def _write_rows(task: str, rows: list[dict], out_dir: Path) -> Path:
-    from datasets import Dataset
-
     features = features_for(task)
     columns = {name: [row[name] for row in rows] for name in features}
     dataset = Dataset.from_dict(columns, features=features)
@@ -407,7 +402,6 @@ def write_real_sample_set(real_dir, out_dir) -> dict[str, Path]:
     extra column ``label_is_placeholder`` is True, so vstar accuracy on it means nothing).
     RealWorldQA has no real data there and is skipped. Returns ``{task: path}``.
     """
-    from datasets import Dataset, Value
 
     real_dir, out_dir = Path(real_dir), Path(out_dir)
     written: dict[str, Path] = {}
@@ -429,9 +423,7 @@ def write_real_sample_set(real_dir, out_dir) -> dict[str, Path]:
 
 
 def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m awares_lmms.quickstart_data",
+    parser = argparse.ArgumentParser(prog="python -m awares_lmms.data.quickstart_data",
                                      description="Write the generated AwaRes sample set (<out>/<task>.parquet).")
     parser.add_argument("--out", required=True)
     parser.add_argument("--per-task", type=int, default=4)

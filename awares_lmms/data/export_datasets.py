@@ -1,9 +1,9 @@
 """Write the hub datasets of the six AwaRes benchmarks as ``<out>/<task>.parquet`` for offline runs.
 
-    python -m awares_lmms.export_datasets --out DIR [--tasks chartqa,docvqa,...] [--limit N] [--token T]
+    python -m awares_lmms.data.export_datasets --out DIR [--tasks chartqa,docvqa,...] [--limit N] [--token T]
 
 Then ``AWARES_DATASETS_DIR=DIR lmms_eval --tasks awares_suite ...`` reads those files instead of
-the hub (see ``awares_lmms/lmms_hooks.py``). The hub repository, config and split of each task are
+the hub (see ``awares_lmms/hooks.py``). The hub repository, config and split of each task are
 read from its YAML in ``tasks_config/`` (the same ones the stock lmms-eval task uses), and every
 column of the hub split is kept, so the stock task code finds exactly what it reads from the hub.
 The image column stays an HF ``Image`` feature stored as ``{bytes, path}`` with the bytes embedded,
@@ -23,6 +23,13 @@ import os
 import sys
 from pathlib import Path
 
+import datasets
+import yaml
+from datasets import Features, Image, List, Value
+from datasets.table import embed_table_storage
+
+from awares_lmms.plugin.hooks import tasks_dir
+
 TASK_NAMES = ("chartqa", "docvqa", "ocrbench", "pope", "vstar", "realworldqa")
 
 # Columns the stock lmms-eval 0.7.3 task code reads from each dataset (doc_to_visual, doc_to_text,
@@ -40,7 +47,6 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 
 def features_for(task: str):
     """HF ``Features`` of the layout this package writes for ``task`` (sample sets use it too)."""
-    from datasets import Features, Image, List, Value
 
     s = Value("string")
     layouts = {
@@ -63,8 +69,6 @@ def features_for(task: str):
 
 
 def _yaml_loader():
-    import yaml
-
     class _Loader(yaml.SafeLoader):
         pass
 
@@ -75,9 +79,7 @@ def _yaml_loader():
 
 def hub_source(task: str) -> dict:
     """``{path, name, split}`` of ``task``'s hub dataset, read from ``tasks_config/<task>.yaml``."""
-    import yaml
 
-    from awares_lmms.lmms_hooks import tasks_dir
 
     yaml_path = tasks_dir() / f"{task}.yaml"
     with open(yaml_path, encoding="utf-8") as f:
@@ -88,7 +90,6 @@ def hub_source(task: str) -> dict:
 def check_layout(dataset, task: str) -> None:
     """Raise ``ValueError`` if ``dataset`` lacks a column the stock task reads, ``TypeError`` if its
     ``image`` column is not an HF Image feature."""
-    from datasets import Image
 
     missing = [c for c in REQUIRED_COLUMNS[task] if c not in dataset.column_names]
     if missing:
@@ -103,7 +104,6 @@ def write_dataset(dataset, path, task: str | None = None) -> Path:
     The HF features travel in the parquet schema metadata, so ``load_dataset("parquet", ...)``
     gives back an ``Image`` column. Written to a temporary name first, then renamed.
     """
-    from datasets.table import embed_table_storage
 
     if task is not None:
         check_layout(dataset, task)
@@ -126,21 +126,18 @@ def write_dataset(dataset, path, task: str | None = None) -> Path:
 
 @contextlib.contextmanager
 def _quiet_progress(quiet: bool):
-    import datasets as hf_tqdm
-
-    was_disabled = hf_tqdm.are_progress_bars_disabled()
+    was_disabled = datasets.are_progress_bars_disabled()
     if quiet and not was_disabled:
-        hf_tqdm.disable_progress_bars()
+        datasets.disable_progress_bars()
     try:
         yield
     finally:
         if quiet and not was_disabled:
-            hf_tqdm.enable_progress_bars()
+            datasets.enable_progress_bars()
 
 
 def export_task(task: str, out_dir, limit: int | None = None, token=None) -> Path:
     """Download ``task``'s hub split and write ``<out_dir>/<task>.parquet``."""
-    import datasets
 
     src = hub_source(task)
     dataset = datasets.load_dataset(src["path"], name=src["name"], split=src["split"], token=token)
@@ -163,7 +160,7 @@ def _parse_tasks(values) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m awares_lmms.export_datasets",
+        prog="python -m awares_lmms.data.export_datasets",
         description="Write the AwaRes benchmarks' hub datasets as <out>/<task>.parquet (for AWARES_DATASETS_DIR).",
     )
     parser.add_argument("--out", required=True, help="output directory")

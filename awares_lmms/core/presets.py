@@ -29,7 +29,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import images, protocol
+from huggingface_hub import hf_hub_download
+
+from awares_lmms.core import images, protocol
 
 DECLARATION_FILE = "awares_protocol.json"
 DECLARATION_VERSION = 1
@@ -46,6 +48,7 @@ STOP_TOKENS = ("tokenizer_eos", "generation_config")
 TURN2_REPLY = ("retokenized", "generated")
 COLOR_CONVERSIONS = ("normalise", "pil")
 
+DEFAULT_MAX_NEW_TOKENS = 128
 # The released evaluation's processor budget: 32 and 2048 visual tokens of 28x28 pixels.
 RELEASED_MIN_PIXELS = 32 * 28 * 28
 RELEASED_MAX_PIXELS = 2048 * 28 * 28
@@ -65,7 +68,7 @@ class ProtocolSettings:
     stop_tokens: str = "generation_config"
     turn2_reply: str = "generated"
     # max_new_tokens when the task sets none (all six paper tasks set theirs).
-    max_new_tokens: int = 128
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     lr_scale: float = 0.5
     # What the robust parser does with a request it cannot honour; the released parser always sends
     # the whole image.
@@ -255,7 +258,6 @@ def read_declaration(pretrained: str | Path) -> dict | None:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} is not valid JSON: {exc}") from None
     try:
-        from huggingface_hub import hf_hub_download
 
         path = hf_hub_download(str(pretrained), DECLARATION_FILE)
     except Exception:  # noqa: BLE001 - not found, offline or not a repo id: no declaration

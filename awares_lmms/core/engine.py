@@ -1,0 +1,301 @@
+"""The two-turn AwaRes protocol runner, shared by every inference backend.
+
+A backend (``hf_engine.TwoTurnEngine`` on transformers ``generate``; the serving backends) only says
+how to generate turn 1 for a batch of rows and turn 2 for the rows that asked for crops. Everything
+else is here, once: reading and normalising the images, the low-resolution view, the turn-1 prompt,
+forced requests (``fixed``, ``lr_then_full``), parsing the reply and deciding what turn 2 sends, the
+per-sample accounting (``rtr``, ``rtr_paper``) and the isolation of requests that cannot be answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from awares_lmms.core import accounting, images, presets, protocol
+from awares_lmms.core.family import END_OF_TURN
+from awares_lmms.core.stats import SampleStats
+
+logger = logging.getLogger(__name__)
+
+MODES = ("awares", "full", "lr", "lr_then_full", "fixed")
+# Modes whose turn 1 may end in a crop request, and which therefore use the AwaRes system prompt.
+CROPPING_MODES = ("awares", "fixed", "lr_then_full")
+
+
+@dataclass
+class EngineConfig:
+    mode: str = "awares"
+    fixed_crops: tuple[int, ...] = ()
+    # None: the released AwaRes prompt in modes that may crop, the template's default otherwise.
+    system_prompt: str | None = None
+    reuse_cache: bool = True
+    protocol: presets.ProtocolSettings = field(default_factory=lambda: presets.PRESETS["awares"])
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "fixed" and not self.fixed_crops:
+            raise ValueError("mode=fixed needs crops=..., e.g. crops=0;5")
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = presets.DEFAULT_MAX_NEW_TOKENS
+    temperature: float = 0.0
+    top_p: float | None = None
+    until: tuple[str, ...] = ()
+
+    def generate_kwargs(self) -> dict:
+        if self.temperature and self.temperature > 0:
+            kw = {"do_sample": True, "temperature": float(self.temperature)}
+            if self.top_p is not None:
+                kw["top_p"] = float(self.top_p)
+            return kw
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+@dataclass
+class Request:
+    """One question. ``images`` are the document's images (AwaRes crops only single-image docs)."""
+
+    question: str
+    images: list = field(default_factory=list)
+    # Forced modes and tests: what the turn-1 decoding loop is made to emit for this row, as text
+    # (tokenized canonically) or as token ids (e.g. a non-canonical tokenization a model might emit).
+    forced_turn1: str | list[int] | None = None
+
+
+@dataclass
+class TurnTrace:
+    """What the model was fed in one turn, for one row (``run(..., trace=True)``)."""
+
+    input_ids: list[int]  # the sequence the model attends to: masked positions left out
+    pixel_values: torch.Tensor | None  # the pixels encoded in this turn (turn 2: the crops only)
+    image_grid_thw: torch.Tensor | None
+    logits: torch.Tensor | None = None  # turn 2: (generated steps, vocab)
+
+
+@dataclass
+class Result:
+    text: str
+    stats: SampleStats
+    turn1: TurnTrace | None = None
+    turn2: TurnTrace | None = None
+
+
+@dataclass
+class Row:
+    """One request on its way through the two turns (what backends read and fill in)."""
+
+    req: Request
+    original: Image.Image | None  # normalised original (single-image rows)
+    turn1_images: list  # as they reach the processor
+    lr_size: tuple[int, int] | None  # the LR view's size before any pre-resize (rtr_paper uses it)
+    stats: SampleStats
+    decision: protocol.CropDecision | None = None
+    crop_boxes: list = field(default_factory=list)
+    turn2_images: list = field(default_factory=list)
+    turn1_text: str = ""
+    turn2_reply: str | None = None  # text that replaces the generated reply in turn 2 (small-image rewrite)
+    answer: str = ""
+    turn1_trace: TurnTrace | None = None
+    turn2_trace: TurnTrace | None = None
+
+
+class TwoTurnProtocol:
+    """What every backend shares; subclasses implement ``_turn1`` and ``_turn2``.
+
+    ``_turn1(rows, settings, trace)`` must set, per row, ``turn1_text`` and the stats
+    ``input_tokens``, ``output_tokens``, ``visual_tokens_lr`` (LR rows) / ``visual_tokens_full`` (full
+    passes), and return whatever state turn 2 needs. ``_turn2(rows, todo, state, settings, trace)``
+    must set ``answer`` and add to ``output_tokens``/``input_tokens``, ``visual_tokens_crops`` and
+    ``prefill_tokens_turn2`` for the rows ``todo`` indexes.
+    """
+
+    def __init__(self, processor, config: EngineConfig | None = None):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.config = config or EngineConfig()
+        self.protocol = self.config.protocol
+        self.budget = accounting.budget_from_processor(processor.image_processor,
+                                                       pre_resize=self.protocol.image_path == "qwen_vl_utils")
+        self.max_aspect_ratio = (images.RELEASED_MAX_ASPECT_RATIO if self.protocol.parser == "released"
+                                 else images.MAX_ASPECT_RATIO)
+        self._crop_turn_texts: dict[int, str] = {}
+
+    # ------------------------------------------------------------------ prompts
+    def _system_prompt(self) -> str | None:
+        if self.config.system_prompt is None:
+            return protocol.SYSTEM_PROMPT if self.config.mode in CROPPING_MODES else None
+        return self.config.system_prompt
+
+    def _turn1_text(self, n_images: int, question: str) -> str:
+        messages = []
+        system = self._system_prompt()
+        if system is not None:
+            messages.append({"role": "system", "content": system})
+        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
+        messages.append({"role": "user", "content": content})
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _crop_turn_text(self, n_images: int) -> str:
+        if n_images not in self._crop_turn_texts:
+            self._crop_turn_texts[n_images] = protocol.crop_turn_text(self.processor, n_images, END_OF_TURN)
+        return self._crop_turn_texts[n_images]
+
+    def _forced_turn1(self, row: Row) -> str | list[int] | None:
+        if row.req.forced_turn1 is not None:
+            return row.req.forced_turn1
+        if row.original is None:
+            return None
+        if self.config.mode == "fixed":
+            return protocol.format_request(self.config.fixed_crops, self.protocol.parser)
+        if self.config.mode == "lr_then_full":
+            return protocol.format_all(self.protocol.parser)
+        return None
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    # ------------------------------------------------------------------ rows
+    def _prepare(self, req: Request) -> Row:
+        budget = self.budget
+        stats = SampleStats(mode=self.config.mode, min_pixels=budget.min_pixels, max_pixels=budget.max_pixels)
+        normalised = []
+        for img in req.images:
+            im, notes = images.normalise(img, self.max_aspect_ratio, exif_transpose=self.protocol.exif_transpose,
+                                         color_conversion=self.protocol.color_conversion,
+                                         max_pixels=self.protocol.max_image_pixels)
+            normalised.append(im)
+            stats.image_notes += notes
+        to_model = [images.pre_resize(im, self.protocol.image_path) for im in normalised]
+        if len(normalised) != 1:
+            # Crops are defined for one image; anything else is answered in one full pass.
+            stats.tool_call_status = "no_image" if not normalised else "multi_image_full"
+            logger.warning("request with %d images answered in one full-resolution pass", len(normalised))
+            return Row(req, None, to_model, None, stats)
+        original = normalised[0]
+        if self.config.mode == "full":
+            return Row(req, original, to_model, None, stats)
+        lr = images.low_res_view(original, self.protocol.lr_scale, self.max_aspect_ratio)
+        return Row(req, original, [images.pre_resize(lr, self.protocol.image_path)], lr.size, stats)
+
+    # ------------------------------------------------------------------ public
+    @torch.inference_mode()
+    def run(self, requests: list[Request], settings: GenerationSettings | None = None,
+            trace: bool = False) -> list[Result]:
+        """Answer a batch. ``trace=True`` also returns what the model was fed in each turn.
+
+        A request that cannot be answered (an unreadable image, a failure of the model on it) does not
+        take the batch down: it gets an empty answer with ``stats.error`` naming the cause. When a
+        batched step fails, each row is retried alone, so only the row that fails alone is marked.
+        """
+        settings = settings or GenerationSettings()
+        prepared: list[Row | Result] = []
+        for req in requests:
+            try:
+                prepared.append(self._prepare(req))
+            except Exception as exc:  # noqa: BLE001 - one bad document must not end the batch
+                prepared.append(self.unanswered(exc, "input"))
+        live = [row for row in prepared if isinstance(row, Row)]
+        answered: list[Result] = []
+        if live:
+            try:
+                answered = self._answer(live, settings, trace)
+            except Exception as exc:  # noqa: BLE001
+                if len(live) == 1:
+                    answered = [self.unanswered(exc, "model")]
+                else:
+                    logger.warning("batch of %d failed (%s: %s); retrying its rows one by one", len(live),
+                                   type(exc).__name__, exc)
+                    answered = [self.run([row.req], settings, trace)[0] for row in live]
+        results = iter(answered)
+        return [next(results) if isinstance(row, Row) else row for row in prepared]
+
+    def unanswered(self, exc: BaseException, stage: str) -> Result:
+        """The result of a request that could not be answered: empty text, ``stats.error`` set."""
+        message = f"{stage}: {type(exc).__name__}: {exc}"
+        logger.warning("request not answered: %s", message)
+        stats = SampleStats(mode=self.config.mode, min_pixels=self.budget.min_pixels,
+                            max_pixels=self.budget.max_pixels, tool_call_status="error", error=message)
+        return Result(text="", stats=stats)
+
+    def _answer(self, rows: list[Row], settings: GenerationSettings, trace: bool) -> list[Result]:
+        start = time.perf_counter()
+        state = self._turn1(rows, settings, trace)
+        turn1_s = time.perf_counter() - start
+        for row in rows:
+            row.stats.latency_s = row.stats.turn1_s = turn1_s
+        todo = [i for i, row in enumerate(rows) if self._plan_turn2(row)]
+        if todo:
+            start = time.perf_counter()
+            self._turn2(rows, todo, state, settings, trace)
+            turn2_s = time.perf_counter() - start
+            for i in todo:
+                rows[i].stats.latency_s += turn2_s
+                rows[i].stats.turn2_s = turn2_s
+        return [self._finish(row, settings) for row in rows]
+
+    def _plan_turn2(self, row: Row) -> bool:
+        """Parse the turn-1 reply and decide what turn 2 sends; False when the reply is the answer."""
+        if row.original is None or self.config.mode in ("full", "lr"):
+            row.answer = row.turn1_text
+            return False
+        call = protocol.parse(row.turn1_text, self.protocol.parser)
+        policy = "full" if self.protocol.parser == "released" else self.protocol.fallback
+        decision = protocol.decide(call, policy, row.original.size)
+        small = call.kind != "none" and not protocol.can_crop(*row.original.size)
+        if small and self.protocol.small_image == "rewrite":
+            # As released: the assistant turn becomes GET_CROPS:[all] and the whole image follows.
+            decision = protocol.CropDecision("full", status="fallback:image_too_small:rewritten")
+            row.turn2_reply = protocol.RELEASED_FORMAT_ALL
+        row.decision = decision
+        row.stats.tool_call = row.turn1_text if call.kind != "none" else ""
+        row.stats.tool_call_status = decision.status
+        if decision.status.startswith("fallback"):
+            logger.info("turn-1 reply %r: %s", row.turn1_text[:80], decision.status)
+        if decision.action == "answer":
+            row.answer = row.turn1_text
+            return False
+        row.crop_boxes = [protocol.region_box(r, *row.original.size) for r in decision.regions]
+        row.stats.crops = protocol.turn2_names(decision)
+        crops = images.turn2_images(decision, row.original, self.max_aspect_ratio)
+        row.turn2_images = [images.pre_resize(im, self.protocol.image_path) for im in crops]
+        return True
+
+
+    # ------------------------------------------------------------------ the backend's part
+    def _turn1(self, rows: list[Row], settings: GenerationSettings, trace: bool):
+        raise NotImplementedError
+
+    def _turn2(self, rows: list[Row], todo: list[int], state, settings: GenerationSettings, trace: bool):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ results
+    def _finish(self, row: Row, settings: GenerationSettings) -> Result:
+        text = row.answer
+        if self.protocol.apply_until:
+            for stop in settings.until:
+                if stop and stop in text:
+                    text = text.split(stop, 1)[0]
+        s = row.stats
+        full = s.visual_tokens_full
+        if row.lr_size is None:
+            s.rtr = 1.0 if full else None
+            s.rtr_paper = 1.0 if row.turn1_images else None
+        else:
+            s.rtr = accounting.retain_token_ratio(s.visual_tokens_lr, s.visual_tokens_crops, full)
+            s.rtr_paper = self._paper_ratio(row)
+        return Result(text=text, stats=s, turn1=row.turn1_trace, turn2=row.turn2_trace)
+
+    def _paper_ratio(self, row: Row) -> float:
+        decision = row.decision
+        if decision is None or decision.action == "answer":
+            return accounting.paper_ratio(row.original.size, row.lr_size, "none")
+        small = not protocol.can_crop(*row.original.size)
+        return accounting.paper_ratio(row.original.size, row.lr_size, decision.action, row.crop_boxes, small)

@@ -1,0 +1,259 @@
+"""The transformers backend: batched turn 1 on the low-resolution view, batched turn 2 on the turn-1
+KV cache for the rows that asked for crops.
+
+Turn 2 prefills only the new tokens (the closing of the turn-1 reply, the crop images, the
+assistant header). Three things make that exact rather than approximately right (docs/engine.md
+lists the failure modes each one prevents):
+
+* the turn-2 ids are built by concatenating token ids, never by re-rendering text, so the cached
+  prefix is exactly what the model attended to;
+* M-RoPE positions are computed once over the *whole* sequence and every image in it (LR view
+  first, then the crops), and passed explicitly, so no stale ``rope_deltas`` are picked up;
+* the attention mask hides the pads that ``generate`` fed to rows that had already finished.
+
+When the protocol says turn 2 must see the reply as re-tokenized text (the released evaluation
+re-renders the conversation), the generated tokens stay in the cache but are masked, and the
+re-tokenized reply is prefilled in their place; positions skip masked tokens, so the result is the
+re-rendered conversation exactly. ``fixed`` and ``lr_then_full`` force their turn-1 request through
+the normal decoding loop, so their cache is built exactly like a policy's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from awares_lmms.core import accounting
+from awares_lmms.core.engine import (
+    EngineConfig,
+    GenerationSettings,
+    Row,
+    TurnTrace,
+    TwoTurnProtocol,
+)
+from awares_lmms.core.family import QwenVLFamily
+
+
+@dataclass
+class Turn1State:
+    """Turn 1 of a batch, as turn 2 needs it."""
+
+    encoding: dict  # the processor's batch: input_ids, attention_mask, pixel_values, image_grid_thw
+    sequences: torch.Tensor  # (B, P + T): left-padded prompts, then the generated tokens
+    prompt_len: int  # P
+    reply_lengths: list[int]  # per row: generated tokens up to and including its stop token
+    cache: object  # transformers Cache holding P + T - 1 positions (the last token is never fed back)
+    image_grids: list[list[torch.Tensor]]  # per row: image_grid_thw rows of its turn-1 images
+    pixel_spans: list[tuple[int, int]]  # per row: its rows of encoding["pixel_values"]
+
+
+@dataclass
+class Turn2Inputs:
+    """Full-length turn-2 inputs for the rows that continue (cached part + new segment)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    mm_token_type_ids: torch.Tensor
+    position_ids: torch.Tensor
+    cached_len: int
+    image_grids: torch.Tensor  # every image of the selected rows, in sequence order
+    crop_pixel_values: list[torch.Tensor]  # per selected row
+    crop_grids: list[torch.Tensor]  # per selected row
+
+
+class _ForceText(LogitsProcessor):
+    """Makes selected rows emit given token ids, step by step, inside ``generate``'s own loop."""
+
+    def __init__(self, prompt_len: int, forced: dict[int, list[int]], fill_id: int):
+        self.prompt_len = prompt_len
+        self.forced = forced
+        self.fill_id = fill_id
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.prompt_len
+        for row, ids in self.forced.items():
+            target = ids[step] if step < len(ids) else self.fill_id
+            scores[row, :] = float("-inf")
+            scores[row, target] = 0.0
+        return scores
+
+
+class TwoTurnEngine(TwoTurnProtocol):
+    """The AwaRes protocol on a transformers model, with exact turn-2 reuse of the turn-1 KV cache."""
+
+    def __init__(self, model, processor, config: EngineConfig | None = None):
+        super().__init__(processor, config)
+        self.model = model
+        self.family = QwenVLFamily(model, processor)
+        self.stop_ids = self.family.stop_ids(self.tokenizer, self.protocol.stop_tokens)
+        # Forced replies end on <|im_end|> when it stops generation, else on the stop token that does.
+        self.forced_end_id = (self.family.end_of_turn_id if self.family.end_of_turn_id in self.stop_ids
+                              else min(self.stop_ids))
+
+    # ------------------------------------------------------------------ turn 1
+    def _turn1(self, rows: list[Row], settings: GenerationSettings, trace: bool) -> Turn1State:
+        texts = [self._turn1_text(len(r.turn1_images), r.req.question) for r in rows]
+        flat_images = [im for r in rows for im in r.turn1_images]
+        enc = self.processor(text=texts, images=flat_images or None, padding=True, padding_side="left",
+                             return_tensors="pt").to(self.model.device)
+        if "pixel_values" in enc:
+            enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
+        prompt_len = enc["input_ids"].shape[1]
+
+        grids = enc.get("image_grid_thw")
+        image_grids, pixel_spans = [], []
+        first_image, first_patch = 0, 0
+        for i, r in enumerate(rows):
+            g = [grids[first_image + j] for j in range(len(r.turn1_images))] if grids is not None else []
+            first_image += len(r.turn1_images)
+            n_patches = sum(int(x.prod()) for x in g)
+            image_grids.append(g)
+            pixel_spans.append((first_patch, first_patch + n_patches))
+            first_patch += n_patches
+            tokens = sum(accounting.tokens_from_grid(x, self.family.merge_size) for x in g)
+            if r.lr_size is None:  # full mode, or a row with no or several images: one full pass
+                r.stats.visual_tokens_full = tokens
+            else:
+                r.stats.visual_tokens_lr = tokens
+                r.stats.visual_tokens_full = self.budget.tokens(*r.original.size)
+            if trace:
+                mask = enc["attention_mask"][i].bool()
+                r.turn1_trace = TurnTrace(enc["input_ids"][i][mask].tolist(),
+                                          enc["pixel_values"][pixel_spans[-1][0]:pixel_spans[-1][1]] if g else None,
+                                          torch.stack(g) if g else None)
+
+        forced = {}
+        for i, r in enumerate(rows):
+            reply = self._forced_turn1(r)
+            if isinstance(reply, str):
+                reply = self.tokenizer(reply, add_special_tokens=False)["input_ids"]
+            if reply is not None:
+                forced[i] = list(reply) + [self.forced_end_id]
+        processors = LogitsProcessorList([_ForceText(prompt_len, forced, self.family.pad_id)]) if forced else None
+        max_new = settings.max_new_tokens
+        if forced:
+            max_new = max(max_new, max(len(ids) for ids in forced.values()))
+        out = self.model.generate(
+            **enc, max_new_tokens=max_new, logits_processor=processors, return_dict_in_generate=True,
+            pad_token_id=self.family.pad_id, eos_token_id=sorted(self.stop_ids),
+            suppress_tokens=self.family.suppressed_ids, **settings.generate_kwargs(),
+        )
+        generated = out.sequences[:, prompt_len:]
+        lengths = []
+        for i, r in enumerate(rows):
+            ids = generated[i].tolist()
+            n = next((j + 1 for j, t in enumerate(ids) if t in self.stop_ids), len(ids))
+            lengths.append(n)
+            r.stats.output_tokens = n
+            r.stats.input_tokens = int(enc["attention_mask"][i].sum())
+            r.turn1_text = self._decode(ids[:n])
+        return Turn1State(enc, out.sequences, prompt_len, lengths, out.cache, image_grids, pixel_spans)
+
+    # ------------------------------------------------------------------ turn 2
+    def _reply_ids(self, row: Row, generated: list[int]) -> tuple[list[int] | None, str]:
+        """The reply ids turn 2 must show instead of the generated ones (None: keep the generated
+        ones), and how the reply entered turn 2."""
+        if row.turn2_reply is not None:
+            return self.tokenizer(row.turn2_reply, add_special_tokens=False)["input_ids"], "rewritten"
+        if self.protocol.turn2_reply == "retokenized":
+            text_ids = self.tokenizer(row.turn1_text, add_special_tokens=False)["input_ids"]
+            body = generated[:-1] if generated and generated[-1] in self.stop_ids else generated
+            if text_ids != body:
+                return text_ids, "retokenized"
+        return None, "generated"
+
+    def _turn2_inputs(self, rows: list[Row], todo: list[int], state: Turn1State) -> Turn2Inputs:
+        seqs, prompt_len = state.sequences, state.prompt_len
+        steps = seqs.shape[1] - prompt_len
+        cached_len = prompt_len + steps - 1  # generate never feeds back the last sampled token
+        device = seqs.device
+        end_id = self.family.end_of_turn_id
+        segments, crop_pv, crop_grids, gen_masks, all_grids = [], [], [], [], []
+        for i in todo:
+            row = rows[i]
+            n_real = state.reply_lengths[i]
+            generated = seqs[i, prompt_len:prompt_len + n_real].tolist()
+            in_cache = min(n_real, steps - 1)
+            gen_mask = torch.zeros(steps - 1, dtype=torch.long)
+            replacement, how = self._reply_ids(row, generated)
+            row.stats.turn2_reply = how
+            if replacement is None:
+                gen_mask[:in_cache] = 1
+                tail = generated[in_cache:]
+                if tail and tail[-1] in self.stop_ids:
+                    tail[-1] = end_id  # close the turn canonically even if it ended on <|endoftext|>
+                last = tail[-1] if tail else (generated[in_cache - 1] if in_cache else None)
+                if last != end_id:
+                    tail.append(end_id)  # truncated reply: close it so turn 2 starts a new message
+            else:
+                # The generated tokens stay in the cache, masked; the reply as turn 2 must see it
+                # is prefilled in their place.
+                tail = list(replacement) + [end_id]
+            enc = self.processor(text=[self._crop_turn_text(len(row.turn2_images))], images=row.turn2_images,
+                                 return_tensors="pt")
+            segments.append(tail + enc["input_ids"][0].tolist())
+            crop_pv.append(enc["pixel_values"].to(device, self.model.dtype))
+            crop_grids.append(enc["image_grid_thw"].to(device))
+            gen_masks.append(gen_mask)
+            all_grids += list(state.image_grids[i]) + list(crop_grids[-1])
+            row.stats.visual_tokens_crops = sum(
+                accounting.tokens_from_grid(g, self.family.merge_size) for g in enc["image_grid_thw"])
+            row.stats.prefill_tokens_turn2 = len(segments[-1])
+            row.stats.input_tokens += len(segments[-1])
+        width = max(len(s) for s in segments)
+        new_ids = torch.full((len(todo), width), self.family.pad_id, dtype=torch.long)
+        new_mask = torch.zeros((len(todo), width), dtype=torch.long)
+        for j, s in enumerate(segments):
+            # Pad on the left *inside* the new segment: every row then ends at the last column.
+            new_ids[j, width - len(s):] = torch.tensor(s)
+            new_mask[j, width - len(s):] = 1
+        selected = torch.tensor(todo, device=device)
+        turn1_mask = state.encoding["attention_mask"].index_select(0, selected)
+        input_ids = torch.cat([seqs.index_select(0, selected)[:, :cached_len], new_ids.to(device)], dim=1)
+        # Cached part: the turn-1 prompt mask, then 1 for each row's generated tokens up to its stop
+        # token and 0 for the pads generate fed after it (or for a reply replaced above).
+        mask = torch.cat([turn1_mask, torch.stack(gen_masks).to(device), new_mask.to(device)], dim=1)
+        token_types = self.family.image_token_types(input_ids, mask)
+        grids = torch.stack(all_grids).to(device)
+        positions = self.family.positions(input_ids, token_types, grids, mask)
+        return Turn2Inputs(input_ids, mask, token_types, positions, cached_len, grids, crop_pv, crop_grids)
+
+    def _turn2(self, rows, todo, state: Turn1State, settings: GenerationSettings, trace: bool):
+        inputs = self._turn2_inputs(rows, todo, state)
+        common = dict(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
+                      position_ids=inputs.position_ids, mm_token_type_ids=inputs.mm_token_type_ids,
+                      max_new_tokens=settings.max_new_tokens, return_dict_in_generate=True, output_logits=trace,
+                      pad_token_id=self.family.pad_id, eos_token_id=sorted(self.stop_ids),
+                      suppress_tokens=self.family.suppressed_ids, **settings.generate_kwargs())
+        if self.config.reuse_cache:
+            cache = state.cache
+            if len(todo) != len(rows):
+                # In place: rows that answered in turn 1 leave the cache (deep-copy it first if the
+                # full batch's cache were needed again; here it is not).
+                cache.batch_select_indices(torch.tensor(todo, device=inputs.input_ids.device))
+            # Reuse: the cache already holds the prompt (LR view included) and the reply; only the
+            # uncached columns are prefilled, and only the crops' pixels are encoded.
+            out = self.model.generate(cache=cache, pixel_values=torch.cat(inputs.crop_pixel_values),
+                                      image_grid_thw=torch.cat(inputs.crop_grids), **common)
+        else:
+            # Baseline without reuse: the whole two-turn conversation is prefilled again, LR view
+            # re-encoded (image order in the sequence: LR view, then the crops, row by row).
+            lr_pv = state.encoding["pixel_values"]
+            pixels = []
+            for j, i in enumerate(todo):
+                start, end = state.pixel_spans[i]
+                pixels += [lr_pv[start:end], inputs.crop_pixel_values[j]]
+            out = self.model.generate(pixel_values=torch.cat(pixels), image_grid_thw=inputs.image_grids, **common)
+        generated = out.sequences[:, inputs.input_ids.shape[1]:]
+        for j, i in enumerate(todo):
+            ids = generated[j].tolist()
+            n = next((k + 1 for k, t in enumerate(ids) if t in self.stop_ids), len(ids))
+            rows[i].stats.output_tokens += n
+            rows[i].answer = self._decode(ids[:n])
+            if trace:
+                mask = inputs.attention_mask[j].bool()
+                rows[i].turn2_trace = TurnTrace(inputs.input_ids[j][mask].tolist(), inputs.crop_pixel_values[j],
+                                                inputs.crop_grids[j], torch.stack([s[j] for s in out.logits]))
+

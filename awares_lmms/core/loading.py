@@ -1,0 +1,39 @@
+"""Loading a checkpoint for inference: weights (plus an optional PEFT adapter, merged), processor,
+pixel budget; and the dtype names every entry point accepts."""
+
+from __future__ import annotations
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from awares_lmms.core import accounting
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+          "float32": torch.float32, "fp32": torch.float32}
+
+
+def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """``auto`` is bf16 on a GPU and fp32 elsewhere; other names from ``DTYPES``."""
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def load_model_and_processor(pretrained: str, adapter: str | None = None, dtype: torch.dtype = torch.float32,
+                             device: str = "cpu", attn_implementation: str | None = None,
+                             min_pixels: int | None = None, max_pixels: int | None = None,
+                             trust_remote_code: bool = False):
+    """Hub id or local path (plus an optional PEFT adapter, merged) -> (model, processor)."""
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(pretrained, **kwargs)
+    if adapter:
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model = model.to(device).eval()
+    processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+    accounting.set_pixel_budget(processor, min_pixels, max_pixels)
+    return model, processor

@@ -1,0 +1,1 @@
+"""The trainer subclasses behind ``training.sft`` and ``training.grpo``."""
