@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 
 from awares_lmms.core import protocol
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.hf_engine import TwoTurnEngine
 from awares_lmms.core.loading import load_model_and_processor
-from awares_lmms.data import drawing, synthetic
+from awares_lmms.data import synthetic
+from awares_lmms.report import figures
 from awares_lmms.tools import assets
 from training import synthetic_base
 
@@ -207,41 +207,11 @@ def summarise(records: list[dict]) -> dict:
 
 
 def draw_plot(table: dict, path: Path) -> Path:
-    """Accuracy vs RTR, one labelled point per row (PIL: no plotting dependency)."""
-
-
-    w, h, m = 640, 480, 70
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    font = drawing.font(14)
-
-    def xy(rtr, acc):
-        return m + rtr * (w - 2 * m), h - m - acc * (h - 2 * m)
-
-    d.rectangle([m, m, w - m, h - m], outline="black")
-    for t in (0.0, 0.25, 0.5, 0.75, 1.0):
-        x, _ = xy(t, 0)
-        _, y = xy(0, t)
-        d.line([x, h - m, x, h - m + 5], fill="black")
-        d.text((x - 12, h - m + 8), f"{t:.2f}", fill="black", font=font)
-        d.line([m - 5, y, m, y], fill="black")
-        d.text((m - 45, y - 7), f"{t:.2f}", fill="black", font=font)
-    d.text((w / 2 - 120, h - 30), "RTR (visual tokens / full-resolution tokens)", fill="black", font=font)
-    d.text((10, 10), "accuracy on the held-out synthetic split", fill="black", font=font)
-    colours = {"full": (40, 40, 40), "lr": (120, 120, 120), "sft": (40, 90, 200), "grpo": (200, 50, 40)}
-    placed: list[tuple[float, float]] = []
-    for name in ROWS:
-        row = table.get(name)
-        if not row or row.get("accuracy") is None or row.get("rtr") is None:
-            continue
-        x, y = xy(min(row["rtr"], 1.0), row["accuracy"])
-        # Rows on the same spot (e.g. SFT = GRPO) get their labels stacked, not drawn over each other.
-        shift = 16 * sum(abs(x - px) < 12 and abs(y - py) < 12 for px, py in placed)
-        placed.append((x, y))
-        d.ellipse([x - 6, y - 6, x + 6, y + 6], fill=colours[name])
-        d.text((x + 9, y - 8 + shift), name, fill=colours[name], font=font)
-    img.save(path)
-    return path
+    """Accuracy vs RTR, one labelled point per row (the report's plotting code)."""
+    points = [(name, table[name]["rtr"], table[name]["accuracy"]) for name in ROWS
+              if table.get(name) and table[name].get("accuracy") is not None and table[name].get("rtr") is not None]
+    return figures.labelled_points(points, path, "RTR (visual tokens / full-resolution tokens)",
+                                   "accuracy on the held-out synthetic split", "Synthetic reproduction")
 
 
 def format_table(table: dict) -> str:
@@ -290,7 +260,6 @@ def stage_evaluate(cfg: ReproductionConfig, root: Path, test_parquet: Path, chec
 
 def export_assets(root: Path) -> None:
     """Copy the loadable files of ``base`` and ``grpo`` into the package (``awares_lmms.tools.assets``)."""
-
 
     for name, src in (("base", root / "base"), ("awares", root / "grpo")):
         dst = assets.SYNTHETIC_DIR / name

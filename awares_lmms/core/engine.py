@@ -86,6 +86,7 @@ class Result:
     stats: SampleStats
     turn1: TurnTrace | None = None
     turn2: TurnTrace | None = None
+    original: Image.Image | None = None  # the normalised image the regions refer to (single-image rows)
 
 
 @dataclass
@@ -116,6 +117,8 @@ class TwoTurnProtocol:
     must set ``answer`` and add to ``output_tokens``/``input_tokens``, ``visual_tokens_crops`` and
     ``prefill_tokens_turn2`` for the rows ``todo`` indexes.
     """
+
+    backend_name = ""  # recorded per sample: hf | vllm | openai
 
     def __init__(self, processor, config: EngineConfig | None = None):
         self.processor = processor
@@ -165,7 +168,8 @@ class TwoTurnProtocol:
     # ------------------------------------------------------------------ rows
     def _prepare(self, req: Request) -> Row:
         budget = self.budget
-        stats = SampleStats(mode=self.config.mode, min_pixels=budget.min_pixels, max_pixels=budget.max_pixels)
+        stats = SampleStats(mode=self.config.mode, backend=self.backend_name, min_pixels=budget.min_pixels,
+                            max_pixels=budget.max_pixels)
         normalised = []
         for img in req.images:
             im, notes = images.normalise(img, self.max_aspect_ratio, exif_transpose=self.protocol.exif_transpose,
@@ -221,7 +225,7 @@ class TwoTurnProtocol:
         """The result of a request that could not be answered: empty text, ``stats.error`` set."""
         message = f"{stage}: {type(exc).__name__}: {exc}"
         logger.warning("request not answered: %s", message)
-        stats = SampleStats(mode=self.config.mode, min_pixels=self.budget.min_pixels,
+        stats = SampleStats(mode=self.config.mode, backend=self.backend_name, min_pixels=self.budget.min_pixels,
                             max_pixels=self.budget.max_pixels, tool_call_status="error", error=message)
         return Result(text="", stats=stats)
 
@@ -243,6 +247,8 @@ class TwoTurnProtocol:
 
     def _plan_turn2(self, row: Row) -> bool:
         """Parse the turn-1 reply and decide what turn 2 sends; False when the reply is the answer."""
+        if row.stats.error is not None:  # a serving backend could not answer turn 1
+            return False
         if row.original is None or self.config.mode in ("full", "lr"):
             row.answer = row.turn1_text
             return False
@@ -268,7 +274,6 @@ class TwoTurnProtocol:
         row.turn2_images = [images.pre_resize(im, self.protocol.image_path) for im in crops]
         return True
 
-
     # ------------------------------------------------------------------ the backend's part
     def _turn1(self, rows: list[Row], settings: GenerationSettings, trace: bool):
         raise NotImplementedError
@@ -285,13 +290,17 @@ class TwoTurnProtocol:
                     text = text.split(stop, 1)[0]
         s = row.stats
         full = s.visual_tokens_full
-        if row.lr_size is None:
+        if s.error is not None:
+            s.rtr = s.rtr_paper = None
+        elif row.lr_size is None:
             s.rtr = 1.0 if full else None
             s.rtr_paper = 1.0 if row.turn1_images else None
         else:
             s.rtr = accounting.retain_token_ratio(s.visual_tokens_lr, s.visual_tokens_crops, full)
             s.rtr_paper = self._paper_ratio(row)
-        return Result(text=text, stats=s, turn1=row.turn1_trace, turn2=row.turn2_trace)
+        if row.original is not None:
+            s.image_size = list(row.original.size)
+        return Result(text=text, stats=s, turn1=row.turn1_trace, turn2=row.turn2_trace, original=row.original)
 
     def _paper_ratio(self, row: Row) -> float:
         decision = row.decision

@@ -83,6 +83,8 @@ class _ForceText(LogitsProcessor):
 class TwoTurnEngine(TwoTurnProtocol):
     """The AwaRes protocol on a transformers model, with exact turn-2 reuse of the turn-1 KV cache."""
 
+    backend_name = "hf"
+
     def __init__(self, model, processor, config: EngineConfig | None = None):
         super().__init__(processor, config)
         self.model = model
@@ -251,6 +253,8 @@ class TwoTurnEngine(TwoTurnProtocol):
             ids = generated[j].tolist()
             n = next((k + 1 for k, t in enumerate(ids) if t in self.stop_ids), len(ids))
             rows[i].stats.output_tokens += n
+            rows[i].stats.cached_tokens_turn2 = (int(inputs.attention_mask[j, :inputs.cached_len].sum())
+                                                 if self.config.reuse_cache else 0)
             rows[i].answer = self._decode(ids[:n])
             if trace:
                 mask = inputs.attention_mask[j].bool()

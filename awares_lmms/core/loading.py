@@ -34,6 +34,13 @@ def load_model_and_processor(pretrained: str, adapter: str | None = None, dtype:
     if adapter:
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model = model.to(device).eval()
+    return model, load_processor(pretrained, min_pixels, max_pixels, trust_remote_code)
+
+
+def load_processor(pretrained: str, min_pixels: int | None = None, max_pixels: int | None = None,
+                   trust_remote_code: bool = False):
+    """The checkpoint's processor with the run's pixel budget (the serving backends need it alone:
+    chat template, tokenizer and image limits for the accounting)."""
     processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
     accounting.set_pixel_budget(processor, min_pixels, max_pixels)
-    return model, processor
+    return processor

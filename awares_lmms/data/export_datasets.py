@@ -80,7 +80,6 @@ def _yaml_loader():
 def hub_source(task: str) -> dict:
     """``{path, name, split}`` of ``task``'s hub dataset, read from ``tasks_config/<task>.yaml``."""
 
-
     yaml_path = tasks_dir() / f"{task}.yaml"
     with open(yaml_path, encoding="utf-8") as f:
         config = yaml.load(f, Loader=_yaml_loader())

@@ -1,8 +1,9 @@
-"""``--model awares``: the lmms-eval chat-model adapter around ``TwoTurnEngine``.
+"""``--model awares``: the lmms-eval chat-model adapter around the two-turn engine.
 
 It only translates: lmms-eval requests in, ``GenerationResult`` out, per-sample accounting
 recorded for the task's ``rtr`` metric. Loading, batching and distribution follow lmms-eval's
-own Qwen models; the protocol lives in ``protocol.py`` and the two-turn logic in ``engine.py``.
+own Qwen models; the protocol lives in ``core/protocol.py``, the two-turn logic in
+``core/engine.py`` and the backends (hf, vllm, openai) behind ``core/backends.build_engine``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from tqdm import tqdm
 
 from awares_lmms.core import presets, protocol
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request, Result
-from awares_lmms.core.hf_engine import TwoTurnEngine
-from awares_lmms.core.loading import load_model_and_processor, resolve_dtype
+from awares_lmms.core.backends import BACKENDS, ServingOptions, build_engine, serving_options
+from awares_lmms.core.loading import resolve_dtype
 from awares_lmms.core.presets import ArgumentError
 from awares_lmms.plugin import handoff, hooks
 
@@ -32,6 +33,10 @@ from awares_lmms.plugin import handoff, hooks
 ON_ERROR = ("record", "fail")
 # The question columns of the benchmark datasets (vstar calls it "text").
 QUESTION_COLUMNS = ("question", "text")
+
+# save_images=DIR keeps each document's image for awares-report's gallery, at most this size.
+SAVED_IMAGE_SIDE = 1600
+SERVING_ARG_NAMES = tuple(f.name for f in fields(ServingOptions))
 
 _SYSTEM_PROMPTS = {"awares": protocol.SYSTEM_PROMPT, "default": None, "none": ""}
 
@@ -86,6 +91,9 @@ class AwaresLMM(lmms):
     attn_implementation, trust_remote_code. Run: mode (awares|full|lr|lr_then_full|fixed), crops (for
     fixed, e.g. 0;5), system_prompt (awares|default|none), reuse_cache, on_error (record|fail).
     Protocol (``presets``): preset (paper|awares) and each setting by name (``presets.SETTING_NAMES``).
+    Backend: backend (hf|vllm|openai) and the serving options (``backends.ServingOptions``): base_url,
+    model, api_key_env, max_concurrency, timeout, max_retries, send_budget, seed; tp,
+    gpu_memory_utilization, max_model_len, enforce_eager, block_size. Reports: save_images (a directory).
     """
 
     is_simple = False
@@ -102,18 +110,28 @@ class AwaresLMM(lmms):
                  mode: str = "awares", crops=None, device: str | None = None, device_map: str | None = None,
                  dtype: str = "auto", batch_size=1, system_prompt: str | None = None, reuse_cache: bool = True,
                  attn_implementation: str | None = None, trust_remote_code: bool = False, max_batch_size=None,
-                 preset: str | None = None, on_error: str = "record", **protocol_args):
+                 preset: str | None = None, on_error: str = "record", backend: str = "hf",
+                 save_images: str | None = None, **protocol_args):
         super().__init__()
+        serving_args = {k: protocol_args.pop(k) for k in list(protocol_args) if k in SERVING_ARG_NAMES}
         unknown = sorted(set(protocol_args) - set(presets.SETTING_NAMES))
+        if backend not in BACKENDS:
+            raise ArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if serving_args and backend == "hf":
+            raise ArgumentError(f"{sorted(serving_args)} apply to backend=vllm|openai, not backend=hf")
         if unknown:
             raise ArgumentError(f"unknown --model_args for awares: {unknown}; see docs/evaluation.md for the list")
         if on_error not in ON_ERROR:
             raise ArgumentError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.on_error = on_error
+        self.save_images = Path(save_images).expanduser().resolve() if save_images else None
         _check_local(pretrained, "pretrained")
         _check_local(adapter, "adapter")
         self.batch_size_per_gpu = _batch_size(batch_size)
         accelerator = Accelerator()
+        if accelerator.num_processes > 1 and backend == "vllm":
+            raise ArgumentError("backend=vllm runs in one process and spreads a model over GPUs itself (tp=N); "
+                                "launch lmms_eval without accelerate")
         if accelerator.num_processes > 1:
             self._device = accelerator.device
             self.accelerator = accelerator
@@ -139,20 +157,24 @@ class AwaresLMM(lmms):
                 reuse_cache=bool(reuse_cache), protocol=settings)
         except ValueError as exc:
             raise ArgumentError(str(exc)) from None
-        model, processor = load_model_and_processor(
-            pretrained, adapter, torch_dtype, str(self._device), attn_implementation, settings.min_pixels,
-            settings.max_pixels, bool(trust_remote_code))
-        self._model = model
-        self.processor = processor
-        self.engine = TwoTurnEngine(model, processor, self.engine_config)
+        try:
+            opts = serving_options(serving_args)
+            self.engine = build_engine(backend, pretrained, self.engine_config, opts, adapter,
+                                       dtype if backend == "vllm" else torch_dtype, str(self._device),
+                                       attn_implementation, bool(trust_remote_code))
+        except (ValueError, TypeError) as exc:
+            raise ArgumentError(str(exc)) from None
+        self.backend = backend
+        self._model = getattr(self.engine, "model", None)
+        self.processor = self.engine.processor
         self.pretrained = pretrained
         self.protocol_summary = {**self.resolved.summary(), "min_pixels": self.engine.budget.min_pixels,
                                  "max_pixels": self.engine.budget.max_pixels}
         hooks.record_run_protocol(self.protocol_summary)
         eval_logger.info(self.resolved.describe())
         eval_logger.info(f"awares: mode={mode} pixels=[{self.engine.budget.min_pixels}, "
-                         f"{self.engine.budget.max_pixels}] dtype={torch_dtype} device={self._device} "
-                         f"batch_size={self.batch_size_per_gpu}")
+                         f"{self.engine.budget.max_pixels}] backend={backend} dtype={torch_dtype} "
+                         f"device={self._device} batch_size={self.batch_size_per_gpu}")
 
     @property
     def model(self):
@@ -244,6 +266,8 @@ class AwaresLMM(lmms):
                         raise RuntimeError(f"{task} doc {doc_id} could not be answered: {s.error} (on_error=fail)")
                 # The task's process_docs stamps "<task>:<row>" and rows are doc ids: the uid is known even
                 # when the document itself could not be read.
+                if self.save_images is not None and out.original is not None:
+                    s.image_file = self._save_image(out.original, task, doc_id)
                 handoff.record(f"{task}:{doc_id}", s)
                 counts = AwaresTokenCounts(
                     input_tokens=s.input_tokens, output_tokens=s.output_tokens,
@@ -254,6 +278,16 @@ class AwaresLMM(lmms):
         pbar.close()
         self._report_errors(errors, len(requests))
         return collator.get_original(results)
+
+    def _save_image(self, image, task: str, doc_id: int) -> str:
+        """The document's image for reports (``awares-report`` draws the regions on it): a JPEG whose
+        longest side is at most ``SAVED_IMAGE_SIDE``; regions are drawn in fractions of the image."""
+        path = self.save_images / task / f"{doc_id}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = image.copy()
+        image.thumbnail((SAVED_IMAGE_SIDE, SAVED_IMAGE_SIDE))
+        image.convert("RGB").save(path, quality=90)
+        return str(path)
 
     def _report_errors(self, errors: dict, total: int) -> None:
         hooks.record_document_errors({task: [{"doc_id": d, "error": e} for d, e in items]

@@ -43,7 +43,6 @@ def document_inputs() -> list[Request]:
 def seven_b_shaped_model(dtype, device):
     """Random weights in Qwen2.5-VL-7B's exact architecture (tiny tokenizer; vocab size is irrelevant here)."""
 
-
     tok = tiny.build_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in tiny.QWEN_SPECIAL_TOKENS}
     config = Qwen2_5_VLConfig(

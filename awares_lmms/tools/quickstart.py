@@ -10,7 +10,8 @@ with an RTR well below 1. It has only ever seen synthetic images: its answers on
 benchmarks are meaningless, but every stage of the real pipeline runs on them. ``--model tiny`` builds
 the tiny random Qwen2.5-VL instead (``awares_lmms.tools.tiny``). The samples are written in the offline
 parquet layout (``AWARES_DATASETS_DIR``), then the same command a GPU user runs prints lmms-eval's
-table with ``rtr`` beside every metric.
+table with ``rtr`` beside every metric, and ``awares-report`` writes the tables, figures and the
+sample gallery (``<out>/report/index.html``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 from pathlib import Path
 
 from awares_lmms.data import quickstart_data, synthetic
+from awares_lmms.report import cli as report
 from awares_lmms.tools import assets, tiny
 
 TASKS = "chartqa,docvqa,ocrbench,pope,vstar,realworldqa,awares_synth"
@@ -58,14 +60,20 @@ def main(argv=None) -> int:
 
     env = dict(os.environ, AWARES_DATASETS_DIR=str(data_dir), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
-    model_args = f"pretrained={model_dir},device=cpu,mode={args.mode}"
+    model_args = f"pretrained={model_dir},device=cpu,mode={args.mode},save_images={out / 'images'}"
     if args.mode == "fixed":
         model_args += f",crops={args.crops}"
     cmd = [sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares", "--model_args", model_args,
            "--tasks", TASKS, "--batch_size", str(args.batch_size),
            "--log_samples", "--output_path", str(out / "results")]
     print("[quickstart] AWARES_DATASETS_DIR=" + str(data_dir) + " lmms_eval " + " ".join(cmd[3:]), flush=True)
-    return subprocess.call(cmd, env=env)
+    status = subprocess.call(cmd, env=env)
+    if status not in (0, 3):  # 3: some documents unanswered; the report shows which
+        return status
+    latest = max((out / "results").rglob("*_results.json"), key=lambda f: f.stat().st_mtime)  # this run's
+    index = report.build([latest], out / "report", title="awares-quickstart")
+    print(f"[quickstart] report: {index}")
+    return status
 
 
 if __name__ == "__main__":

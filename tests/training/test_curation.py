@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from awares_lmms.core import protocol
 from awares_lmms.data import curation_samples as synthetic
+from awares_lmms.tools.serve import LocalServer, free_port
 from training import transcripts as tr
 from training.curation import crop_mapping, judges, labels, oracles
 from training.curation.config import (
@@ -142,6 +141,7 @@ def _real_box_cases():
     return cases
 
 
+@pytest.mark.real_data
 def test_crop_mapping_on_real_evidence_boxes():
     cases = _real_box_cases()
     assert len(cases) >= 25  # 14 POPE, 5 DocVQA, 5 IIIT5K, 5 SVT
@@ -278,42 +278,12 @@ def test_retries_back_off_exponentially_then_record_the_error():
 # ============================================================================ real OpenAI-compatible server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served_tiny(tiny_dir, tmp_path_factory):
     """``transformers serve`` on the tiny checkpoint: a real OpenAI-compatible server on loopback."""
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "HF_HOME": str(tmp_path_factory.mktemp("hf_home"))}
-    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(tiny_dir), "--host", "127.0.0.1",
-           "--port", str(port), "--device", "cpu", "--dtype", "float32"]
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(base + "/models", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"transformers serve did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield base, str(tiny_dir)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with LocalServer("transformers", tiny_dir, env={"HF_HOME": str(tmp_path_factory.mktemp("hf_home"))},
+                     startup_timeout=120, log_path=tmp_path_factory.mktemp("serve") / "serve.log") as server:
+        yield server.base_url, str(tiny_dir)
 
 
 def test_openai_judge_records_invalid_replies_after_retries(served_tiny):
@@ -340,7 +310,7 @@ def test_openai_oracle_validation_and_fallback_chain(served_tiny):
 
 
 def test_unreachable_server_is_retried_then_recorded():
-    args = JudgeArguments(judge="openai", judge_model="m", judge_base_url=f"http://127.0.0.1:{_free_port()}/v1",
+    args = JudgeArguments(judge="openai", judge_model="m", judge_base_url=f"http://127.0.0.1:{free_port()}/v1",
                           judge_timeout_s=2)
     out = judges.build(args, FAST_RETRY).judge([judges.JudgeItem("s", "q", ["a"], "a", "b")])[0]
     assert not out.ok and out.attempts == 2 and "APIConnectionError" in out.error
@@ -367,7 +337,7 @@ def test_pipeline_against_real_server_records_failures_and_retries_them(served_t
                 CurationArguments(output_dir=str(out), max_attempts=2, backoff_s=0.01, retry_failed=retry_failed)).run()
         return [json.loads(line) for line in (out / "curation_log.jsonl").read_text().splitlines()]
 
-    first = run(f"http://127.0.0.1:{_free_port()}/v1", retry_failed=False)
+    first = run(f"http://127.0.0.1:{free_port()}/v1", retry_failed=False)
     assert [r["id"] for r in first] == [f"synthetic-{i:05d}" for i in range(3)]
     assert all(r["status"] == "failed" and r["stage"] == "judge" and "APIConnectionError" in r["error"] for r in first)
     assert all(r["attempts"]["judge"] == 2 and isinstance(r["lr_answer"], str) for r in first)

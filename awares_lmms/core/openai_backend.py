@@ -1,0 +1,110 @@
+"""``backend=openai``: any OpenAI-compatible chat server (vLLM, SGLang, ``transformers serve``, ...).
+
+Requests go out concurrently (``max_concurrency`` at a time); the ``openai`` client retries
+connection errors, timeouts, 429 and 5xx with exponential backoff (``max_retries``). A request that
+still fails comes back as a ``Completion`` with ``error`` set: its row is recorded as unanswered and
+the others go on.
+
+Images travel as base64 PNG data URLs (lossless: the server decodes the very pixels the accounting
+counted). ``stop`` is never sent: the protocol trims ``until`` itself, and some servers fail on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+
+from awares_lmms.core.chat_engine import Completion
+from awares_lmms.core.engine import GenerationSettings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+# How the pixel budget reaches the server. vLLM reads ``mm_processor_kwargs`` per request; servers
+# that do not know the field reject the request (``transformers serve``: 422). "auto" sends it and,
+# after such a rejection, stops sending it for the rest of the run (logged once); "none" never sends
+# it. Without it the server applies its own processor settings: ``prompt_tokens_check`` then says,
+# per sample, whether they agree with the accounting.
+SEND_BUDGET = ("auto", "mm_processor_kwargs", "none")
+
+
+def data_url(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def to_openai_messages(conversation: list[dict]) -> list[dict]:
+    out = []
+    for message in conversation:
+        content = message["content"]
+        if isinstance(content, list):
+            content = [{"type": "image_url", "image_url": {"url": data_url(part["image"])}}
+                       if part["type"] == "image" else part for part in content]
+        out.append({"role": message["role"], "content": content})
+    return out
+
+
+def _usage(response) -> tuple[int | None, int | None, int | None]:
+    usage = getattr(response, "usage", None)
+    if usage is None:
+        return None, None, None
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    return usage.prompt_tokens, usage.completion_tokens, cached
+
+
+class OpenAITransport:
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 8,
+                 timeout: float = 600.0, max_retries: int = 3, send_budget: str = "auto",
+                 seed: int | None = None):
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if send_budget not in SEND_BUDGET:
+            raise ValueError(f"send_budget must be one of {SEND_BUDGET}, got {send_budget!r}")
+        key = api_key or os.environ.get(DEFAULT_API_KEY_ENV) or "EMPTY"  # local servers take any key
+        self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=max_retries)
+        self.model = model
+        self.max_concurrency = max_concurrency
+        self.send_budget = send_budget
+        self.seed = seed
+
+    def _request(self, conversation: list[dict], settings: GenerationSettings, pixel_budget: dict) -> Completion:
+        kwargs = {"model": self.model, "messages": to_openai_messages(conversation),
+                  "max_tokens": settings.max_new_tokens, "temperature": float(settings.temperature or 0.0)}
+        if settings.top_p is not None and settings.temperature:
+            kwargs["top_p"] = float(settings.top_p)
+        if self.seed is not None:
+            kwargs["seed"] = self.seed
+        mode = self.send_budget  # read once: another thread may switch "auto" to "none" meanwhile
+        if mode != "none":
+            kwargs["extra_body"] = {"mm_processor_kwargs": dict(pixel_budget)}
+        try:
+            response = self.client.chat.completions.create(**kwargs)
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            if mode != "auto":
+                return Completion(error=f"{type(exc).__name__}: {exc}")
+            if self.send_budget == "auto":
+                self.send_budget = "none"
+                logger.warning("the server rejected mm_processor_kwargs (%s); the pixel budget is no longer sent and "
+                               "the server's own applies (see prompt_tokens_check per sample)", exc)
+            return self._request(conversation, settings, pixel_budget)
+        except openai.OpenAIError as exc:  # after the client's own retries
+            return Completion(error=f"{type(exc).__name__}: {exc}")
+        if not response.choices:
+            return Completion(error="the server returned no choices")
+        prompt, completion, cached = _usage(response)
+        return Completion(response.choices[0].message.content or "", prompt, completion, cached)
+
+    def complete(self, conversations, settings: GenerationSettings, pixel_budget: dict) -> list[Completion]:
+        if len(conversations) == 1 or self.max_concurrency == 1:
+            return [self._request(c, settings, pixel_budget) for c in conversations]
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(conversations))) as pool:
+            return list(pool.map(lambda c: self._request(c, settings, pixel_budget), conversations))

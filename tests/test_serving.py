@@ -1,0 +1,215 @@
+"""The serving backends and the client against real servers: ``transformers serve`` on the shipped
+synthetic AwaRes checkpoint (always), vLLM where an environment with it is available.
+
+Equality with ``backend=hf`` is the claim: the same conversation rendered by the server's chat
+template gives the same prompt ids, so greedy answers, crops and the accounting must agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from awares_lmms.client import AwaResClient, AwaResRequestError
+from awares_lmms.core import presets
+from awares_lmms.core.backends import ServingOptions, build_engine
+from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.data import synthetic
+from awares_lmms.tools import assets
+from awares_lmms.tools.serve import LocalServer, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKPOINT = str(assets.synthetic_checkpoint("awares"))
+SETTINGS = GenerationSettings(max_new_tokens=32)
+COMPARED = ("rtr", "rtr_paper", "crops", "tool_call", "tool_call_status", "visual_tokens_lr", "visual_tokens_crops",
+            "visual_tokens_full", "input_tokens", "output_tokens")
+
+
+def _config(**overrides) -> EngineConfig:
+    settings = presets.resolve(None, {}, presets.read_declaration(CHECKPOINT)).settings
+    return EngineConfig(protocol=dataclasses.replace(settings, **overrides))
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return synthetic.generate(12, seed=2)
+
+
+@pytest.fixture(scope="module")
+def requests_(samples):
+    return [Request(s.question, [s.image]) for s in samples]
+
+
+@pytest.fixture(scope="module")
+def hf_results(requests_):
+    return build_engine("hf", CHECKPOINT, _config()).run(requests_, SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with LocalServer("transformers", CHECKPOINT) as s:
+        yield s
+
+
+def _assert_same(results, reference, backend: str):
+    assert any(r.stats.crops for r in reference) and not all(r.stats.crops for r in reference)  # both branches
+    for got, want in zip(results, reference, strict=True):
+        assert got.stats.error is None, got.stats.error
+        assert got.text == want.text
+        assert {k: getattr(got.stats, k) for k in COMPARED} == {k: getattr(want.stats, k) for k in COMPARED}
+        assert got.stats.backend == backend and want.stats.backend == "hf"
+
+
+def test_openai_backend_matches_hf(server, requests_, hf_results):
+    opts = ServingOptions(base_url=server.base_url, model=CHECKPOINT, max_concurrency=4)
+    results = build_engine("openai", CHECKPOINT, _config(), opts).run(requests_, SETTINGS)
+    _assert_same(results, hf_results, "openai")
+    # transformers serve reports prompt tokens (checked against ours) but no cache hits.
+    assert all(r.stats.prompt_tokens_check == "ok" for r in results)
+    assert all(r.stats.cached_tokens_turn2 is None for r in results)
+    # hf records its exact reuse: every turn-2 position but the new segment came from the cache.
+    for r in hf_results:
+        if r.stats.crops:
+            assert r.stats.cached_tokens_turn2 + r.stats.prefill_tokens_turn2 > r.stats.cached_tokens_turn2 > 0
+
+
+def test_a_budget_the_server_does_not_apply_is_recorded_per_sample(server, requests_):
+    # Our accounting under a larger minimum than the server's processor applies: the images the
+    # server encodes are not the ones counted, and every sample says so.
+    opts = ServingOptions(base_url=server.base_url, model=CHECKPOINT, send_budget="none")
+    results = build_engine("openai", CHECKPOINT, _config(min_pixels=200_704), opts).run(requests_[:3], SETTINGS)
+    for r in results:
+        assert r.stats.prompt_tokens_check.startswith("mismatch; turn 1: server "), r.stats.prompt_tokens_check
+
+
+def test_client_answers_as_the_hf_backend(server, samples, hf_results, tmp_path):
+    client = AwaResClient(server.base_url, CHECKPOINT)
+    path = tmp_path / "first.png"
+    samples[0].image.save(path)
+    answer, trace = client.ask(str(path), samples[0].question)  # a path, as an application would pass
+    assert answer == hf_results[0].text and trace.crops == hf_results[0].stats.crops
+    both = client.ask_many([(s.image, s.question) for s in samples])
+    assert [a for a, _ in both] == [r.text for r in hf_results]
+    assert [t.rtr for _, t in both] == [r.stats.rtr for r in hf_results]
+
+
+def test_client_reports_an_unreachable_server_and_an_unreadable_image():
+    client = AwaResClient(f"http://127.0.0.1:{free_port()}/v1", CHECKPOINT, max_retries=1, timeout=5)
+    with pytest.raises(AwaResRequestError, match=r"server \(turn 1\): APIConnectionError") as err:
+        client.ask(synthetic.generate(1, seed=0)[0].image, "What colour is the big shape?")
+    assert err.value.trace.tool_call_status == "error" and err.value.trace.rtr is None
+    [(answer, trace)] = client.ask_many([(b"not an image", "q")])
+    assert answer == "" and trace.error.startswith("input: ValueError")
+
+
+# ----------------------------------------------------------------------------- the lmms_eval command
+
+
+def _lmms_eval(model_args: str, data_dir: Path, out: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares", "--model_args", model_args,
+            "--tasks", "awares_synth", "--log_samples", "--output_path", str(out), *extra]
+
+
+def _samples(out: Path) -> dict[int, dict]:
+    [path] = list(out.rglob("*samples_awares_synth.jsonl"))
+    return {s["doc_id"]: s for s in map(json.loads, path.read_text().splitlines())}
+
+
+@pytest.mark.slow
+def test_lmms_eval_openai_backend_equals_hf(server, tmp_path):
+    synthetic.write_parquet(tmp_path / "data" / "awares_synth.parquet", 16, seed=5)
+    env = {**os.environ, "AWARES_DATASETS_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
+    runs = {}
+    for name, args in (("hf", f"pretrained={CHECKPOINT}"),
+                       ("openai", f"pretrained={CHECKPOINT},backend=openai,base_url={server.base_url}")):
+        proc = subprocess.run(_lmms_eval(args, tmp_path / "data", tmp_path / name), cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = _samples(tmp_path / name)
+    assert len(runs["hf"]) == 16 and runs["hf"].keys() == runs["openai"].keys()
+    for doc_id, want in runs["hf"].items():
+        got = runs["openai"][doc_id]
+        assert got["filtered_resps"] == want["filtered_resps"]
+        assert {k: got[k] for k in COMPARED} == {k: want[k] for k in COMPARED}
+        assert got["backend"] == "openai" and got["prompt_tokens_check"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_run_gives_recorded_failures_and_a_failed_run(tmp_path):
+    n = 24
+    synthetic.write_parquet(tmp_path / "data" / "awares_synth.parquet", n, seed=6)
+    env = {**os.environ, "AWARES_DATASETS_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
+    with LocalServer("transformers", CHECKPOINT, log_path=tmp_path / "server.log") as server:
+        args = f"pretrained={CHECKPOINT},backend=openai,base_url={server.base_url},max_retries=1,timeout=10"
+        run = subprocess.Popen(_lmms_eval(args, tmp_path / "data", tmp_path / "out"), cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while (tmp_path / "server.log").read_text().count("POST /v1/chat/completions") < 6:
+            assert run.poll() is None and time.time() < deadline, "the run never reached the server"
+            time.sleep(0.1)
+        server.kill()
+        _, stderr = run.communicate(timeout=600)
+    assert run.returncode == 3, stderr[-3000:]  # some documents unanswered
+    samples = _samples(tmp_path / "out")
+    assert sorted(samples) == list(range(n))  # none dropped
+    failed = [s for s in samples.values() if s["error"]]
+    answered = [s for s in samples.values() if not s["error"]]
+    assert failed and answered
+    assert all("APIConnectionError" in s["error"] and s["rtr"] is None for s in failed)
+    assert all(s["prompt_tokens_check"] == "ok" for s in answered)
+
+
+# ----------------------------------------------------------------------------- vLLM
+
+_VLLM_SCRIPT = """
+import json, sys
+from awares_lmms.core import presets
+from awares_lmms.core.backends import ServingOptions, build_engine
+from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.data import synthetic
+if __name__ == "__main__":
+    ckpt = sys.argv[1]
+    settings = presets.resolve(None, {}, presets.read_declaration(ckpt)).settings
+    engine = build_engine("vllm", ckpt, EngineConfig(protocol=settings), dtype="float32",
+                          opts=ServingOptions(enforce_eager=True, block_size=32))
+    requests = [Request(s.question, [s.image]) for s in synthetic.generate(12, seed=2)]
+    results = engine.run(requests, GenerationSettings(max_new_tokens=32))
+    with open(sys.argv[2], "w") as f:
+        json.dump([{"text": r.text, **r.stats.to_dict()} for r in results], f)
+"""
+
+
+def _vllm_python() -> str | None:
+    if os.environ.get("AWARES_VLLM_PYTHON"):
+        return os.environ["AWARES_VLLM_PYTHON"]
+    try:
+        import vllm  # noqa: F401, PLC0415 - probing for the optional dependency
+    except ImportError:
+        return None
+    return sys.executable
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_vllm_python() is None, reason="vLLM is not importable here and AWARES_VLLM_PYTHON is unset "
+                                                  "(python -m awares_lmms.tools.vllm_cpu_env DIR builds one)")
+def test_vllm_backend_matches_hf_and_reuses_the_lr_view(hf_results, tmp_path):
+    out = tmp_path / "vllm.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    proc = subprocess.run([_vllm_python(), "-c", _VLLM_SCRIPT, CHECKPOINT, str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads(out.read_text())
+    for row, want in zip(got, hf_results, strict=True):
+        assert row["error"] is None and row["text"] == want.text and row["backend"] == "vllm"
+        assert {k: row[k] for k in COMPARED} == {k: getattr(want.stats, k) for k in COMPARED}
+        assert row["prompt_tokens_check"] == "ok"
+        if row["crops"]:
+            # The turn-2 prompt's prefix came from the cache, past the LR view's tokens.
+            assert row["cached_tokens_turn2"] > row["visual_tokens_lr"]
