@@ -120,14 +120,12 @@ def resume_checkpoint(training_args):
                            "true to continue from the last complete one", out)
         return None
     if str(value).lower() in ("true", "last"):
-        had_any = os.path.isdir(out) and any(_CHECKPOINT.match(p) for p in os.listdir(out))
         last = last_complete_checkpoint(out)
         if last is None:
-            if had_any:  # killed during its first save: nothing to resume, so the run starts over
-                logger.warning("no complete checkpoint in %s (the first save was interrupted): starting from "
-                               "step 0", out)
-                return None
-            raise ValueError(f"--resume_from_checkpoint {value}: no checkpoint-* in {out}")
+            # Killed before its first save completed (or never started): nothing to resume, so the run
+            # starts over. A job that always passes `true` must be restartable after any kill.
+            logger.warning("no complete checkpoint in %s: nothing to resume, starting from step 0", out)
+            return None
         logger.info("resuming from %s", last)
         return last
     problem = checkpoint_problem(Path(value)) if _CHECKPOINT.match(Path(value).name) else None

@@ -102,6 +102,26 @@ def test_resume_skips_an_incomplete_newest_checkpoint(sft_run, tmp_path, caplog,
     assert not (out / "checkpoint-3").exists()  # out of the way of the Trainer's own save of step 3
 
 
+def test_resume_with_nothing_complete_starts_from_step_0(sft_run, tmp_path, caplog):
+    """Killed during its first save, then killed again before the restarted run's first save: a job
+    that always passes `true` must still start (a CI run found the second case raising)."""
+    out = tmp_path / "sft"
+    partial = out / "checkpoint-1"
+    shutil.copytree(sft_run["out"] / "checkpoint-2", partial)
+    (partial / "trainer_state.json").unlink()
+
+    class Args:
+        resume_from_checkpoint = "true"
+        output_dir = str(out)
+
+    for _ in range(2):  # the second time the directory holds no checkpoint at all
+        with caplog.at_level("WARNING"):
+            assert common.resume_checkpoint(Args()) is None
+        assert not partial.exists() and "starting from step 0" in caplog.text
+    Args.output_dir = str(tmp_path / "never_started")
+    assert common.resume_checkpoint(Args()) is None
+
+
 def test_explicit_incomplete_checkpoint_is_refused(sft_run, tmp_path):
     bad = tmp_path / "checkpoint-2"
     shutil.copytree(sft_run["out"] / "checkpoint-2", bad)
