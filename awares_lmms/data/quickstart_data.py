@@ -7,8 +7,8 @@ value to read off, a document page with a small printed field, word crops, a yes
 question, a large scene with a small target and lettered options, a lettered multiple-choice
 question); they say nothing about real benchmark accuracy.
 
-``write_real_sample_set(real_dir, out_dir)`` re-packages the real benchmark items of
-``shared/data/real`` (see its README) into the same layout, for tests. Those images keep their own
+``write_real_sample_set(real_dir, out_dir)`` re-packages a folder of real benchmark items (one
+``<style>/samples.jsonl`` with its images per benchmark style) into the same layout, for tests. Those images keep their own
 licences and are read from ``real_dir``; nothing of them is part of this package.
 """
 
@@ -395,7 +395,7 @@ def _real_rows(style: str, records: list[dict], style_dir: Path) -> list[dict]:
 
 
 def write_real_sample_set(real_dir, out_dir) -> dict[str, Path]:
-    """Write the real items of ``real_dir`` (``shared/data/real``) as ``<out_dir>/<task>.parquet``.
+    """Write the real items of ``real_dir`` (``<style>/samples.jsonl`` + images) as ``<out_dir>/<task>.parquet``.
 
     Covers docvqa, ocrbench, pope, chartqa (one DocVQA question on a chart, the closest real
     equivalent) and vstar (demo questions without answers: label ``"A"`` is a placeholder and the

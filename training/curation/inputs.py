@@ -112,7 +112,7 @@ def validate_row(row, q_col: str, a_col: str) -> str | None:
 def to_boxes(cell, image_column: str | None = None) -> list[list[float]]:
     """Boxes from a cell: [x0,y0,x1,y1], a list of those, or dicts with a box under a usual key.
 
-    A dict whose ``in_image`` names another image column (as in shared/data/real's SVT records,
+    A dict whose ``in_image`` names another image column (as in real SVT records,
     whose word box is on the ``context_image`` street picture, not on the word crop) is skipped:
     its box is not in this image's coordinates.
     """
