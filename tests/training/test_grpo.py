@@ -288,6 +288,35 @@ def test_overlong_crop_turn_is_dropped_not_truncated(tiny_ckpt, transcripts_file
     assert trainer._logs["rewards"]["tool_cost"][0] == pytest.approx(-rewards.ALPHA_USE)
 
 
+def test_answer_cut_by_the_budget_drops_the_crop_turn_instead_of_hiding_its_images(tiny_ckpt, transcripts_file,
+                                                                                  tmp_path):
+    # A turn-2 answer that does not end within max_completion_length. TRL's mask_truncated_completions
+    # would zero the attention of that completion, hiding its crop-image tokens while their grids stay
+    # in the batch (M-RoPE then fails on a shape mismatch). The trainer drops the crop turn instead.
+    trainer = _trainer(tiny_ckpt, transcripts_file, tmp_path / "out", max_steps=1, num_iterations=2,
+                       mask_truncated_completions=True)
+    _force_turn1(trainer, FORCED_TURN1)
+    tok = trainer.processing_class.tokenizer
+    turn2 = trainer._generate_single_turn
+
+    def endless_answer(prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if not has_tool_images:
+            return turn2(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+        limit = trainer.generation_config.max_new_tokens
+        return [tok.encode("red " * 200, add_special_tokens=False)[:limit] for _ in prompt_ids], None
+
+    trainer._generate_single_turn = endless_answer
+    calls = _record(trainer)
+    trainer.train()  # no shape mismatch in the forward passes
+    _, completion_ids, tool_mask, _, _, extra, out_images, crop_images = calls["rollouts"][0]
+    requested = [i for i, t in enumerate(FORCED_TURN1) if t.startswith("GET_CROPS")]
+    for i in requested:
+        assert extra["tool_call"][i].endswith("+not_executed:answer_overlong"), extra["tool_call"]
+        assert crop_images[i] == [] and len(out_images[i]) == 1
+        assert completion_ids[i][-1] == tok.convert_tokens_to_ids("<|im_end|>")  # ends with the request's turn
+    assert [n for n in calls["batches"][0]["num_images"]] == [1] * len(FORCED_TURN1)
+
+
 def test_template_check_and_observation_text(tiny_ckpt, transcripts_file, tmp_path):
     trainer = _trainer(tiny_ckpt, transcripts_file, tmp_path / "out", max_steps=1)
     # The crop turn as the evaluator's engine writes it: no text, only the images.

@@ -271,9 +271,19 @@ class AwaResGRPOTrainer(common.FullWeightsResumeMixin, GRPOTrainer):
         with self._max_new_tokens(budget):
             answer_ids, answer_logprobs = self._generate_single_turn(
                 turn2_prompts, turn2_images, pixel_inputs, num_generations=1, has_tool_images=True)
+        eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
         for j, (i, observation, crops, placeholder) in enumerate(pending):
             budget = self.max_completion_length - len(completion_ids[i]) - len(observation)
-            answer = list(answer_ids[j][:budget])  # generated text holds no image tokens: safe to cut
+            answer = list(answer_ids[j][:budget])
+            if not answer or answer[-1] not in eos_and_pad:
+                # The answer did not end within max_completion_length. With mask_truncated_completions TRL
+                # zeroes the attention mask of a truncated completion, which hides its crop-image tokens
+                # while their image_grid_thw rows stay in the batch: M-RoPE then fails on a shape mismatch
+                # (seen with two-crop requests). Drop the crop turn instead, as an overlong one is dropped:
+                # the trajectory ends after turn 1 (the request), keeps its tool cost and area penalty,
+                # and its final answer is the request itself.
+                rollout.tool_call[i] += "+not_executed:answer_overlong"
+                continue
             completion_ids[i] += observation + answer
             rollout.tool_mask[i] += [0] * len(observation) + [1] * len(answer)
             if rollout.logprobs is not None:
