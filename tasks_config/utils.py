@@ -33,8 +33,8 @@ from lmms_eval.tasks.pope import utils as _pope
 from lmms_eval.tasks.realworldqa import utils as _realworldqa
 from lmms_eval.tasks.vstar_bench import utils as _vstar
 
-from awares_lmms.core import images, stats
-from awares_lmms.data import synthetic
+from awares_lmms.core import images, protocol, stats
+from awares_lmms.data import synthetic, synthetic2
 from awares_lmms.plugin import handoff
 
 # The per-sample fields the AwaRes model records for each document (one list: stats.SampleStats).
@@ -202,3 +202,25 @@ def awares_synth_process_results(doc, results):
               "no_crop_lr_sufficient": None if hr else no_crop,
               "no_crop_hr_needed": no_crop if hr else None}
     return _with_stats(scores, doc)
+
+
+# ----------------------------------------------------------------------------- awares_synth2
+
+
+def awares_synth2_process_docs(dataset):
+    return stamp_uids(dataset, "awares_synth2")
+
+
+def awares_synth2_process_results(doc, results):
+    """v1's metrics, plus whether the request held every evidence box and its area against the
+    cheapest request that does (``target_area``), on the HR-needed questions."""
+    scores = awares_synth_process_results(doc, results)
+    crops = sample_fields(doc)["crops"]
+    hr = bool(doc["needs_hr"])
+    scores["crop_area_over_target_hr_needed"] = None
+    if hr and crops:
+        size = (synthetic2.SIZE, synthetic2.SIZE)
+        regions = [protocol.REGION_NAMES.index(c) for c in crops if c in protocol.REGION_NAMES]
+        area = 1.0 if "all" in crops else protocol.union_area_fraction(regions, *size)
+        scores["crop_area_over_target_hr_needed"] = area / float(doc["target_area"])
+    return scores

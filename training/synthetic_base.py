@@ -3,6 +3,8 @@ single-turn questions at mixed resolutions, the analogue of the pretrained Qwen2
 starts from. It knows nothing of crops; curation, SFT and GRPO add that.
 
     python -m training.synthetic_base --output_dir runs/synth/base [--steps 1500]
+    python -m training.synthetic_base --output_dir runs/synth2/base --benchmark v2 \
+        --init_from awares_lmms/assets/synthetic/base          # v2: continue the v1 base on v2 questions
 
 A plain loop (no trainer): the model is tiny, the data is generated, and it resumes from its last
 checkpoint (``state.pt``, every ``save_every`` steps) after a crash.
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 
 from awares_lmms.core import images
-from awares_lmms.data import synthetic
+from awares_lmms.data import synthetic, synthetic2
 from awares_lmms.tools import tiny
 
 
@@ -46,6 +48,18 @@ class BaseConfig:
     eval_every: int = 250  # teacher-forced answer accuracy per question kind on held-out samples (0: never)
     eval_samples: int = 60
     threads: int = 0  # 0: torch's default
+    benchmark: str = "v1"  # v1: awares_lmms.data.synthetic; v2: awares_lmms.data.synthetic2
+    # A checkpoint to start from instead of random weights (its tokenizer and processor are kept): v2's
+    # base continues the v1 base, as the paper starts from a pretrained model rather than from scratch.
+    init_from: str = ""
+
+
+def benchmark_module(name: str):
+    """The generator module of a benchmark version: ``v1`` or ``v2``."""
+    modules = {"v1": synthetic, "v2": synthetic2}
+    if name not in modules:
+        raise ValueError(f"benchmark must be one of {sorted(modules)}, got {name!r}")
+    return modules[name]
 
 
 def _answer_labels(input_ids: torch.Tensor, assistant_header: list[int], pad_id: int) -> torch.Tensor:
@@ -93,10 +107,18 @@ def train(cfg: BaseConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    tokenizer = tiny.build_tokenizer()
-    processor = tiny.build_processor(tokenizer)
-    model = tiny.build_model(tokenizer, hidden=cfg.hidden, layers=cfg.layers, vision_depth=cfg.vision_depth,
-                             vision_hidden=cfg.vision_hidden, rope_theta=cfg.rope_theta, seed=cfg.seed)
+    generator = benchmark_module(cfg.benchmark)
+    if cfg.init_from:
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        processor = AutoProcessor.from_pretrained(cfg.init_from)
+        tokenizer = processor.tokenizer
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(cfg.init_from, dtype=torch.float32)
+    else:
+        tokenizer = tiny.build_tokenizer()
+        processor = tiny.build_processor(tokenizer)
+        model = tiny.build_model(tokenizer, hidden=cfg.hidden, layers=cfg.layers, vision_depth=cfg.vision_depth,
+                                 vision_hidden=cfg.vision_hidden, rope_theta=cfg.rope_theta, seed=cfg.seed)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps)
@@ -109,11 +131,11 @@ def train(cfg: BaseConfig) -> Path:
         schedule.load_state_dict(state["schedule"])
         start = state["step"]
         print(f"[base] resumed at step {start}")
-    pool = synthetic.generate(cfg.pool_size, seed=cfg.seed, mix={k: 1 / 3 for k in synthetic.KINDS}, prefix="base")
+    uniform = {k: 1 / len(generator.KINDS) for k in generator.KINDS}
+    pool = generator.generate(cfg.pool_size, seed=cfg.seed, mix=uniform, prefix="base")
     header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     pad_id = tokenizer.pad_token_id
-    heldout = synthetic.generate(cfg.eval_samples, seed=cfg.seed + 10_000, mix={k: 1 / 3 for k in synthetic.KINDS},
-                                 prefix="base-heldout")
+    heldout = generator.generate(cfg.eval_samples, seed=cfg.seed + 10_000, mix=uniform, prefix="base-heldout")
     t0, running = time.time(), None
     for step in range(start, cfg.steps):
         rng = random.Random(cfg.seed * 1_000_003 + step)  # per-step RNG: a resumed run sees the same batches

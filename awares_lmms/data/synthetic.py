@@ -69,25 +69,31 @@ class SynthSample:
         return self.kind == "texture"
 
 
-def _texture(kind: str, amplitude: float, phase: int) -> np.ndarray:
-    y, x = np.mgrid[0:PATCH, 0:PATCH]
+def _texture(kind: str, amplitude: float, phase: int, side: int = PATCH) -> np.ndarray:
+    y, x = np.mgrid[0:side, 0:side]
     sign = {"horizontal": (y + phase) % 2, "vertical": (x + phase) % 2, "checkerboard": (x + y + phase) % 2}[kind]
-    edge = np.minimum(np.minimum(x, PATCH - 1 - x), np.minimum(y, PATCH - 1 - y)).astype(np.float64)
+    edge = np.minimum(np.minimum(x, side - 1 - x), np.minimum(y, side - 1 - y)).astype(np.float64)
     envelope = 0.5 - 0.5 * np.cos(np.pi * np.clip(edge / TAPER, 0.0, 1.0))
     return GRAY + amplitude * envelope * (2.0 * sign - 1.0)
 
 
-def render(colour: str, quadrant: int, offset: tuple[int, int], texture: str, rng: random.Random) -> Image.Image:
+def shape_on_background(colour: str, rng: random.Random, radius: tuple[int, int] = (45, 70)):
+    """A light background with one big shape (disc or square) of ``colour``: (canvas, shape box)."""
     background = np.array([rng.randint(225, 245)] * 3, dtype=np.float64) + np.array([rng.randint(-6, 6) for _ in range(3)])
     canvas = Image.new("RGB", (SIZE, SIZE), tuple(int(c) for c in background))
     draw = ImageDraw.Draw(canvas)
-    r = rng.randint(45, 70)
+    r = rng.randint(*radius)
     cx, cy = rng.randint(r, SIZE - r), rng.randint(r, SIZE - r)
     fill = tuple(int(np.clip(c + rng.randint(-15, 15), 0, 255)) for c in COLOURS[colour])
     if rng.random() < 0.5:
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     else:
         draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    return canvas, (cx - r, cy - r, cx + r + 1, cy + r + 1)
+
+
+def render(colour: str, quadrant: int, offset: tuple[int, int], texture: str, rng: random.Random) -> Image.Image:
+    canvas, _ = shape_on_background(colour, rng)
     arr = np.asarray(canvas, dtype=np.float64)
     x0, y0 = protocol.region_box(quadrant, SIZE, SIZE)[:2]
     x0, y0 = x0 + offset[0], y0 + offset[1]
@@ -109,15 +115,20 @@ def make_sample(rng: random.Random, index: int, kind: str, prefix: str = "synth"
     return SynthSample(f"{prefix}-{index:06d}", image, QUESTIONS[kind], answer, kind, box, quadrant, texture, colour)
 
 
+def shuffled_kinds(n: int, mix: dict, kinds: tuple, rng: random.Random) -> list[str]:
+    """``n`` question kinds in the shares of ``mix`` exactly (largest remainder), shuffled by ``rng``."""
+    counts = {k: int(n * mix.get(k, 0.0)) for k in kinds}
+    for k in sorted(kinds, key=lambda k: -(n * mix.get(k, 0.0) - counts[k]))[: n - sum(counts.values())]:
+        counts[k] += 1
+    out = [k for k in kinds for _ in range(counts[k])]
+    rng.shuffle(out)
+    return out
+
+
 def generate(n: int, seed: int = 0, mix: dict | None = None, prefix: str = "synth") -> list[SynthSample]:
     """``n`` samples; the question kinds follow ``mix`` exactly (largest remainder), shuffled."""
-    mix = mix or DEFAULT_MIX
-    counts = {k: int(n * mix.get(k, 0.0)) for k in KINDS}
-    for k in sorted(KINDS, key=lambda k: -(n * mix.get(k, 0.0) - counts[k]))[: n - sum(counts.values())]:
-        counts[k] += 1
-    kinds = [k for k in KINDS for _ in range(counts[k])]
     rng = random.Random(seed)
-    rng.shuffle(kinds)
+    kinds = shuffled_kinds(n, mix or DEFAULT_MIX, KINDS, rng)
     return [make_sample(rng, i, kind, prefix) for i, kind in enumerate(kinds)]
 
 
@@ -127,12 +138,15 @@ def score(prediction: str, answer: str) -> float:
     return float(bool(words) and words[0] == answer.lower())
 
 
+def png(img: Image.Image) -> dict:
+    """An image cell of a datasets table: the PNG bytes."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
 def to_columns(samples: list[SynthSample]) -> dict[str, list]:
     """Columns for a parquet/datasets table (image as PNG bytes), the layout of ``awares_synth``."""
-    def png(img):
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        return {"bytes": buf.getvalue(), "path": None}
 
     return {
         "id": [s.id for s in samples],
@@ -201,18 +215,23 @@ def probe_information_gap(n_train: int = 600, n_test: int = 300, seed: int = 123
     return out
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Write the synthetic benchmark as DIR/awares_synth.parquet "
-                                                 "(the lmms-eval task awares_synth reads it with AWARES_DATASETS_DIR=DIR).")
-    parser.add_argument("--out", required=True, help="directory to write awares_synth.parquet into")
-    parser.add_argument("--n", type=int, default=300, help="number of samples")
+def write_cli(argv, task: str, writer, default_n: int) -> None:
+    """The command that writes ``DIR/<task>.parquet`` for the lmms-eval task ``task``."""
+    parser = argparse.ArgumentParser(description=f"Write DIR/{task}.parquet (the lmms-eval task {task} reads it "
+                                                 "with AWARES_DATASETS_DIR=DIR).")
+    parser.add_argument("--out", required=True, help=f"directory to write {task}.parquet into")
+    parser.add_argument("--n", type=int, default=default_n, help="number of samples")
     parser.add_argument("--seed", type=int, default=2, help="generator seed (2 = the reproduction's held-out split)")
     parser.add_argument("--prefix", default="test", help="sample id prefix")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = write_parquet(out / "awares_synth.parquet", args.n, seed=args.seed, prefix=args.prefix)
+    path = writer(out / f"{task}.parquet", args.n, seed=args.seed, prefix=args.prefix)
     print(f"wrote {args.n} samples (seed {args.seed}) to {path}")
+
+
+def main(argv=None) -> None:
+    write_cli(argv, "awares_synth", write_parquet, 300)
 
 
 if __name__ == "__main__":

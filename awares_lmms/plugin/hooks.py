@@ -60,7 +60,8 @@ DATASETS_ENV = "AWARES_DATASETS_DIR"
 _TARGET_MODULE = "lmms_eval.tasks"
 _MARK = "_awares_hooks_installed"
 # Tasks whose data only exists locally (no hub copy), with the command that writes it.
-GENERATED_TASKS = {"awares_synth": "python -m awares_lmms.data.synthetic"}
+GENERATED_TASKS = {"awares_synth": "python -m awares_lmms.data.synthetic",
+                   "awares_synth2": "python -m awares_lmms.data.synthetic2"}
 
 # Include paths appended to every TaskManager (see add_include_path).
 _EXTRA_INCLUDE: list[str] = []

@@ -139,3 +139,49 @@ def latency(runs: list[Run], path: Path) -> Path | None:
     ax.set_title("Latency per turn")
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
+
+
+def crop_distribution(series: list[tuple[str, dict[str, float]]], path: Path, title: str) -> Path | None:
+    """Grouped bars: the share of samples per requested region and with no crop, one colour per
+    series (the paper's Fig. 5 layout: oracle labels, SFT, GRPO). ``series``: (label, {category: share})."""
+    series = [(label, shares) for label, shares in series if shares]
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    width = 0.8 / len(series)
+    xs = range(len(CROP_CATEGORIES))
+    for i, (label, shares) in enumerate(series):
+        heights = [shares.get(c, 0.0) for c in CROP_CATEGORIES]
+        ax.bar([x + (i - (len(series) - 1) / 2) * width for x in xs], heights, width, color=f"C{i % 10}",
+               label=f"{label} (no crop {shares.get('no crop', 0.0):.1%})", edgecolor="white")
+    ax.set_xticks(list(xs), CROP_CATEGORIES, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("share of samples (a two-region request counts each)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def training_curves(log_history: list[dict], path: Path,
+                    panels=(("reward", ("reward", "rewards/answer_similarity/mean", "rewards/tool_cost/mean",
+                                        "rewards/area_penalty/mean")),
+                            ("tool-call rate", ("tools/call_frequency",)),
+                            ("mean requested area (of requests)", ("tools/mean_requested_area",)))) -> Path | None:
+    """Per-step curves of a trainer's ``log_history`` (``trainer_state.json``), one panel per group
+    of keys; keys never logged are skipped, and so is a panel with none."""
+    drawn = [(title, [(k, [(e["step"], e[k]) for e in log_history if k in e and "step" in e]) for k in keys])
+             for title, keys in panels]
+    drawn = [(title, [(k, pts) for k, pts in curves if pts]) for title, curves in drawn]
+    drawn = [(title, curves) for title, curves in drawn if curves]
+    if not drawn:
+        return None
+    fig, axes = plt.subplots(1, len(drawn), figsize=(4.6 * len(drawn), 3.8), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], drawn):
+        for k, pts in curves:
+            ax.plot(*zip(*pts), marker=".", label=k.replace("rewards/", "").replace("/mean", ""))
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(curves) > 1:
+            ax.legend(fontsize=7)
+    return _save(fig, path)

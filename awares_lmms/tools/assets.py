@@ -7,6 +7,8 @@ learnability test meaningful without a download.
 
 Both are rebuilt by ``python -m training.reproduce_synthetic --out DIR`` (``DIR/base``,
 ``DIR/grpo``); ``python -m training.reproduce_synthetic --out DIR --export_assets`` copies them here.
+Benchmark v2 (``--benchmark v2``, ``assets/synthetic2``) ships ``sft`` as well: the over-cropping
+policy GRPO starts from, which the GRPO-direction test trains.
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ from pathlib import Path
 
 SYNTHETIC_DIR = Path(__file__).resolve().parents[1] / "assets" / "synthetic"
 SYNTHETIC_CHECKPOINTS = ("base", "awares")
+ASSET_DIRS = {"v1": SYNTHETIC_DIR, "v2": SYNTHETIC_DIR.with_name("synthetic2")}
+CHECKPOINTS = {"v1": SYNTHETIC_CHECKPOINTS, "v2": ("base", "sft", "awares")}
 # What a checkpoint directory must hold to load with from_pretrained (weights + processor).
 _FILES = ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "chat_template.jinja")
 
 
-def synthetic_checkpoint(name: str) -> Path:
-    """Directory of a shipped synthetic checkpoint, checked to be complete."""
-    if name not in SYNTHETIC_CHECKPOINTS:
-        raise ValueError(f"shipped synthetic checkpoints are {SYNTHETIC_CHECKPOINTS}, got {name!r}")
-    path = SYNTHETIC_DIR / name
+def synthetic_checkpoint(name: str, benchmark: str = "v1") -> Path:
+    """Directory of a shipped synthetic checkpoint of benchmark ``v1`` or ``v2``, checked to be complete."""
+    if benchmark not in CHECKPOINTS or name not in CHECKPOINTS[benchmark]:
+        raise ValueError(f"shipped synthetic checkpoints are {CHECKPOINTS}, got {name!r} of {benchmark!r}")
+    path = ASSET_DIRS[benchmark] / name
     missing = [f for f in _FILES if not (path / f).is_file()]
     if missing:
         raise FileNotFoundError(f"shipped checkpoint {path} is incomplete (missing {missing}); rebuild it with "
-                                "`python -m training.reproduce_synthetic --out DIR --export_assets`")
+                                f"`python -m training.reproduce_synthetic --benchmark {benchmark} --out DIR "
+                                "--export_assets`")
     return path
