@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from awares_lmms.core import protocol
-from awares_lmms.data import synthetic2
+from awares_lmms.data import synthetic, synthetic2
 
 SIZE = synthetic2.SIZE
 
@@ -89,5 +89,6 @@ def test_awares_synth2_runs_in_lmms_eval_with_its_metrics(tmp_path):
 @pytest.mark.parametrize("kind", synthetic2.KINDS)
 def test_every_kind_is_scored_on_the_first_word(kind):
     s = synthetic2.generate(1, seed=5, mix={kind: 1.0})[0]
-    assert synthetic2.score(s.answer.capitalize() + ".", s.answer) == 1.0
-    assert synthetic2.score("maybe " + s.answer, s.answer) == 0.0
+    # v2 is scored by v1's rule (tasks_config/utils.py); its answers include hyphenated regions.
+    assert synthetic.score(s.answer.capitalize() + ".", s.answer) == 1.0
+    assert synthetic.score("maybe " + s.answer, s.answer) == 0.0

@@ -275,13 +275,14 @@ class AwaResGRPOTrainer(common.FullWeightsResumeMixin, GRPOTrainer):
         for j, (i, observation, crops, placeholder) in enumerate(pending):
             budget = self.max_completion_length - len(completion_ids[i]) - len(observation)
             answer = list(answer_ids[j][:budget])
-            if not answer or answer[-1] not in eos_and_pad:
+            if self.args.mask_truncated_completions and (not answer or answer[-1] not in eos_and_pad):
                 # The answer did not end within max_completion_length. With mask_truncated_completions TRL
                 # zeroes the attention mask of a truncated completion, which hides its crop-image tokens
                 # while their image_grid_thw rows stay in the batch: M-RoPE then fails on a shape mismatch
                 # (seen with two-crop requests). Drop the crop turn instead, as an overlong one is dropped:
                 # the trajectory ends after turn 1 (the request), keeps its tool cost and area penalty,
-                # and its final answer is the request itself.
+                # and its final answer is the request itself. Without that option the truncated
+                # completion is trained as it is (its image tokens stay visible), so it is kept.
                 rollout.tool_call[i] += "+not_executed:answer_overlong"
                 continue
             completion_ids[i] += observation + answer
