@@ -212,15 +212,13 @@ def awares_synth2_process_docs(dataset):
 
 
 def awares_synth2_process_results(doc, results):
-    """v1's metrics, plus whether the request held every evidence box and its area against the
-    cheapest request that does (``target_area``), on the HR-needed questions."""
+    """v1's metrics, plus the requested area against the cheapest request that holds the evidence
+    (``target_area``), on the HR-needed questions that cropped."""
     scores = awares_synth_process_results(doc, results)
     crops = sample_fields(doc)["crops"]
     hr = bool(doc["needs_hr"])
     scores["crop_area_over_target_hr_needed"] = None
     if hr and crops:
-        size = (synthetic2.SIZE, synthetic2.SIZE)
-        regions = [protocol.REGION_NAMES.index(c) for c in crops if c in protocol.REGION_NAMES]
-        area = 1.0 if "all" in crops else protocol.union_area_fraction(regions, *size)
+        area = protocol.names_area(crops, synthetic2.SIZE, synthetic2.SIZE)
         scores["crop_area_over_target_hr_needed"] = area / float(doc["target_area"])
     return scores

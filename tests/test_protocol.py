@@ -565,6 +565,25 @@ def test_union_area_fraction_brute_force_small_image():
         assert union_area_fraction(idx, w, h) == pytest.approx(expected, abs=1e-12)
 
 
+def test_names_area_reads_turn2_names():
+    # What turn 2 sent, by name: nothing, the whole image, or the union of the named regions.
+    assert protocol.names_area([], 224, 224) == 0.0
+    assert protocol.names_area(["all"], 224, 224) == 1.0
+    assert protocol.names_area(["top-left", "top"], 224, 224) == 0.5  # the quadrant lies inside the half
+    assert protocol.names_area(["top-left", "bottom-right"], 224, 224) == 0.5
+    assert protocol.names_area(["top-left", "center"], 1700, 2200) == 7 / 16
+    with pytest.raises(ValueError):
+        protocol.names_area(["upper-left"], 224, 224)  # not a region name: an error, not a silent 0
+
+
+def test_box_inside_includes_shared_edges_only():
+    quadrant = region_box(0, 224, 224)
+    assert protocol.box_inside((0, 0, 112, 112), quadrant)
+    assert protocol.box_inside((28, 28, 84, 84), quadrant)
+    assert not protocol.box_inside((84, 0, 140, 56), quadrant)  # straddles into the top-right quadrant
+    assert not protocol.box_inside(quadrant, (28, 28, 84, 84))
+
+
 # ---------------------------------------------------------------------------------------------
 # System prompt and crop specs
 # ---------------------------------------------------------------------------------------------

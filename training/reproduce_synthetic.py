@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from awares_lmms.data import synthetic, synthetic2
 from awares_lmms.report import figures
 from awares_lmms.tools import assets
 from training import synthetic_base, synthetic_eval
@@ -61,10 +60,10 @@ class Benchmark:
 
 
 BENCHMARKS = {
-    "v1": Benchmark(synthetic, REPO / "training" / "recipes" / "synthetic", "awares_synth.parquet",
+    "v1": Benchmark(synthetic_base.benchmark_module("v1"), REPO / "training" / "recipes" / "synthetic", "awares_synth.parquet",
                     (("full", "base", "full"), ("lr", "base", "lr"), ("sft", "sft", "awares"),
                      ("grpo", "grpo", "awares")), n_train=1200, n_test=300, base_steps=1500, base_from_v1=False),
-    "v2": Benchmark(synthetic2, REPO / "training" / "recipes" / "synthetic2", "awares_synth2.parquet",
+    "v2": Benchmark(synthetic_base.benchmark_module("v2"), REPO / "training" / "recipes" / "synthetic2", "awares_synth2.parquet",
                     (("full", "base", "full"), ("lr", "base", "lr"), ("lr_then_full", "sft", "lr_then_full"),
                      ("sft", "sft", "awares"), ("grpo", "grpo", "awares")),
                     n_train=1500, n_test=400, base_steps=1500, base_from_v1=True),

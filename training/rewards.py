@@ -76,12 +76,7 @@ def final_answer(completion) -> str:
 def requested_area(completion, fallback_policy: str = "full", image_size=_NOMINAL_IMAGE_SIZE) -> float:
     """Fraction of the image the turn-1 reply asks for, after the evaluator's fallback policy."""
     call = protocol.parse_tool_call(first_turn(completion))
-    decision = protocol.decide(call, fallback_policy, image_size)
-    if decision.action == "full":
-        return 1.0
-    if decision.action == "crops":
-        return protocol.union_area_fraction(decision.regions, *image_size)
-    return 0.0
+    return protocol.requested_area(protocol.decide(call, fallback_policy, image_size), image_size)
 
 
 # --------------------------------------------------------------------------- embedder

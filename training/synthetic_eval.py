@@ -32,21 +32,12 @@ def target_of(sample) -> list[str]:
     return list(getattr(sample, "target", None) or [synthetic.QUADRANTS[sample.quadrant]])
 
 
-def requested_area(crop_names: list[str], image_size) -> float:
-    if not crop_names:
-        return 0.0
-    if "all" in crop_names:
-        return 1.0
-    return protocol.union_area_fraction([protocol.REGION_NAMES.index(n) for n in crop_names], *image_size)
-
-
 def request_holds_boxes(crop_names: list[str], boxes, image_size) -> bool:
     """Whether every evidence box lies inside one of the requested regions (``all`` holds anything)."""
     if "all" in crop_names:
         return True
     regions = [protocol.region_box(protocol.REGION_NAMES.index(n), *image_size) for n in crop_names]
-    return bool(crop_names) and all(
-        any(r[0] <= b[0] and r[1] <= b[1] and b[2] <= r[2] and b[3] <= r[3] for r in regions) for b in boxes)
+    return bool(crop_names) and all(any(protocol.box_inside(b, r) for r in regions) for b in boxes)
 
 
 def evaluate_checkpoint(path: Path, mode: str, samples, batch_size: int = 32) -> dict:
@@ -66,9 +57,9 @@ def evaluate_checkpoint(path: Path, mode: str, samples, batch_size: int = 32) ->
             crops, target = o.stats.crops, target_of(s)
             records.append({
                 "id": s.id, "kind": s.kind, "needs_hr": s.needs_hr, "answer": s.answer, "prediction": o.text,
-                "quadrant": target[0], "target": target, "target_area": requested_area(target, s.image.size),
+                "quadrant": target[0], "target": target, "target_area": protocol.names_area(target, *s.image.size),
                 "correct": synthetic.score(o.text, s.answer), "rtr": o.stats.rtr, "crops": crops,
-                "area": requested_area(crops, s.image.size),
+                "area": protocol.names_area(crops, *s.image.size),
                 "right_crop": request_holds_boxes(crops, evidence_boxes(s), s.image.size),
                 "tool_call_status": o.stats.tool_call_status,
             })

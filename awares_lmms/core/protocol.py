@@ -94,6 +94,11 @@ def union_area_fraction(indices, width: int, height: int) -> float:
     return union_area([region_box(i, width, height) for i in indices]) / float(width * height)
 
 
+def box_inside(box, outer) -> bool:
+    """Whether rectangle ``box`` lies within rectangle ``outer`` (both ``(x0, y0, x1, y1)``)."""
+    return outer[0] <= box[0] and outer[1] <= box[1] and box[2] <= outer[2] and box[3] <= outer[3]
+
+
 def format_get_crops(indices) -> str:
     """Canonical request text, e.g. ``GET_CROPS: ['0', '5']``: what SFT targets and forced modes emit."""
     items = ", ".join(f"'{int(i)}'" for i in indices)
@@ -383,6 +388,14 @@ def turn2_names(decision: CropDecision) -> list[str]:
     if decision.action == "full":
         return ["all"]
     return [REGION_NAMES[i] for i in decision.regions] if decision.action == "crops" else []
+
+
+def names_area(names, width: int, height: int) -> float:
+    """Share of the image that turn-2 names (``turn2_names``' output, a task's target) cover: 0.0 for
+    none, 1.0 when ``all`` is among them, else the union of the named regions."""
+    if "all" in names:
+        return 1.0
+    return union_area_fraction([REGION_NAMES.index(n) for n in names], width, height) if names else 0.0
 
 
 def parse_crop_spec(spec) -> tuple[int, ...]:

@@ -85,24 +85,18 @@ class Synth2Sample:
 
     @property
     def target_area(self) -> float:
-        if "all" in self.target:
-            return 1.0
-        return sum(_AREA[protocol.REGION_NAMES.index(n)] for n in self.target) / (SIZE * SIZE)
+        return protocol.names_area(self.target, SIZE, SIZE)
 
 
 def smallest_holding_region(box, unique: bool = False) -> int | None:
     """The region of least area that contains ``box`` (the lower index on a tie; None on a tie when
     ``unique``); None when no region holds it."""
-    holding = [i for i in range(protocol.NUM_REGIONS) if _inside(box, protocol.region_box(i, SIZE, SIZE))]
+    holding = [i for i in range(protocol.NUM_REGIONS) if protocol.box_inside(box, protocol.region_box(i, SIZE, SIZE))]
     if not holding:
         return None
     least = min(_AREA[i] for i in holding)
     best = [i for i in holding if _AREA[i] == least]
     return None if unique and len(best) > 1 else best[0]
-
-
-def _inside(box, outer) -> bool:
-    return outer[0] <= box[0] and outer[1] <= box[1] and box[2] <= outer[2] and box[3] <= outer[3]
 
 
 def _overlaps(a, b, margin: int = 0) -> bool:
