@@ -39,6 +39,11 @@ class AwaResRequestError(RuntimeError):
         self.trace = trace
 
 
+def _check_question(question) -> None:
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"the question must be a non-empty string, got {question!r}")
+
+
 class AwaResClient:
     def __init__(self, base_url: str, model: str, processor=None, preset: str | None = None,
                  api_key: str | None = None, mode: str = "awares", max_concurrency: int = 8, timeout: float = 600.0,
@@ -64,6 +69,7 @@ class AwaResClient:
         Returns the answer and its trace: the turn-1 tool call, the crops sent, token counts, ``rtr``,
         the server's cached tokens per turn and the latency. Raises ``AwaResRequestError`` when the
         request could not be answered."""
+        _check_question(question)
         answer, trace = self.ask_many([(image, question)], max_new_tokens, temperature)[0]
         if trace.error is not None:
             raise AwaResRequestError(trace)
@@ -76,6 +82,7 @@ class AwaResClient:
         requests, failed = [], {}
         for i, (image, question) in enumerate(items):
             try:
+                _check_question(question)
                 requests.append(Request(question, [images.decode_document_image(image)]))
             except ValueError as exc:
                 failed[i] = self.engine.unanswered(exc, "input")

@@ -39,10 +39,10 @@ def test_declaration_then_model_args_win_setting_by_setting(tmp_path):
 @pytest.mark.parametrize("overrides,message", [
     ({"parser": "fuzzy"}, "parser must be one of"),
     ({"image_path": "pil"}, "image_path must be one of"),
-    ({"min_pixels": 0}, "min_pixels must be a positive integer"),
+    ({"min_pixels": 0}, "min_pixels must be >= 1"),
     ({"min_pixels": 2000000, "max_pixels": 1000000}, "min_pixels 2000000 > max_pixels"),
-    ({"lr_scale": 1.5}, "lr_scale must be in"),
-    ({"exif_transpose": "maybe"}, "exif_transpose must be true or false"),
+    ({"lr_scale": 1.5}, "lr_scale must be <= 1.0"),
+    ({"exif_transpose": "maybe"}, "exif_transpose must be one of true/1/yes/false/0/no"),
     ({"max_new_tokens": "many"}, "max_new_tokens must be an integer"),
     ({"parsr": "robust"}, "unknown protocol settings"),
 ])

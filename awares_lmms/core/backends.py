@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from awares_lmms.core import arguments
 from awares_lmms.core.chat_engine import ChatEngine
 from awares_lmms.core.engine import EngineConfig, TwoTurnProtocol
 from awares_lmms.core.hf_engine import TwoTurnEngine
@@ -40,20 +41,19 @@ class ServingOptions:
     block_size: int | None = None  # vLLM on CPU needs a multiple of 32
 
 
-def _flag(value) -> bool:
-    return str(value).lower() in ("1", "true", "yes")
-
-
 def serving_options(args: dict) -> ServingOptions:
-    """``ServingOptions`` from ``--model_args`` strings (unknown names raise ``TypeError``)."""
+    """``ServingOptions`` from ``--model_args`` values, read strictly (unknown names raise ``TypeError``)."""
     opts = ServingOptions(**args)
-    for name, cast in (("max_concurrency", int), ("timeout", float), ("max_retries", int), ("tp", int),
-                       ("gpu_memory_utilization", float)):
-        setattr(opts, name, cast(getattr(opts, name)))
-    for name in ("max_model_len", "block_size", "seed"):
-        if getattr(opts, name) not in (None, ""):
-            setattr(opts, name, int(getattr(opts, name)))
-    opts.enforce_eager = _flag(opts.enforce_eager)
+    opts.max_concurrency = arguments.integer("max_concurrency", opts.max_concurrency, minimum=1)
+    opts.timeout = arguments.number("timeout", opts.timeout, minimum=0.0, exclusive=True)
+    opts.max_retries = arguments.integer("max_retries", opts.max_retries, minimum=0)
+    opts.tp = arguments.integer("tp", opts.tp, minimum=1)
+    opts.gpu_memory_utilization = arguments.number("gpu_memory_utilization", opts.gpu_memory_utilization,
+                                                   minimum=0.0, exclusive=True, maximum=1.0)
+    for name, minimum in (("max_model_len", 1), ("block_size", 1), ("seed", 0)):
+        value = getattr(opts, name)
+        setattr(opts, name, None if arguments.optional(value) else arguments.integer(name, value, minimum=minimum))
+    opts.enforce_eager = arguments.boolean("enforce_eager", opts.enforce_eager)
     return opts
 
 

@@ -59,6 +59,30 @@ def _usage(response) -> tuple[int | None, int | None, int | None]:
     return usage.prompt_tokens, usage.completion_tokens, cached
 
 
+def completion_of(response) -> Completion:
+    """The text and usage of a chat-completion response, or an error saying what is wrong with it.
+
+    A server behind a proxy can answer 200 with an HTML page (the client then hands back the body as a
+    string), and some servers send ``content: null`` (a refusal, a tool call, a length stop before any
+    text): none of these is an answer, and each becomes a recorded failure instead of an empty one."""
+    if isinstance(response, (str, bytes)):
+        body = response.decode("utf-8", "replace") if isinstance(response, bytes) else response
+        return Completion(error=f"the server's reply is not a chat completion: {body.strip()[:160]!r}")
+    choices = getattr(response, "choices", None)
+    if not choices:
+        return Completion(error="the server returned no choices")
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    content = getattr(message, "content", None)
+    if not isinstance(content, str):
+        reason = getattr(choice, "finish_reason", None)
+        refusal = getattr(message, "refusal", None)
+        detail = f"finish_reason={reason!r}" + (f", refusal={refusal!r}" if refusal else "")
+        return Completion(error=f"the server returned no text (content: {content!r}; {detail})")
+    prompt, completion, cached = _usage(response)
+    return Completion(content, prompt, completion, cached)
+
+
 class OpenAITransport:
     name = "openai"
 
@@ -98,10 +122,9 @@ class OpenAITransport:
             return self._request(conversation, settings, pixel_budget)
         except openai.OpenAIError as exc:  # after the client's own retries
             return Completion(error=f"{type(exc).__name__}: {exc}")
-        if not response.choices:
-            return Completion(error="the server returned no choices")
-        prompt, completion, cached = _usage(response)
-        return Completion(response.choices[0].message.content or "", prompt, completion, cached)
+        except ValueError as exc:  # a body that is not JSON at all (the client's decoder gives up)
+            return Completion(error=f"the server's reply is not JSON ({type(exc).__name__}: {exc})")
+        return completion_of(response)
 
     def complete(self, conversations, settings: GenerationSettings, pixel_budget: dict) -> list[Completion]:
         if len(conversations) == 1 or self.max_concurrency == 1:

@@ -31,15 +31,19 @@ from pathlib import Path
 
 from huggingface_hub import hf_hub_download
 
-from awares_lmms.core import images, protocol
+from awares_lmms.core import arguments, images, protocol
+from awares_lmms.core.arguments import ArgumentError
 
 DECLARATION_FILE = "awares_protocol.json"
 DECLARATION_VERSION = 1
+# Where a declaration read by ``read_declaration`` came from (a path or hub id + file): error messages
+# about its content name it.
+SOURCE_KEY = "_source"
 
-class ArgumentError(ValueError):
-    """A bad ``--model_args`` value: reported in one line, without a traceback, by the ``lmms_eval``
-    command (``--verbosity DEBUG`` shows the traceback)."""
 
+class DeclarationError(ValueError):
+    """A checkpoint's ``awares_protocol.json`` is unreadable or declares a bad value (the message names
+    the file)."""
 
 PARSERS = ("released", "robust")
 IMAGE_PATHS = ("qwen_vl_utils", "processor")
@@ -116,33 +120,21 @@ _INT_SETTINGS = {"min_pixels", "max_pixels", "max_new_tokens", "max_image_pixels
 
 
 def _coerce(name: str, value):
-    """A setting's value from ``--model_args`` (lmms-eval passes strings, ints, floats or bools)."""
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+    """A setting's value from ``--model_args`` or a declaration (strings, ints, floats or bools),
+    read strictly (``awares_lmms.core.arguments``)."""
+    if arguments.optional(value):
         if name in ("min_pixels", "max_pixels"):
             return None
         raise ArgumentError(f"{name} needs a value")
     if name in _BOOL_SETTINGS:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "1", "yes"):
-            return True
-        if str(value).lower() in ("false", "0", "no"):
-            return False
-        raise ArgumentError(f"{name} must be true or false, got {value!r}")
+        return arguments.boolean(name, value)
     if name in _INT_SETTINGS:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ArgumentError(f"{name} must be an integer, got {value!r}") from None
-        if not number.is_integer():
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        return int(number)
+        return arguments.integer(name, value, minimum=1)
     if name == "lr_scale":
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ArgumentError(f"lr_scale must be a number, got {value!r}") from None
-    return str(value)
+        return arguments.number(name, value, minimum=0.0, exclusive=True, maximum=1.0)
+    if not isinstance(value, str):
+        raise ArgumentError(f"{name} must be one of its names, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -194,7 +186,7 @@ def resolve(preset: str | None = None, overrides: dict | None = None, declared: 
         declared_settings = dict(declared.get("settings") or {})
         bad = sorted(set(declared_settings) - set(SETTING_NAMES))
         if bad:
-            raise ValueError(f"{DECLARATION_FILE} declares unknown settings {bad}")
+            raise DeclarationError(f"{declared.get(SOURCE_KEY, DECLARATION_FILE)} declares unknown settings {bad}")
     if preset is not None:
         base_name, preset_source = str(preset), "model_args"
         declared_settings = {}  # an explicit preset replaces the declaration as a whole
@@ -206,9 +198,19 @@ def resolve(preset: str | None = None, overrides: dict | None = None, declared: 
         raise ArgumentError(f"preset must be one of {sorted(PRESETS)}, got {base_name!r}")
     values = PRESETS[base_name].to_dict()
     sources = {name: f"preset:{base_name}" for name in SETTING_NAMES}
+    where = (declared or {}).get(SOURCE_KEY, DECLARATION_FILE)
     for name, value in declared_settings.items():
-        values[name] = _coerce(name, value)
+        try:
+            values[name] = _coerce(name, value)
+        except ValueError as exc:
+            # The checkpoint's file is at fault, not --model_args: say which file.
+            raise DeclarationError(f"{where}: {exc}") from None
         sources[name] = "checkpoint"
+    if declared_settings:
+        try:
+            ProtocolSettings(**values)
+        except ValueError as exc:
+            raise DeclarationError(f"{where}: {exc}") from None
     for name, value in overrides.items():
         values[name] = _coerce(name, value)
         sources[name] = "model_args"
@@ -235,10 +237,21 @@ def write_declaration(directory: str | Path, settings: ProtocolSettings, preset:
 
 def _validate_declaration(data, where: str) -> dict:
     if not isinstance(data, dict) or data.get("awares_protocol") != DECLARATION_VERSION:
-        raise ValueError(f"{where} is not an awares protocol declaration of version {DECLARATION_VERSION}")
+        raise DeclarationError(f"{where} is not an awares protocol declaration of version {DECLARATION_VERSION}")
     if data.get("preset") not in PRESETS:
-        raise ValueError(f"{where} declares preset {data.get('preset')!r}; known: {sorted(PRESETS)}")
-    return data
+        raise DeclarationError(f"{where} declares preset {data.get('preset')!r}; known: {sorted(PRESETS)}")
+    if not isinstance(data.get("settings", {}), dict):
+        raise DeclarationError(f"{where}: 'settings' must be an object, got {type(data['settings']).__name__}")
+    return {**data, SOURCE_KEY: where}
+
+
+def _load_declaration(path: Path, where: str) -> dict:
+    try:
+        return _validate_declaration(json.loads(path.read_text(encoding="utf-8")), where)
+    except json.JSONDecodeError as exc:
+        raise DeclarationError(f"{where} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise DeclarationError(f"{where} is not UTF-8 text (byte {exc.start})") from None
 
 
 def read_declaration(pretrained: str | Path) -> dict | None:
@@ -253,13 +266,9 @@ def read_declaration(pretrained: str | Path) -> dict | None:
         path = local / DECLARATION_FILE
         if not path.is_file():
             return None
-        try:
-            return _validate_declaration(json.loads(path.read_text()), str(path))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        return _load_declaration(path, str(path))
     try:
-
         path = hf_hub_download(str(pretrained), DECLARATION_FILE)
     except Exception:  # noqa: BLE001 - not found, offline or not a repo id: no declaration
         return None
-    return _validate_declaration(json.loads(Path(path).read_text()), f"{pretrained}/{DECLARATION_FILE}")
+    return _load_declaration(Path(path), f"{pretrained}/{DECLARATION_FILE}")

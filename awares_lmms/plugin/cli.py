@@ -17,7 +17,11 @@ Same arguments and subcommands as ``lmms-eval`` (it runs lmms-eval's own dispatc
   lmms-eval's traceback (``--verbosity DEBUG`` keeps it).
 * a finished run in which some documents could not be answered (``on_error=record``, the default:
   each such document is scored as an empty prediction and its cause logged) exits 3, after every
-  file is written.
+  file is written; 4 when no document at all could be answered (a server that was down, say).
+* output that is written or fails loudly: ``--output_path`` is checked for writing before anything
+  loads (exit 1 at once), every results and samples file is read back after it is written (a file
+  that is missing, cut or short of documents: exit 1), and the file names carry the process id and
+  a random part so that runs started in the same second on one ``--output_path`` never share a file.
 
 ``python -m awares_lmms.plugin.cli ...`` is the same command.
 """
@@ -26,13 +30,43 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+from pathlib import Path
 
-from awares_lmms.core.presets import ArgumentError
+from awares_lmms.core.arguments import ArgumentError
+from awares_lmms.core.presets import DeclarationError
 from awares_lmms.plugin import hooks
 
 _EVAL_FAILED = 1
 _NO_TASKS = 2
 _DOCUMENT_ERRORS = 3
+_ALL_DOCUMENTS_FAILED = 4
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of ``--flag VALUE`` or ``--flag=VALUE`` (the last one given), else None."""
+    value = None
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def check_output_path(output_path: str) -> str | None:
+    """Why results could not be written under ``output_path`` (None: they can). Checked before any
+    model loads: stock lmms-eval finds out after the whole run, logs a warning and exits 0."""
+    path = Path(output_path).expanduser()
+    # lmms-eval treats a path ending in .json as a file name and writes beside it.
+    directory = path.parent if path.suffix == ".json" else path
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".awares-write-check-"):
+            pass
+    except OSError as exc:
+        return f"--output_path {output_path} is not writable ({exc.strerror or exc})"
+    return None
 
 
 def _is_eval_invocation(argv: list[str]) -> bool:
@@ -63,11 +97,17 @@ class _RunWatcher:
         self.failures: list[str] = []
         self.successes = 0
         self.document_errors = 0
+        self.all_failed_runs = 0
         self.missing_tasks = False
 
     def wrap(self, original):
         def cli_evaluate_single(args=None):
             hooks.record_document_errors({})
+            output_path = getattr(args, "output_path", None)
+            problem = check_output_path(output_path) if output_path else None
+            if problem:
+                self.failures.append(problem)
+                return None, None
             try:
                 outcome = original(args)
             except ArgumentError as exc:
@@ -75,6 +115,12 @@ class _RunWatcher:
                     raise
                 # One line instead of lmms-eval's traceback (which --verbosity DEBUG keeps).
                 self.failures.append(f"bad --model_args: {exc}")
+                return None, None
+            except DeclarationError as exc:
+                if getattr(args, "verbosity", None) == "DEBUG":
+                    raise
+                # The message names the checkpoint's file; --model_args are not at fault.
+                self.failures.append(f"bad protocol declaration: {exc}")
                 return None, None
             except SystemExit as exc:
                 # lmms-eval exits 0 for the `--tasks list*` listings and when --tasks is missing.
@@ -95,9 +141,10 @@ class _RunWatcher:
                 self.failures.append("the evaluation produced results for no task")
             else:
                 self.successes += 1
-                errors = hooks.document_errors()
-                if errors:
-                    self.document_errors += sum(len(v) for v in errors.values())
+                failed, total = hooks.documents_answered()
+                self.document_errors += failed
+                if total and failed >= total:
+                    self.all_failed_runs += 1
             return outcome
 
         cli_evaluate_single.__wrapped__ = original
@@ -139,7 +186,15 @@ def main(argv=None) -> int:
     if not _has_flag(argv, "--include_path") and not _has_flag(argv, "--config"):
         argv = argv + ["--include_path", tasks_dir]
 
+    output_path = _flag_value(argv, "--output_path")
+    problem = check_output_path(output_path) if output_path else None
+    if problem:  # before lmms-eval, torch and the model load
+        print(f"lmms_eval: evaluation failed: {problem}", file=sys.stderr)
+        return _EVAL_FAILED
+
     import lmms_eval.__main__ as lmms_main  # see _run_dispatch: heavy, only for evaluation runs
+
+    hooks.install_output_checks()
 
     watcher = _RunWatcher()
     original = lmms_main.cli_evaluate_single
@@ -150,10 +205,16 @@ def main(argv=None) -> int:
     finally:
         lmms_main.cli_evaluate_single = original
 
+    watcher.failures += [f"output incomplete: {p}" for p in hooks.output_problems()]
     if watcher.failures:
         for reason in watcher.failures:
             print(f"lmms_eval: evaluation failed: {reason}", file=sys.stderr)
         return _NO_TASKS if watcher.missing_tasks and len(watcher.failures) == 1 else _EVAL_FAILED
+    if watcher.all_failed_runs:
+        print(f"lmms_eval: evaluation finished, but no document could be answered ({watcher.document_errors} "
+              "failed; causes in the samples' 'error' field and in the results' config.awares_document_errors)",
+              file=sys.stderr)
+        return _ALL_DOCUMENTS_FAILED
     if watcher.document_errors:
         print(f"lmms_eval: evaluation finished, but {watcher.document_errors} document(s) could not be answered "
               "(scored as empty predictions; causes in the samples' 'error' field and in the results' "

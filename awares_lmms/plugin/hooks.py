@@ -52,7 +52,9 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import json
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -234,15 +236,27 @@ class _DeferredPatchFinder(importlib.abc.MetaPathFinder):
 
 _RUN_PROTOCOL: dict = {}
 _DOCUMENT_ERRORS: dict = {}
+_DOCUMENT_COUNT: dict = {}
+_OUTPUT_PROBLEMS: list = []
+_SAVED_FILES: list = []
 _TRACKER_MARK = "_awares_protocol_recorded"
 
 
-def record_document_errors(errors: dict) -> None:
+def record_document_errors(errors: dict, total: int | None = None) -> None:
     """The documents the ``awares`` model could not answer in this process's last evaluation, per task
-    (``[{"doc_id", "error"}]``): written into the results as ``config.awares_document_errors`` and read
-    by the ``lmms_eval`` command to set its exit status."""
+    (``[{"doc_id", "error"}]``), out of ``total``: written into the results as
+    ``config.awares_document_errors`` / ``config.awares_documents`` and read by the ``lmms_eval``
+    command to set its exit status."""
     _DOCUMENT_ERRORS.clear()
     _DOCUMENT_ERRORS.update(errors)
+    _DOCUMENT_COUNT.clear()
+    if total is not None:
+        _DOCUMENT_COUNT["total"] = total
+
+
+def documents_answered() -> tuple[int, int | None]:
+    """(documents that failed, documents asked) in this process's last ``awares`` evaluation."""
+    return sum(len(v) for v in _DOCUMENT_ERRORS.values()), _DOCUMENT_COUNT.get("total")
 
 
 def document_errors() -> dict:
@@ -257,26 +271,103 @@ def record_run_protocol(summary: dict) -> None:
     _patch_evaluation_tracker()
 
 
+def output_problems() -> list[str]:
+    """What went wrong writing this process's output files (checked after each save); the
+    ``lmms_eval`` command exits 1 when this is not empty."""
+    return list(_OUTPUT_PROBLEMS)
+
+
+def saved_files() -> list[str]:
+    """The results and samples files written and verified in this process."""
+    return list(_SAVED_FILES)
+
+
+def _unique_datetime(datetime_str: str) -> str:
+    # lmms-eval names both files after the start second and the model: two runs started in the same
+    # second on one --output_path would overwrite one results file and append to one samples file.
+    # The process id and a few random hex digits make the name this run's own.
+    return f"{datetime_str}_{os.getpid()}{secrets.token_hex(2)}"
+
+
+def _check_results_file(path: Path) -> str | None:
+    if not path.is_file():
+        return f"{path} was not written"
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"{path} is incomplete or unreadable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _check_samples_file(path: Path, expected: int) -> str | None:
+    if not path.is_file():
+        return f"{path} was not written"
+    lines = 0
+    try:
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                json.loads(line)
+                lines += 1
+    except (OSError, ValueError) as exc:
+        return f"{path}:{lineno} is cut or unreadable ({type(exc).__name__})"
+    if lines != expected:
+        return f"{path} has {lines} lines for {expected} documents"
+    return None
+
+
 def _patch_evaluation_tracker() -> None:
-    # lmms-eval builds results["config"] from scratch after the evaluation, with no model hook; the
-    # aggregated results are written by EvaluationTracker.save_results_aggregated (private API).
+    """Three changes to ``EvaluationTracker`` (private API), each for a failure that stock lmms-eval
+    only logs as a warning and then exits 0 on:
+
+    * ``save_results_aggregated`` adds ``config.awares_protocol`` and ``config.awares_document_errors``
+      (lmms-eval builds ``results["config"]`` after the evaluation with no model hook), makes the file
+      name this run's own (``_unique_datetime``), and checks that the written file parses;
+    * ``save_results_samples`` checks that the samples file has one parseable line per document.
+
+    A failed check is recorded (``output_problems``) and the ``lmms_eval`` command exits 1.
+    """
     # Imported here: this module is imported while lmms-eval builds its model registry.
     from lmms_eval.loggers.evaluation_tracker import EvaluationTracker
 
     if getattr(EvaluationTracker, _TRACKER_MARK, False):
         return
-    original = EvaluationTracker.save_results_aggregated
+    original_results = EvaluationTracker.save_results_aggregated
+    original_samples = EvaluationTracker.save_results_samples
 
     def save_results_aggregated(self, results, samples, datetime_str):
         if _RUN_PROTOCOL and isinstance(results, dict):
             config = results.setdefault("config", {})
             config["awares_protocol"] = dict(_RUN_PROTOCOL)
             config["awares_document_errors"] = document_errors()
-        return original(self, results, samples, datetime_str)
+            config["awares_documents"] = _DOCUMENT_COUNT.get("total")
+        datetime_str = _unique_datetime(datetime_str)
+        outcome = original_results(self, results, samples, datetime_str)
+        if self.output_path:
+            path = (Path(self.output_path) / self.general_config_tracker.model_name_sanitized
+                    / f"{datetime_str.replace(':', '-')}_results.json")
+            problem = _check_results_file(path)
+            _OUTPUT_PROBLEMS.append(problem) if problem else _SAVED_FILES.append(str(path))
+        return outcome
 
-    save_results_aggregated.__wrapped__ = original
+    def save_results_samples(self, task_name, samples):
+        outcome = original_samples(self, task_name, samples)
+        if self.output_path:
+            path = (Path(self.output_path) / self.general_config_tracker.model_name_sanitized
+                    / f"{self.date_id}_samples_{task_name}.jsonl")
+            problem = _check_samples_file(path, len(samples))
+            _OUTPUT_PROBLEMS.append(problem) if problem else _SAVED_FILES.append(str(path))
+        return outcome
+
+    save_results_aggregated.__wrapped__ = original_results
+    save_results_samples.__wrapped__ = original_samples
     EvaluationTracker.save_results_aggregated = save_results_aggregated
+    EvaluationTracker.save_results_samples = save_results_samples
     setattr(EvaluationTracker, _TRACKER_MARK, True)
+
+
+def install_output_checks() -> None:
+    """Patch lmms-eval's ``EvaluationTracker`` now (the ``lmms_eval`` command does, for every model)."""
+    _patch_evaluation_tracker()
 
 
 def install() -> None:

@@ -20,11 +20,11 @@ from lmms_eval.protocol import ChatMessages
 from loguru import logger as eval_logger
 from tqdm import tqdm
 
-from awares_lmms.core import presets, protocol
-from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request, Result
+from awares_lmms.core import arguments, presets, protocol
+from awares_lmms.core.arguments import ArgumentError
 from awares_lmms.core.backends import BACKENDS, ServingOptions, build_engine, serving_options
+from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request, Result
 from awares_lmms.core.loading import resolve_dtype
-from awares_lmms.core.presets import ArgumentError
 from awares_lmms.plugin import handoff, hooks
 
 # on_error: "record" answers a document that cannot be read or processed with an empty prediction,
@@ -75,13 +75,9 @@ def _check_local(name: str | None, what: str) -> None:
 
 
 def _batch_size(value) -> int:
-    try:
-        size = int(str(value))
-    except ValueError:
-        raise ArgumentError(f"batch_size must be a positive integer, got {value!r} ('auto' is not supported)") from None
-    if size < 1:
-        raise ArgumentError(f"batch_size must be >= 1, got {size}")
-    return size
+    if str(value).strip().lower().startswith("auto"):
+        raise ArgumentError(f"batch_size must be a positive integer, got {value!r} ('auto' is not supported)")
+    return arguments.integer("batch_size", value, minimum=1)
 
 
 class AwaresLMM(lmms):
@@ -148,20 +144,21 @@ class AwaresLMM(lmms):
         if system_prompt is not None and system_prompt not in _SYSTEM_PROMPTS:
             raise ArgumentError(f"system_prompt must be one of {sorted(_SYSTEM_PROMPTS)}, got {system_prompt!r}")
         self.resolved = resolve_protocol(pretrained, adapter, preset, protocol_args)
+        self._overridden_max_new_tokens: set = set()
         settings = self.resolved.settings
         try:
             fixed = protocol.parse_crop_spec(crops) if crops not in (None, "") else ()
             self.engine_config = EngineConfig(
                 mode=mode, fixed_crops=fixed,
                 system_prompt=_SYSTEM_PROMPTS[system_prompt] if system_prompt is not None else None,
-                reuse_cache=bool(reuse_cache), protocol=settings)
+                reuse_cache=arguments.boolean("reuse_cache", reuse_cache), protocol=settings)
         except ValueError as exc:
             raise ArgumentError(str(exc)) from None
         try:
             opts = serving_options(serving_args)
             self.engine = build_engine(backend, pretrained, self.engine_config, opts, adapter,
                                        dtype if backend == "vllm" else torch_dtype, str(self._device),
-                                       attn_implementation, bool(trust_remote_code))
+                                       attn_implementation, arguments.boolean("trust_remote_code", trust_remote_code))
         except (ValueError, TypeError) as exc:
             raise ArgumentError(str(exc)) from None
         self.backend = backend
@@ -215,10 +212,23 @@ class AwaresLMM(lmms):
         temperature = float(gen_kwargs.get("temperature", 0) or 0)
         if not do_sample and "do_sample" in gen_kwargs:
             temperature = 0.0
-        default_max = self.resolved.settings.max_new_tokens
-        return GenerationSettings(max_new_tokens=int(gen_kwargs.get("max_new_tokens") or default_max),
+        max_new_tokens = self._max_new_tokens(gen_kwargs.get("max_new_tokens"))
+        return GenerationSettings(max_new_tokens=max_new_tokens,
                                   temperature=temperature, top_p=gen_kwargs.get("top_p"),
                                   until=tuple(u for u in (until or ()) if u))
+
+    def _max_new_tokens(self, task_value) -> int:
+        """``max_new_tokens`` given in ``--model_args`` overrides the task's (logged once per value); a
+        preset's or a checkpoint's applies only when the task sets none."""
+        setting = self.resolved.settings.max_new_tokens
+        if self.resolved.sources.get("max_new_tokens") == "model_args":
+            if task_value not in (None, setting) and task_value not in self._overridden_max_new_tokens:
+                self._overridden_max_new_tokens.add(task_value)
+                eval_logger.info(f"awares: max_new_tokens={setting} from --model_args replaces the task's {task_value}")
+            return setting
+        if task_value in (None, ""):
+            return setting
+        return arguments.integer("the task's max_new_tokens", task_value, minimum=1)
 
     def _read_document(self, ctx, to_messages, doc_id, task, split) -> Request:
         doc = self.task_dict[task][split][doc_id]
@@ -291,7 +301,7 @@ class AwaresLMM(lmms):
 
     def _report_errors(self, errors: dict, total: int) -> None:
         hooks.record_document_errors({task: [{"doc_id": d, "error": e} for d, e in items]
-                                           for task, items in errors.items()})
+                                      for task, items in errors.items()}, total)
         if not errors:
             return
         count = sum(len(v) for v in errors.values())

@@ -27,7 +27,13 @@ class Run:
     n_samples: dict  # task -> effective number of samples
     protocol: dict | None  # config.awares_protocol (AwaRes runs only)
     sample_files: dict = field(default_factory=dict)  # task -> Path
+    # Documents the model could not answer (config.awares_document_errors): task -> [{"doc_id", "error"}]
+    document_errors: dict = field(default_factory=dict)
     _samples: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def failed_documents(self) -> int:
+        return sum(len(v) for v in self.document_errors.values())
 
     def metric(self, task: str, name: str):
         """A task's aggregated metric (filter ``none``), or None."""
@@ -38,13 +44,41 @@ class Run:
         """The logged samples of a task ([] when the run did not log them)."""
         if task not in self._samples:
             path = self.sample_files.get(task)
-            self._samples[task] = [] if path is None else [
-                json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            self._samples[task] = [] if path is None else read_jsonl(path)
         return self._samples[task]
 
     @property
     def tasks(self) -> list[str]:
         return list(self.results)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file; a cut or unreadable line is an error naming the file and line."""
+    records = []
+    with Path(path).open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+                if line.strip():
+                    records.append(json.loads(line))
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start})") from None
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not a complete JSON record ({exc.msg} at column {exc.colno}); "
+                                 "the file was cut while it was written") from None
+    return records
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: not a complete results file ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not an lmms-eval results file (a JSON {type(data).__name__})")
+    return data
 
 
 def _label(model: str, model_args: str, protocol: dict | None) -> str:
@@ -64,7 +98,7 @@ def _label(model: str, model_args: str, protocol: dict | None) -> str:
 
 def load_run(results_file: str | Path, label: str | None = None) -> Run:
     results_file = Path(results_file)
-    data = json.loads(results_file.read_text())
+    data = _read_json(results_file)
     config = data.get("config") or {}
     stamp = results_file.name[: -len("_results.json")]
     results = {TASK_ALIASES.get(task, task): values for task, values in (data.get("results") or {}).items()}
@@ -76,9 +110,15 @@ def load_run(results_file: str | Path, label: str | None = None) -> Run:
         sample_files[TASK_ALIASES.get(task, task)] = path
     model_args = config.get("model_args") or ""
     protocol = config.get("awares_protocol")
-    return Run(results_file, label or _label(str(config.get("model", "")), model_args, protocol),
-               str(config.get("model", "")), model_args if isinstance(model_args, str) else json.dumps(model_args),
-               results, n_samples, protocol, sample_files)
+    errors = {TASK_ALIASES.get(t, t): list(v) for t, v in (config.get("awares_document_errors") or {}).items() if v}
+    name = label or _label(str(config.get("model", "")), model_args, protocol)
+    failed = sum(len(v) for v in errors.values())
+    if failed:
+        # A run with unanswered documents scored them as empty answers: its row must say so.
+        name += f" [{failed} failed]"
+    return Run(results_file, name, str(config.get("model", "")),
+               model_args if isinstance(model_args, str) else json.dumps(model_args),
+               results, n_samples, protocol, sample_files, errors)
 
 
 def find_runs(paths, labels=None) -> list[Run]:

@@ -1,0 +1,73 @@
+"""One strict reading of argument values, for every ``--model_args`` of ``--model awares``.
+
+lmms-eval hands model arguments over half-converted: ``true``/``false`` become bools, digit strings
+ints, anything ``float()`` accepts a float, and everything else stays a string. Python's ``bool()`` of
+the string ``"no"`` is ``True``, so a plain cast would turn ``trust_remote_code=no`` into trusting
+remote code. Every boolean, integer and number argument is therefore read here, and anything that is
+not clearly one of them is a one-line ``ArgumentError`` naming the argument.
+"""
+
+from __future__ import annotations
+
+import math
+
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no")
+
+
+class ArgumentError(ValueError):
+    """A bad ``--model_args`` value: reported in one line, without a traceback, by the ``lmms_eval``
+    command (``--verbosity DEBUG`` shows the traceback)."""
+
+
+def boolean(name: str, value) -> bool:
+    """``true/false/1/0/yes/no`` (any case) or a bool; anything else is an error."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    word = str(value).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ArgumentError(f"{name} must be one of {'/'.join(TRUE_WORDS + FALSE_WORDS)}, got {value!r}")
+
+
+def integer(name: str, value, minimum: int | None = None) -> int:
+    """A whole number (``8``, ``"8"``, ``8.0``); ``1.5``, ``"abc"`` and bools are errors."""
+    if isinstance(value, bool):
+        raise ArgumentError(f"{name} must be an integer, got {value!r}")
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ArgumentError(f"{name} must be an integer, got {value!r}") from None
+    if not math.isfinite(number) or not number.is_integer():
+        raise ArgumentError(f"{name} must be an integer, got {value!r}")
+    result = int(number)
+    if minimum is not None and result < minimum:
+        raise ArgumentError(f"{name} must be >= {minimum}, got {value!r}")
+    return result
+
+
+def number(name: str, value, minimum: float | None = None, exclusive: bool = False,
+           maximum: float | None = None) -> float:
+    """A finite number; ``minimum`` (exclusive when asked) and ``maximum`` bound it."""
+    if isinstance(value, bool):
+        raise ArgumentError(f"{name} must be a number, got {value!r}")
+    try:
+        result = float(str(value).strip())
+    except ValueError:
+        raise ArgumentError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(result):
+        raise ArgumentError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and (result <= minimum if exclusive else result < minimum):
+        raise ArgumentError(f"{name} must be {'>' if exclusive else '>='} {minimum}, got {value!r}")
+    if maximum is not None and result > maximum:
+        raise ArgumentError(f"{name} must be <= {maximum}, got {value!r}")
+    return result
+
+
+def optional(value) -> bool:
+    """Whether a value means "not given" (``None``, ``""``, ``none``, ``null``)."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))

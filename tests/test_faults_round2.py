@@ -1,0 +1,318 @@
+"""Fault injection, round 2: output that is written or fails loudly, strict arguments, declarations
+that name their file, servers that answer nonsense, reports over cut files.
+
+Each test reproduces a case that behaved wrongly on main 0ac4536 (the old behaviour is in its
+docstring) and asserts the fixed one. The misbehaving OpenAI-compatible server is a loopback stub
+that injects one fault per path (no real server sends ``content: null`` on demand); everything else
+is the real code: the ``lmms_eval`` command, lmms-eval's ``EvaluationTracker``, the tiny Qwen2.5-VL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from awares_lmms.core import arguments, presets
+from awares_lmms.core.arguments import ArgumentError
+from awares_lmms.core.backends import serving_options
+from awares_lmms.core.engine import GenerationSettings
+from awares_lmms.core.openai_backend import OpenAITransport
+from tests.test_faults import _lmms_eval, _noise, write_pope
+
+# ----------------------------------------------------------------------------- strict arguments
+
+
+@pytest.mark.parametrize("value,expected", [("no", False), ("off", None), ("yes", True), ("0", False), (1, True),
+                                            (False, False), ("TRUE", True), ("maybe", None), (2, None)])
+def test_booleans_are_read_strictly(value, expected):
+    """Before: trust_remote_code=no and reuse_cache=off became True (bool() of a non-empty string)."""
+    if expected is None:
+        with pytest.raises(ArgumentError, match="flag must be one of true/1/yes/false/0/no"):
+            arguments.boolean("flag", value)
+    else:
+        assert arguments.boolean("flag", value) is expected
+
+
+@pytest.mark.parametrize("value,ok", [("8", True), (8.0, True), ("1.5", False), (1.5, False), ("abc", False),
+                                      (True, False), ("nan", False), ("0", False)])
+def test_integers_are_read_strictly(value, ok):
+    if ok:
+        assert arguments.integer("n", value, minimum=1) == 8
+    else:
+        with pytest.raises(ArgumentError, match="^n must be"):
+            arguments.integer("n", value, minimum=1)
+
+
+def test_serving_options_reject_values_that_would_fail_every_document():
+    """Before: timeout=-1 was accepted and every request then failed."""
+    with pytest.raises(ArgumentError, match="timeout must be > 0.0"):
+        serving_options({"timeout": -1})
+    with pytest.raises(ArgumentError, match="enforce_eager must be one of"):
+        serving_options({"enforce_eager": "sometimes"})
+    with pytest.raises(ArgumentError, match="max_concurrency must be >= 1"):
+        serving_options({"max_concurrency": 0})
+    opts = serving_options({"timeout": "2.5", "enforce_eager": "no", "seed": "none"})
+    assert opts.timeout == 2.5 and opts.enforce_eager is False and opts.seed is None
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"max_pixels": 1.5}, "max_pixels must be an integer"),      # before: accepted, then a traceback
+    ({"exif_transpose": "off"}, "exif_transpose must be one of"),
+    ({"lr_scale": "2"}, "lr_scale must be <= 1.0"),
+    ({"max_new_tokens": "0"}, "max_new_tokens must be >= 1"),
+])
+def test_protocol_settings_are_read_strictly(overrides, message):
+    with pytest.raises(ArgumentError, match=message):
+        presets.resolve("awares", overrides)
+
+
+def test_model_args_booleans_reach_the_model_as_written(tiny_dir):
+    from awares_lmms.plugin.model import AwaresLMM
+
+    lmm = AwaresLMM.create_from_arg_string(f"pretrained={tiny_dir},device=cpu,reuse_cache=no,trust_remote_code=no")
+    assert lmm.engine_config.reuse_cache is False
+    with pytest.raises(ArgumentError, match="trust_remote_code must be one of"):
+        AwaresLMM.create_from_arg_string(f"pretrained={tiny_dir},device=cpu,trust_remote_code=nope")
+
+
+def test_max_new_tokens_in_model_args_overrides_the_task(tiny_dir):
+    """Before: max_new_tokens=4 was recorded as applied while the task's 128 was used."""
+    from awares_lmms.plugin.model import AwaresLMM
+
+    given = AwaresLMM.create_from_arg_string(f"pretrained={tiny_dir},device=cpu,max_new_tokens=4")
+    assert given._settings({"max_new_tokens": 128}).max_new_tokens == 4
+    assert "max_new_tokens" in given.protocol_summary["overridden_by_model_args"]
+    default = AwaresLMM.create_from_arg_string(f"pretrained={tiny_dir},device=cpu,preset=awares")
+    assert default._settings({"max_new_tokens": 16}).max_new_tokens == 16  # the task's value
+    assert default._settings({}).max_new_tokens == presets.DEFAULT_MAX_NEW_TOKENS
+
+
+def test_a_bad_declaration_names_its_file(tiny_dir, tmp_path):
+    """Before: the error blamed --model_args (none given) and named no file."""
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, ckpt)
+    (ckpt / presets.DECLARATION_FILE).write_text(json.dumps({
+        "awares_protocol": 1, "preset": "awares", "settings": {"max_pixels": "lots"}}))
+    with pytest.raises(presets.DeclarationError, match=f"{ckpt / presets.DECLARATION_FILE}: max_pixels must be"):
+        presets.resolve(None, {}, presets.read_declaration(ckpt))
+    (ckpt / presets.DECLARATION_FILE).write_text('{"awares_protocol": 1,\n "preset": ')
+    with pytest.raises(presets.DeclarationError, match=r"awares_protocol.json is not valid JSON \(line 2"):
+        presets.read_declaration(ckpt)
+
+
+# ----------------------------------------------------------------------------- output files
+
+
+def _tracker(output: Path):
+    from lmms_eval.loggers.evaluation_tracker import EvaluationTracker
+
+    from awares_lmms.plugin import hooks
+
+    hooks.install_output_checks()
+    tracker = EvaluationTracker(output_path=str(output))
+    tracker.general_config_tracker.model_name_sanitized = "model"
+    return tracker
+
+
+def _sample(i: int) -> dict:
+    return {"doc_id": i, "doc": {}, "arguments": [f"q{i}"], "resps": [[f"a{i}"]], "filtered_resps": [f"a{i}"],
+            "target": "a", "doc_hash": f"{i:04d}"}
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_files(tmp_path):
+    """Before: the same results file (one overwritten) and one samples file holding both runs."""
+    from awares_lmms.plugin import hooks
+
+    names = []
+    for run in range(2):
+        tracker = _tracker(tmp_path)
+        tracker.save_results_aggregated({"results": {"t": {"acc,none": run}}}, {"t": [_sample(0)]},
+                                        "2026-12-04T10:00:00")
+        tracker.save_results_samples("t", [_sample(0), _sample(1)])
+        names.append(tracker.date_id)
+    assert names[0] != names[1]
+    results = sorted((tmp_path / "model").glob("*_results.json"))
+    samples = sorted((tmp_path / "model").glob("*_samples_t.jsonl"))
+    assert len(results) == 2 and len(samples) == 2
+    assert all(len(p.read_text().splitlines()) == 2 for p in samples)
+    assert not any(str(tmp_path) in p for p in hooks.output_problems())
+
+
+def test_a_samples_file_cut_by_a_full_disk_is_an_output_problem(tmp_path):
+    """Before: the samples file was cut mid-line with only a warning, and the run exited 0. A file-size
+    limit (RLIMIT_FSIZE) makes the kernel refuse the write exactly as a full disk does."""
+    script = f"""
+import resource, signal, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from tests.test_faults_round2 import _tracker, _sample
+from awares_lmms.plugin import hooks
+tracker = _tracker(__import__("pathlib").Path({str(tmp_path)!r}))
+tracker.save_results_aggregated({{"results": {{"t": {{}}}}}}, None, "2026-12-04T10:00:00")
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+tracker.save_results_samples("t", [dict(_sample(i), resps=[["x" * 400]], filtered_resps=["x" * 400])
+                                   for i in range(40)])
+print("PROBLEMS", hooks.output_problems())
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("PROBLEMS"))
+    assert "_samples_t.jsonl" in line and ("is cut or unreadable" in line or "lines for 40 documents" in line), line
+
+
+@pytest.mark.slow
+def test_an_unwritable_output_path_fails_before_the_model_loads(tmp_path):
+    """Before: the whole run completed, 'Could not save results' was logged, nothing written, exit 0."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    rc, log = _lmms_eval(["--model", "awares", "--model_args", "pretrained=/nonexistent/never-loaded",
+                          "--tasks", "pope", "--output_path", str(blocker / "out")], tmp_path, tmp_path, timeout=120)
+    assert rc == 1 and f"--output_path {blocker / 'out'} is not writable" in log, log[-2000:]
+    assert "never-loaded" not in log.replace(f"pretrained=/nonexistent/never-loaded", "")  # nothing was loaded
+
+
+@pytest.mark.slow
+def test_a_run_where_every_document_failed_has_its_own_exit_status(tiny_dir, tmp_path):
+    """Before: exit 3, as for one failed document, and the report showed accuracy 0.00 unmarked."""
+    from awares_lmms.report.runs import find_runs
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_pope(data / "pope.parquet", [("a", None, "error"), ("b", b"", "error")])
+    out = tmp_path / "out"
+    rc, log = _lmms_eval(["--model", "awares", "--model_args", f"pretrained={tiny_dir},device=cpu", "--tasks", "pope",
+                          "--log_samples", "--output_path", str(out)], data, tmp_path)
+    assert rc == 4 and "no document could be answered" in log, log[-3000:]
+    (run,) = find_runs([out])
+    assert run.failed_documents == 2 and run.label.endswith("[2 failed]")
+
+
+# ----------------------------------------------------------------------------- servers that answer nonsense
+
+
+class _FaultyServer(BaseHTTPRequestHandler):
+    """A loopback stub: /null/ answers content null, /html/ an HTML page with status 200, /text/ 'ok'."""
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        kind = self.path.split("/")[1]
+        if kind == "html":
+            body, ctype = b"<html><body>502 Bad Gateway (proxy)</body></html>", "text/html"
+        else:
+            content = None if kind == "null" else "ok"
+            body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                               "choices": [{"index": 0, "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": content}}],
+                               "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}).encode()
+            ctype = "application/json"
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def faulty_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FaultyServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("kind,message", [("null", "the server returned no text (content: None"),
+                                          ("html", "not a chat completion"), ("text", None)])
+def test_null_content_and_html_pages_are_recorded_failures(faulty_server, kind, message):
+    """Before: content null became an empty prediction (exit 0); an HTML page raised
+    ''str' object has no attribute 'choices'' out of the transport."""
+    transport = OpenAITransport(f"{faulty_server}/{kind}/v1", "m", max_retries=0, timeout=10, send_budget="none")
+    (completion,) = transport.complete([[{"role": "user", "content": "hi"}]], GenerationSettings(max_new_tokens=2), {})
+    if message is None:
+        assert completion.error is None and completion.text == "ok"
+    else:
+        assert completion.error is not None and message in completion.error and completion.text == ""
+
+
+def test_client_raises_on_a_null_answer_and_on_a_missing_question(faulty_server, tiny_dir):
+    """Before: AwaResClient.ask returned '' for content null."""
+    from awares_lmms.client import AwaResClient, AwaResRequestError
+
+    client = AwaResClient(f"{faulty_server}/null/v1", "m", processor=str(tiny_dir), preset="awares", max_retries=0,
+                          timeout=10, send_budget="none")
+    image = _noise(200, 150)
+    with pytest.raises(AwaResRequestError, match="content: None"):
+        client.ask(image, "What is it?")
+    with pytest.raises(ValueError, match="question must be a non-empty string"):
+        client.ask(image, None)
+    (answer, trace), = client.ask_many([(image, None)])
+    assert answer == "" and "question must be a non-empty string" in trace.error
+
+
+def test_a_turn2_failure_keeps_the_turn1_request(faulty_server, tiny_dir):
+    """The turn-1 crop request stays in the record when the server fails turn 2."""
+    from awares_lmms.core.chat_engine import ChatEngine
+    from awares_lmms.core.engine import EngineConfig, Request
+    from awares_lmms.core.loading import load_processor
+
+    class TurnTwoBreaks(OpenAITransport):
+        def complete(self, conversations, settings, pixel_budget):
+            turn2 = any(m["role"] == "assistant" for m in conversations[0])
+            self.client = self.client.with_options(base_url=f"{faulty_server}/{'html' if turn2 else 'text'}/v1")
+            return super().complete(conversations, settings, pixel_budget)
+
+    engine = ChatEngine(TurnTwoBreaks(f"{faulty_server}/text/v1", "m", max_retries=0, timeout=10, send_budget="none"),
+                        load_processor(str(tiny_dir)), EngineConfig(mode="fixed", fixed_crops=(3,),
+                                                                    protocol=presets.PRESETS["awares"]))
+    (result,) = engine.run([Request("What is it?", [_noise(400, 300)])], GenerationSettings(max_new_tokens=2))
+    assert result.stats.error.startswith("server (turn 2): the server's reply is not a chat completion")
+    assert result.stats.tool_call and result.stats.crops == ["bottom-right"]
+
+
+# ----------------------------------------------------------------------------- reports over cut files
+
+
+def test_report_names_the_file_and_line_of_a_cut_samples_file(tmp_path):
+    """Before: a bare JSONDecodeError / UnicodeDecodeError naming no file or line."""
+    from awares_lmms.report.runs import load_run
+
+    run_dir = tmp_path / "model"
+    run_dir.mkdir()
+    results = run_dir / "2026-12-04T10-00-00_results.json"
+    results.write_text(json.dumps({"results": {"pope": {"acc,none": 1.0}}, "config": {"model": "awares"}}))
+    samples = run_dir / "2026-12-04T10-00-00_samples_pope.jsonl"
+    samples.write_text(json.dumps({"doc_id": 0}) + "\n" + '{"doc_id": 1, "resp')
+    run = load_run(results)
+    with pytest.raises(ValueError, match=f"{samples}:2: not a complete JSON record"):
+        run.samples("pope")
+    samples.write_bytes(b'{"doc_id": 0}\n{"doc_id": "\xff"}\n')
+    run = load_run(results)
+    with pytest.raises(ValueError, match=f"{samples}:2: not UTF-8 text"):
+        run.samples("pope")
+    results.write_text('{"results": {"pope": ')
+    with pytest.raises(ValueError, match=f"{results}:1: not a complete results file"):
+        load_run(results)
+
+
+@pytest.mark.slow
+def test_report_command_says_which_file_is_cut(tmp_path):
+    run_dir = tmp_path / "runs" / "model"
+    run_dir.mkdir(parents=True)
+    (run_dir / "2026-12-04T10-00-00_results.json").write_text('{"results": ')
+    proc = subprocess.run([sys.executable, "-m", "awares_lmms.report.cli", str(tmp_path / "runs"), "--out",
+                           str(tmp_path / "report")], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, MPLBACKEND="Agg"))
+    assert proc.returncode == 2 and "_results.json:1: not a complete results file" in proc.stderr
+    assert "Traceback" not in proc.stderr
