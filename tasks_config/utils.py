@@ -35,7 +35,7 @@ from lmms_eval.tasks.vstar_bench import utils as _vstar
 
 from awares_lmms.core import images, protocol, stats
 from awares_lmms.data import synthetic, synthetic2
-from awares_lmms.plugin import handoff
+from awares_lmms.plugin import handoff, hooks
 
 # The per-sample fields the AwaRes model records for each document (one list: stats.SampleStats).
 STAT_KEYS = stats.STAT_KEYS
@@ -120,6 +120,22 @@ def _with_stats(scores: dict, doc) -> dict:
     return out
 
 
+def _scored(upstream, doc, results) -> dict:
+    """The upstream scores of one document plus its stats. An upstream scorer that fails on a document
+    (stock POPE asserts that the ground truth is yes/no) marks that document only: its sample carries
+    ``scoring_error``, it is left out of the benchmark metric (not scored as wrong), and it counts as a
+    failed document in the results' ``config.awares_document_errors`` and the exit status (3)."""
+    try:
+        scores = upstream(doc, results)
+    except Exception as exc:  # noqa: BLE001 - one document's data must not discard the others' scores
+        uid = handoff.doc_uid(doc) or "?:?"
+        task, _, row = uid.rpartition(":")
+        message = f"scoring: {type(exc).__name__}: {exc}".rstrip(": ")
+        hooks.record_scoring_error(task, int(row) if row.isdigit() else row, message)
+        return _with_stats({"scoring_error": message}, doc)
+    return _with_stats(scores, doc)
+
+
 def mean_of_present(items):
     """Mean over the samples that carry a value (the others are ``None``); ``None`` when none does."""
     values = [float(v) for v in items if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -135,7 +151,7 @@ def rtr_mean(items):
 
 
 def chartqa_process_results(doc, results):
-    return _with_stats(_chartqa.chartqa_process_results(doc, results), doc)
+    return _scored(_chartqa.chartqa_process_results, doc, results)
 
 
 def docvqa_process_results(doc, results):
@@ -153,7 +169,7 @@ def docvqa_process_results(doc, results):
 
 
 def ocrbench_process_results(doc, results):
-    return _with_stats(_ocrbench.ocrbench_process_results(doc, results), doc)
+    return _scored(_ocrbench.ocrbench_process_results, doc, results)
 
 
 def ocrbench_aggregate_accuracy(results, args=None):
@@ -170,15 +186,15 @@ def ocrbench_aggregate_accuracy(results, args=None):
 
 
 def pope_process_results(doc, results):
-    return _with_stats(_pope.pope_process_results(doc, results), doc)
+    return _scored(_pope.pope_process_results, doc, results)
 
 
 def vstar_process_results(doc, results):
-    return _with_stats(_vstar.vstar_process_results(doc, results), doc)
+    return _scored(_vstar.vstar_process_results, doc, results)
 
 
 def realworldqa_process_results(doc, results):
-    return _with_stats(_realworldqa.realworldqa_process_results(doc, results), doc)
+    return _scored(_realworldqa.realworldqa_process_results, doc, results)
 
 
 # ----------------------------------------------------------------------------- awares_synth

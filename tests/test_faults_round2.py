@@ -24,7 +24,7 @@ from awares_lmms.core.arguments import ArgumentError
 from awares_lmms.core.backends import serving_options
 from awares_lmms.core.engine import GenerationSettings
 from awares_lmms.core.openai_backend import OpenAITransport
-from tests.test_faults import _lmms_eval, _noise, write_pope
+from tests.test_faults import _lmms_eval, _noise, _png, write_pope
 
 # ----------------------------------------------------------------------------- strict arguments
 
@@ -316,3 +316,134 @@ def test_report_command_says_which_file_is_cut(tmp_path):
                           env=dict(os.environ, MPLBACKEND="Agg"))
     assert proc.returncode == 2 and "_results.json:1: not a complete results file" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- evaluation resumes
+
+
+def _pope_corpus(n: int) -> list:
+    return [(f"d{i}", _png(_noise(320, 240, 40 + i)), "ok") for i in range(n)]
+
+
+def _samples_by_doc(out: Path) -> dict:
+    path = next(out.rglob("*_samples_pope.jsonl"))
+    return {s["doc_id"]: s for s in map(json.loads, path.read_text().splitlines())}
+
+
+@pytest.mark.slow
+def test_a_killed_evaluation_resumes_to_identical_results(tiny_dir, tmp_path):
+    """Before: SIGTERM mid-run wrote nothing, and a rerun with --use_cache reused 0 answers."""
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    data.mkdir()
+    n = 6
+    write_pope(data / "pope.parquet", _pope_corpus(n))
+    journal = tmp_path / "journal.jsonl"
+    base_args = f"pretrained={tiny_dir},device=cpu,preset=awares,max_new_tokens=6"
+    command = lambda out, extra: [sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares",  # noqa: E731
+                                  "--model_args", base_args + extra, "--tasks", "pope", "--batch_size", "1",
+                                  "--log_samples", "--output_path", str(out)]
+    env = dict(os.environ, AWARES_DATASETS_DIR=str(data), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+
+    # Killed once at least two documents are journaled (and before the last one is).
+    proc = subprocess.Popen(command(tmp_path / "killed", f",journal={journal}"), cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if journal.is_file() and len(journal.read_text().splitlines()) >= 3:  # header + 2 documents
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    assert proc.wait(timeout=120) != 0, "the run finished before it could be killed"
+    done_before = len(journal.read_text().splitlines()) - 1
+    assert 2 <= done_before < n
+    assert not list((tmp_path / "killed").rglob("*_results.json"))  # nothing else was written
+
+    rc, log = _lmms_eval(command(tmp_path / "resumed", f",journal={journal}")[3:], data, tmp_path)
+    assert rc == 0, log[-3000:]
+    assert f"{done_before} of {n} documents replayed from the journal" in log
+    rc, log = _lmms_eval(command(tmp_path / "straight", "")[3:], data, tmp_path)
+    assert rc == 0, log[-3000:]
+
+    resumed, straight = _samples_by_doc(tmp_path / "resumed"), _samples_by_doc(tmp_path / "straight")
+    assert sorted(resumed) == sorted(straight) == list(range(n))
+    for doc_id in range(n):
+        for key in ("filtered_resps", "rtr", "rtr_paper", "crops", "tool_call_status", "visual_tokens_lr"):
+            assert resumed[doc_id][key] == straight[doc_id][key], (doc_id, key)
+    results = [json.loads(next((tmp_path / d).rglob("*_results.json")).read_text())["results"]["pope"]
+               for d in ("resumed", "straight")]
+    assert results[0] == results[1]
+
+    # The same journal under another identity is refused, not mixed in.
+    rc, log = _lmms_eval(command(tmp_path / "other", f",journal={journal},mode=lr")[3:], data, tmp_path)
+    assert rc == 1 and "was written by another run (it differs in ['mode'])" in log, log[-2000:]
+
+
+def test_a_cut_journal_line_is_dropped_and_the_rest_reused(tmp_path):
+    from awares_lmms.core.engine import Request, Result
+    from awares_lmms.core.stats import SampleStats
+    from awares_lmms.plugin.journal import Journal, request_key
+
+    identity = {"pretrained": "x", "mode": "awares"}
+    settings = GenerationSettings(max_new_tokens=4)
+    requests = [Request(f"q{i}", [_noise(64, 48, i)]) for i in range(3)]
+    keys = [request_key("pope", i, r, settings) for i, r in enumerate(requests)]
+    journal = Journal(tmp_path / "j.jsonl", identity)
+    journal.append([("pope", keys[i], i, Result(f"a{i}", SampleStats(rtr=0.25))) for i in range(2)])
+    journal.close()
+    with (tmp_path / "j.jsonl").open("a") as f:
+        f.write('{"key": "' + keys[2] + '", "text": "cut mid-wri')
+    again = Journal(tmp_path / "j.jsonl", identity)
+    assert again.lookup(keys[0]).text == "a0" and again.lookup(keys[0]).stats.rtr == 0.25
+    assert again.lookup(keys[2]) is None
+    # An edited question or image is a different key: answered anew.
+    assert request_key("pope", 0, Request("q0 edited", requests[0].images), settings) != keys[0]
+    assert request_key("pope", 0, Request("q0", [_noise(64, 48, 9)]), settings) != keys[0]
+    again.append([("pope", keys[2], 2, Result("a2", SampleStats()))])
+    again.close()
+    lines = (tmp_path / "j.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and all(json.loads(line) for line in lines)
+
+
+@pytest.mark.slow
+def test_an_empty_ground_truth_marks_one_document_and_keeps_the_others(tiny_dir, tmp_path):
+    """Before: stock POPE's assert aborted the run after all generation: exit 1, nothing written."""
+    from tests.test_faults import _to_parquet
+
+    data = tmp_path / "data"
+    data.mkdir()
+    image = {"bytes": _png(_noise(300, 200)), "path": None}
+    _to_parquet("pope", {"question": ["Is there a cat?"] * 3, "answer": ["no", "", "yes"],
+                         "question_id": ["0", "1", "2"], "image": [image] * 3}, data / "pope.parquet")
+    out = tmp_path / "out"
+    rc, log = _lmms_eval(["--model", "awares", "--model_args", f"pretrained={tiny_dir},device=cpu,max_new_tokens=4",
+                          "--tasks", "pope", "--log_samples", "--output_path", str(out)], data, tmp_path)
+    assert rc == 3, log[-3000:]
+    samples = _samples_by_doc(out)
+    assert samples[1]["scoring_error"].startswith("scoring: AssertionError")
+    assert "pope_accuracy" in samples[0] and "pope_accuracy" in samples[2]
+    results = json.loads(next(out.rglob("*_results.json")).read_text())
+    assert [e["doc_id"] for e in results["config"]["awares_document_errors"]["pope"]] == [1]
+    assert results["results"]["pope"]["pope_accuracy,none"] is not None
+
+
+# ----------------------------------------------------------------------------- training inputs
+
+
+def test_training_refuses_an_image_corrupted_after_curation_before_step_one(tmp_path):
+    """Before: the start-up check only tested that the files existed; SFT crashed at step 2."""
+    from training import transcripts
+
+    good = tmp_path / "good.png"
+    _noise(64, 48).save(good)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[:200])
+    rows = [{"id": f"s{i}", "label": "lr", "question": "q?", "answer": "a", "image": name, "images": [name],
+             "messages": transcripts.conversation("q?", "a")} for i, name in enumerate(["good.png", "cut.png"])]
+    path = tmp_path / "transcripts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=rf"{path}:2: sample 's1' has images that do not decode: \[.*cut.png"):
+        transcripts.read(path)
+    assert len(transcripts.read(path, check_images=False)) == 2

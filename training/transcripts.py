@@ -71,15 +71,26 @@ def turn_images(original: Image.Image, crops=(), crop_all: bool = False, lr_scal
     return out
 
 
+def undecodable(path: str) -> str | None:
+    """Why an image file cannot be decoded in full (None: it can). A file corrupted or cut after curation
+    would otherwise fail the trainer at whatever step first collates it."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except Exception as exc:  # noqa: BLE001 - any decoder error means the sample cannot be trained on
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 REQUIRED_FIELDS = ("id", "label", "question", "answer", "image", "images", "messages")
 
 
 def read(path: str | Path, check_images: bool = True) -> list[dict]:
     """Records of a transcripts file, image paths made absolute.
 
-    Every line is checked before training starts (a bad line, a missing field, an empty answer or a
-    missing image file raises ``ValueError`` naming the line), so a run never fails at step N over
-    something that was wrong at step 0.
+    Every line is checked before training starts (a bad line, a missing field, an empty answer, a
+    missing image file or one that does not decode in full raises ``ValueError`` naming the line), so a
+    run never fails at step N over something that was wrong at step 0.
     """
     path = Path(path)
     if not path.is_file():
@@ -108,6 +119,11 @@ def read(path: str | Path, check_images: bool = True) -> list[dict]:
                 absent = [p for p in [rec["image"], *rec["images"]] if not os.path.isfile(p)]
                 if absent:
                     problems.append(f"{path}:{lineno}: sample {rec['id']!r} names missing image files {absent}")
+                    continue
+                broken = [f"{p} ({why})" for p in dict.fromkeys([rec["image"], *rec["images"]])
+                          if (why := undecodable(p)) is not None]
+                if broken:
+                    problems.append(f"{path}:{lineno}: sample {rec['id']!r} has images that do not decode: {broken}")
                     continue
             if rec["id"] in seen:
                 # Only a second writer could append an id twice (curation takes a lock against that):

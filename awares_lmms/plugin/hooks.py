@@ -254,6 +254,17 @@ def record_document_errors(errors: dict, total: int | None = None) -> None:
         _DOCUMENT_COUNT["total"] = total
 
 
+def record_scoring_error(task: str, doc_id, error: str) -> None:
+    """A document the task could not score (after the model answered it): counted with the documents
+    that could not be answered."""
+    items = _DOCUMENT_ERRORS.setdefault(task, [])
+    for item in items:
+        if item["doc_id"] == doc_id:  # already failed when it was answered: one failure, two causes
+            item["error"] += f"; {error}"
+            return
+    items.append({"doc_id": doc_id, "error": error})
+
+
 def documents_answered() -> tuple[int, int | None]:
     """(documents that failed, documents asked) in this process's last ``awares`` evaluation."""
     return sum(len(v) for v in _DOCUMENT_ERRORS.values()), _DOCUMENT_COUNT.get("total")

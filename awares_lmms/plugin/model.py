@@ -26,6 +26,7 @@ from awares_lmms.core.backends import BACKENDS, ServingOptions, build_engine, se
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request, Result
 from awares_lmms.core.loading import resolve_dtype
 from awares_lmms.plugin import handoff, hooks
+from awares_lmms.plugin.journal import Journal, request_key
 
 # on_error: "record" answers a document that cannot be read or processed with an empty prediction,
 # records why in its sample, and the lmms_eval command exits 3 after writing everything; "fail" stops
@@ -90,6 +91,7 @@ class AwaresLMM(lmms):
     Backend: backend (hf|vllm|openai) and the serving options (``backends.ServingOptions``): base_url,
     model, api_key_env, max_concurrency, timeout, max_retries, send_budget, seed; tp,
     gpu_memory_utilization, max_model_len, enforce_eager, block_size. Reports: save_images (a directory).
+    Resume: journal (a file; answered documents are appended and replayed by the same command).
     """
 
     is_simple = False
@@ -107,7 +109,7 @@ class AwaresLMM(lmms):
                  dtype: str = "auto", batch_size=1, system_prompt: str | None = None, reuse_cache: bool = True,
                  attn_implementation: str | None = None, trust_remote_code: bool = False, max_batch_size=None,
                  preset: str | None = None, on_error: str = "record", backend: str = "hf",
-                 save_images: str | None = None, **protocol_args):
+                 save_images: str | None = None, journal: str | None = None, **protocol_args):
         super().__init__()
         serving_args = {k: protocol_args.pop(k) for k in list(protocol_args) if k in SERVING_ARG_NAMES}
         unknown = sorted(set(protocol_args) - set(presets.SETTING_NAMES))
@@ -168,6 +170,13 @@ class AwaresLMM(lmms):
         self.protocol_summary = {**self.resolved.summary(), "min_pixels": self.engine.budget.min_pixels,
                                  "max_pixels": self.engine.budget.max_pixels}
         hooks.record_run_protocol(self.protocol_summary)
+        self.journal = None
+        if journal:
+            # One file per process under accelerate: ranks answer disjoint shares of the documents.
+            path = f"{journal}.rank{self._rank}" if self._world_size > 1 else journal
+            self.journal = Journal(path, {"pretrained": str(pretrained), "adapter": adapter, "mode": mode,
+                                          "crops": list(fixed), "system_prompt": system_prompt, "backend": backend,
+                                          "protocol": self.protocol_summary})
         eval_logger.info(self.resolved.describe())
         eval_logger.info(f"awares: mode={mode} pixels=[{self.engine.budget.min_pixels}, "
                          f"{self.engine.budget.max_pixels}] backend={backend} dtype={torch_dtype} "
@@ -265,8 +274,15 @@ class AwaresLMM(lmms):
                     slots.append(self._read_document(ctx, to_msg, doc_id, task, split))
                 except Exception as exc:  # noqa: BLE001 - the document's own problem, not the run's
                     slots.append(self.engine.unanswered(exc, "document"))
+            if self.journal is not None:
+                keys = [request_key(t, d, r, settings) if isinstance(r, Request) else None
+                        for r, t, d in zip(slots, tasks, doc_ids)]
+                slots = [self.journal.lookup(k) or r if k is not None else r for r, k in zip(slots, keys)]
             answered = iter(self.engine.run([r for r in slots if isinstance(r, Request)], settings))
             outputs = [next(answered) if isinstance(r, Request) else r for r in slots]
+            if self.journal is not None:
+                self.journal.append([(t, k, d, o) for t, k, d, o, r in zip(tasks, keys, doc_ids, outputs, slots)
+                                     if k is not None and isinstance(r, Request)])
             for out, doc_id, task in zip(outputs, doc_ids, tasks):
                 s = out.stats
                 s.protocol = self.protocol_summary
@@ -286,6 +302,9 @@ class AwaresLMM(lmms):
                 results.append(GenerationResult(text=out.text, token_counts=counts))
             pbar.update(len(chunk))
         pbar.close()
+        if self.journal is not None and self.journal.replayed:
+            eval_logger.info(f"awares: {self.journal.replayed} of {len(requests)} documents replayed from the journal "
+                             f"{self.journal.path}")
         self._report_errors(errors, len(requests))
         return collator.get_original(results)
 
