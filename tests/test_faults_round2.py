@@ -447,3 +447,70 @@ def test_training_refuses_an_image_corrupted_after_curation_before_step_one(tmp_
     with pytest.raises(ValueError, match=rf"{path}:2: sample 's1' has images that do not decode: \[.*cut.png"):
         transcripts.read(path)
     assert len(transcripts.read(path, check_images=False)) == 2
+
+
+# ----------------------------------------------------------------------------- fidelity of the paper preset
+
+
+def _engine(tiny_model, preset: str):
+    from awares_lmms.core.engine import EngineConfig
+    from awares_lmms.core.hf_engine import TwoTurnEngine
+
+    model, processor = tiny_model
+    return TwoTurnEngine(model, processor, EngineConfig(mode="awares", protocol=presets.PRESETS[preset]))
+
+
+def test_paper_preset_suppresses_no_token_where_it_matters(tiny_model):
+    """The released file passes no logits processor: a model whose favourite token is <|vision_start|>
+    emits it under ``paper`` (as the released evaluation would) and never under ``awares``."""
+    from awares_lmms.core.engine import Request
+
+    model, processor = tiny_model
+    vision_start = processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+
+    def favour_vision_start(module, inputs, output):
+        output[..., vision_start] += 1e4
+        return output
+
+    handle = model.lm_head.register_forward_hook(favour_vision_start)
+    try:
+        emitted = {}
+        for preset in ("paper", "awares"):
+            engine = _engine(tiny_model, preset)
+            rows = [engine._prepare(Request("What is it?", [_noise(224, 224)]))]
+            state = engine._turn1(rows, GenerationSettings(max_new_tokens=3), trace=False)
+            emitted[preset] = state.sequences[0, state.prompt_len:].tolist()
+    finally:
+        handle.remove()
+    assert emitted["paper"][0] == vision_start
+    assert vision_start not in emitted["awares"]
+
+
+def test_paper_preset_uses_the_first_image_of_a_multi_image_document(tiny_model):
+    from awares_lmms.core.engine import Request
+
+    request = Request("Which is larger?", [_noise(300, 200, 1), _noise(300, 200, 2)])
+    (paper,) = _engine(tiny_model, "paper").run([request], GenerationSettings(max_new_tokens=2))
+    (ours,) = _engine(tiny_model, "awares").run([request], GenerationSettings(max_new_tokens=2))
+    assert "multi_image_first_of_2" in paper.stats.image_notes and paper.stats.visual_tokens_lr > 0
+    assert ours.stats.tool_call_status == "multi_image_full" and ours.stats.visual_tokens_lr == 0
+
+
+def test_paper_preset_samples_with_top_p_09_and_transposes_exif(tiny_dir):
+    from awares_lmms.core.engine import Request
+    from awares_lmms.plugin.model import AwaresLMM
+    from tests.test_faults import _exif_rotated_jpeg
+
+    paper = AwaresLMM.create_from_arg_string(f"pretrained={tiny_dir},device=cpu")
+    ours = AwaresLMM.create_from_arg_string(f"pretrained={tiny_dir},device=cpu,preset=awares")
+    sampled = {"temperature": 0.7, "do_sample": True, "max_new_tokens": 2}
+    assert paper._settings(sampled).top_p == 0.9 and ours._settings(sampled).top_p is None
+    assert paper._settings(dict(sampled, top_p=0.5)).top_p == 0.5  # the task's own value wins
+    assert paper._settings({"max_new_tokens": 2}).generate_kwargs()["top_p"] is None  # greedy: none
+    import io
+
+    from PIL import Image
+
+    rotated = Image.open(io.BytesIO(_exif_rotated_jpeg()))
+    (result,) = paper.engine.run([Request("What is it?", [rotated])], GenerationSettings(max_new_tokens=2))
+    assert "exif_transposed" in result.stats.image_notes and result.stats.image_size == [200, 320]

@@ -15,8 +15,9 @@ def test_undeclared_checkpoint_gets_the_paper_preset():
     assert resolved.preset == "paper" and resolved.preset_source == "default"
     s = resolved.settings
     assert (s.parser, s.image_path, s.min_pixels, s.max_pixels) == ("released", "qwen_vl_utils", 25088, 1605632)
-    assert (s.exif_transpose, s.apply_until, s.small_image) == (False, False, "rewrite")
+    assert (s.exif_transpose, s.apply_until, s.small_image) == (True, False, "rewrite")
     assert (s.stop_tokens, s.turn2_reply, s.max_new_tokens) == ("tokenizer_eos", "retokenized", 4096)
+    assert (s.suppress_vision_tokens, s.multi_image, s.sampling_top_p) == (False, "first", 0.9)
 
 
 def test_declaration_then_model_args_win_setting_by_setting(tmp_path):

@@ -177,6 +177,11 @@ class TwoTurnProtocol:
                                          max_pixels=self.protocol.max_image_pixels)
             normalised.append(im)
             stats.image_notes += notes
+        if len(normalised) > 1 and self.protocol.multi_image == "first":
+            # As the released file: the first image only, the protocol run on it (noted per sample).
+            stats.image_notes.append(f"multi_image_first_of_{len(normalised)}")
+            logger.info("request with %d images: the first one is used (multi_image=first)", len(normalised))
+            normalised = normalised[:1]
         to_model = [images.pre_resize(im, self.protocol.image_path) for im in normalised]
         if len(normalised) != 1:
             # Crops are defined for one image; anything else is answered in one full pass.

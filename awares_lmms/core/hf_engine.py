@@ -90,6 +90,7 @@ class TwoTurnEngine(TwoTurnProtocol):
         self.model = model
         self.family = QwenVLFamily(model, processor)
         self.stop_ids = self.family.stop_ids(self.tokenizer, self.protocol.stop_tokens)
+        self.suppressed_ids = self.family.suppressed_ids if self.protocol.suppress_vision_tokens else None
         # Forced replies end on <|im_end|> when it stops generation, else on the stop token that does.
         self.forced_end_id = (self.family.end_of_turn_id if self.family.end_of_turn_id in self.stop_ids
                               else min(self.stop_ids))
@@ -140,7 +141,7 @@ class TwoTurnEngine(TwoTurnProtocol):
         out = self.model.generate(
             **enc, max_new_tokens=max_new, logits_processor=processors, return_dict_in_generate=True,
             pad_token_id=self.family.pad_id, eos_token_id=sorted(self.stop_ids),
-            suppress_tokens=self.family.suppressed_ids, **settings.generate_kwargs(),
+            suppress_tokens=self.suppressed_ids, **settings.generate_kwargs(),
         )
         generated = out.sequences[:, prompt_len:]
         lengths = []
@@ -228,7 +229,7 @@ class TwoTurnEngine(TwoTurnProtocol):
                       position_ids=inputs.position_ids, mm_token_type_ids=inputs.mm_token_type_ids,
                       max_new_tokens=settings.max_new_tokens, return_dict_in_generate=True, output_logits=trace,
                       pad_token_id=self.family.pad_id, eos_token_id=sorted(self.stop_ids),
-                      suppress_tokens=self.family.suppressed_ids, **settings.generate_kwargs())
+                      suppress_tokens=self.suppressed_ids, **settings.generate_kwargs())
         if self.config.reuse_cache:
             cache = state.cache
             if len(todo) != len(rows):

@@ -7,9 +7,11 @@ Two presets exist:
     the processor budget 25088..1605632 pixels, every image pre-resized by ``qwen_vl_utils`` before the
     processor resizes it again, the released crop parser (``GET_CROPS:[...]`` at the very start of the
     reply, one character per region, anything else gets the whole image), a crop request on an image
-    under 100 px rewritten to ``GET_CROPS:[all]``, no EXIF orientation, no ``until`` stop strings, turn 2
-    built from the re-tokenized reply (the released code re-renders the conversation as text), and
-    generation stopped by the tokenizer's eos token only.
+    under 100 px rewritten to ``GET_CROPS:[all]``, EXIF orientation applied (as the ``datasets`` decoder
+    did before the released file saw the image), no ``until`` stop strings, turn 2 built from the
+    re-tokenized reply (the released code re-renders the conversation as text), generation stopped by
+    the tokenizer's eos token only and never kept from any token, the first image of a multi-image
+    document, and ``top_p`` 0.9 when a task samples without one.
 ``awares``
     Our protocol, the one our training writes transcripts in: the checkpoint's own pixel budget, the
     processor alone resizes, the robust parser (``GET_CROPS: ['0', '5']`` and its variants), EXIF
@@ -51,6 +53,7 @@ SMALL_IMAGE_POLICIES = ("rewrite", "keep")
 STOP_TOKENS = ("tokenizer_eos", "generation_config")
 TURN2_REPLY = ("retokenized", "generated")
 COLOR_CONVERSIONS = ("normalise", "pil")
+MULTI_IMAGE = ("full_pass", "first")
 
 DEFAULT_MAX_NEW_TOKENS = 128
 # The released evaluation's processor budget: 32 and 2048 visual tokens of 28x28 pixels.
@@ -82,12 +85,21 @@ class ProtocolSettings:
     color_conversion: str = "normalise"
     # Images above this many pixels are downscaled first (noted): a memory bound, far above benchmarks.
     max_image_pixels: int = images.MAX_IMAGE_PIXELS
+    # Keep generation from emitting the vision special tokens (<|vision_start|>, <|image_pad|>, ...): a
+    # reply holding one would break turn 2's image alignment. The released evaluation passes no such
+    # processor, so ``paper`` suppresses nothing.
+    suppress_vision_tokens: bool = True
+    # A document with several images: "full_pass" answers it in one pass over all of them; "first" keeps
+    # the first image and runs the protocol on it, as the released file does (noted per sample).
+    multi_image: str = "full_pass"
+    # top_p when a task samples (temperature > 0) and sets none; the released file defaults it to 0.9.
+    sampling_top_p: float | None = None
 
     def __post_init__(self):
         for name, allowed in (("parser", PARSERS), ("image_path", IMAGE_PATHS), ("small_image", SMALL_IMAGE_POLICIES),
                               ("stop_tokens", STOP_TOKENS), ("turn2_reply", TURN2_REPLY),
                               ("fallback", protocol.FALLBACK_POLICIES),
-                              ("color_conversion", COLOR_CONVERSIONS)):
+                              ("color_conversion", COLOR_CONVERSIONS), ("multi_image", MULTI_IMAGE)):
             value = getattr(self, name)
             if value not in allowed:
                 raise ArgumentError(f"{name} must be one of {allowed}, got {value!r}")
@@ -95,6 +107,8 @@ class ProtocolSettings:
             raise ArgumentError(f"lr_scale must be in (0, 1], got {self.lr_scale}")
         if self.max_new_tokens < 1:
             raise ArgumentError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.sampling_top_p is not None and not 0 < self.sampling_top_p <= 1:
+            raise ArgumentError(f"sampling_top_p must be in (0, 1], got {self.sampling_top_p}")
         for name in ("min_pixels", "max_pixels", "max_image_pixels"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
@@ -107,15 +121,19 @@ class ProtocolSettings:
 
 
 PRESETS: dict[str, ProtocolSettings] = {
+    # exif_transpose: the released file itself does not transpose, but stock lmms-eval hands it images
+    # decoded by ``datasets``, whose image feature applies the EXIF orientation: what the authors' model
+    # saw was upright, so ``paper`` transposes too.
     "paper": ProtocolSettings(
         parser="released", image_path="qwen_vl_utils", min_pixels=RELEASED_MIN_PIXELS,
-        max_pixels=RELEASED_MAX_PIXELS, exif_transpose=False, apply_until=False, small_image="rewrite",
-        stop_tokens="tokenizer_eos", turn2_reply="retokenized", max_new_tokens=4096, color_conversion="pil"),
+        max_pixels=RELEASED_MAX_PIXELS, exif_transpose=True, apply_until=False, small_image="rewrite",
+        stop_tokens="tokenizer_eos", turn2_reply="retokenized", max_new_tokens=4096, color_conversion="pil",
+        suppress_vision_tokens=False, multi_image="first", sampling_top_p=0.9),
     "awares": ProtocolSettings(),
 }
 DEFAULT_PRESET = "paper"
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(ProtocolSettings))
-_BOOL_SETTINGS = {"exif_transpose", "apply_until"}
+_BOOL_SETTINGS = {"exif_transpose", "apply_until", "suppress_vision_tokens"}
 _INT_SETTINGS = {"min_pixels", "max_pixels", "max_new_tokens", "max_image_pixels"}
 
 
@@ -123,7 +141,7 @@ def _coerce(name: str, value):
     """A setting's value from ``--model_args`` or a declaration (strings, ints, floats or bools),
     read strictly (``awares_lmms.core.arguments``)."""
     if arguments.optional(value):
-        if name in ("min_pixels", "max_pixels"):
+        if name in ("min_pixels", "max_pixels", "sampling_top_p"):
             return None
         raise ArgumentError(f"{name} needs a value")
     if name in _BOOL_SETTINGS:
@@ -131,6 +149,8 @@ def _coerce(name: str, value):
     if name in _INT_SETTINGS:
         return arguments.integer(name, value, minimum=1)
     if name == "lr_scale":
+        return arguments.number(name, value, minimum=0.0, exclusive=True, maximum=1.0)
+    if name == "sampling_top_p":
         return arguments.number(name, value, minimum=0.0, exclusive=True, maximum=1.0)
     if not isinstance(value, str):
         raise ArgumentError(f"{name} must be one of its names, got {value!r}")

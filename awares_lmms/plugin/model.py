@@ -222,8 +222,11 @@ class AwaresLMM(lmms):
         if not do_sample and "do_sample" in gen_kwargs:
             temperature = 0.0
         max_new_tokens = self._max_new_tokens(gen_kwargs.get("max_new_tokens"))
+        top_p = gen_kwargs.get("top_p")
+        if temperature > 0 and top_p is None:
+            top_p = self.resolved.settings.sampling_top_p  # paper: 0.9, as the released file defaults it
         return GenerationSettings(max_new_tokens=max_new_tokens,
-                                  temperature=temperature, top_p=gen_kwargs.get("top_p"),
+                                  temperature=temperature, top_p=top_p,
                                   until=tuple(u for u in (until or ()) if u))
 
     def _max_new_tokens(self, task_value) -> int:
