@@ -88,6 +88,20 @@ def make_batch(processor, samples, rng: random.Random, low_res_fraction: float):
     return processor(text=texts, images=imgs, padding=True, padding_side="right", return_tensors="pt")
 
 
+def step_batch(processor, pool, cfg: BaseConfig, step: int):
+    """The batch of training step ``step``: drawn with a per-step RNG, so a resumed run sees the same
+    batches (and ``tests/training/test_training_inputs.py`` can pin them)."""
+    rng = random.Random(cfg.seed * 1_000_003 + step)
+    return make_batch(processor, rng.sample(pool, cfg.batch_size), rng, cfg.low_res_fraction)
+
+
+def training_pool(cfg: BaseConfig, generator=None):
+    """The generated questions the base model is trained on (uniform over the benchmark's kinds)."""
+    generator = generator or benchmark_module(cfg.benchmark)
+    uniform = {k: 1 / len(generator.KINDS) for k in generator.KINDS}
+    return generator.generate(cfg.pool_size, seed=cfg.seed, mix=uniform, prefix="base")
+
+
 @torch.no_grad()
 def heldout_accuracy(model, processor, samples, header, pad_id, low_res: bool) -> dict[str, float]:
     """Share of held-out answers whose every token is the model's argmax (teacher forcing), per kind."""
@@ -132,14 +146,13 @@ def train(cfg: BaseConfig) -> Path:
         start = state["step"]
         print(f"[base] resumed at step {start}")
     uniform = {k: 1 / len(generator.KINDS) for k in generator.KINDS}
-    pool = generator.generate(cfg.pool_size, seed=cfg.seed, mix=uniform, prefix="base")
+    pool = training_pool(cfg, generator)
     header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     pad_id = tokenizer.pad_token_id
     heldout = generator.generate(cfg.eval_samples, seed=cfg.seed + 10_000, mix=uniform, prefix="base-heldout")
     t0, running = time.time(), None
     for step in range(start, cfg.steps):
-        rng = random.Random(cfg.seed * 1_000_003 + step)  # per-step RNG: a resumed run sees the same batches
-        batch = make_batch(processor, rng.sample(pool, cfg.batch_size), rng, cfg.low_res_fraction)
+        batch = step_batch(processor, pool, cfg, step)
         labels = _answer_labels(batch["input_ids"], header, pad_id)
         loss = model(**batch, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
