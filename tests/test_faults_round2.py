@@ -514,3 +514,78 @@ def test_paper_preset_samples_with_top_p_09_and_transposes_exif(tiny_dir):
     rotated = Image.open(io.BytesIO(_exif_rotated_jpeg()))
     (result,) = paper.engine.run([Request("What is it?", [rotated])], GenerationSettings(max_new_tokens=2))
     assert "exif_transposed" in result.stats.image_notes and result.stats.image_size == [200, 320]
+
+
+# ----------------------------------------------------------------------------- curation resumes on content
+
+
+def _rows_source(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("id_column", [None, "uid"])
+def test_curation_resume_notices_an_edited_and_an_inserted_row(tiny_dir, tmp_path, id_column):
+    """Before: after an answer in the source was fixed, a rerun processed 0 rows and kept the old
+    answer; after a row was inserted, ids (row positions) shifted: the new row was never curated and
+    another appeared twice. Without an id column ids now derive from the content (an edited row is a
+    new sample, its old record goes); with one, an edited row keeps its id and is curated again."""
+    from tests.training.test_faults import ENV, REPO, _curate
+
+    for i in range(4):
+        _noise(200, 160, i).save(tmp_path / f"{i}.png")
+    rows = [{"uid": f"u{i}", "question": f"What is in picture {i}?", "answer": a, "image": f"{i}.png"}
+            for i, a in enumerate(["red", "green", "blue"])]
+    source = tmp_path / "rows.jsonl"
+    out = tmp_path / "curated"
+    args = ["--source", str(source), "--oracle", "dataset", "--no_box", "lr", "--both_wrong", "lr",
+            "--id_column", id_column or ""]
+
+    def curate() -> tuple[dict, list[dict]]:
+        proc = subprocess.run(_curate(out, tiny_dir, *args), cwd=REPO, env=ENV, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        log = {r["id"]: r for r in map(json.loads, (out / "curation_log.jsonl").read_text().splitlines())}
+        transcripts = [json.loads(line) for line in (out / "transcripts.jsonl").read_text().splitlines()]
+        return log, transcripts
+
+    _rows_source(source, rows)
+    first_log, first = curate()
+    assert len(first) == 3 and len({t["id"] for t in first}) == 3
+    ids = {t["question"]: t["id"] for t in first}
+
+    # The answer of row 1 fixed, a row inserted at the top.
+    edited = [{"uid": "u3", "question": "What is in picture 3?", "answer": "yellow", "image": "3.png"},
+              rows[0], {**rows[1], "answer": "lime"}, rows[2]]
+    _rows_source(source, edited)
+    log, transcripts = curate()
+    by_question = {t["question"]: t for t in transcripts}
+    assert len(transcripts) == 4 and len({t["id"] for t in transcripts}) == 4  # nothing twice
+    assert by_question["What is in picture 1?"]["answer"] == "lime"             # the fix is curated
+    assert by_question["What is in picture 3?"]["answer"] == "yellow"           # the inserted row too
+    # The untouched rows kept their ids and were not curated again.
+    for question in ("What is in picture 0?", "What is in picture 2?"):
+        assert by_question[question]["id"] == ids[question]
+        assert log[ids[question]]["finished_at"] == first_log[ids[question]]["finished_at"]
+    fixed_id = by_question["What is in picture 1?"]["id"]
+    assert log[fixed_id]["answers"] == ["lime"] and len(log) == 4
+    assert (fixed_id == ids["What is in picture 1?"]) == (id_column is not None)
+
+    # A row removed from the source leaves no transcript behind.
+    _rows_source(source, edited[:2])
+    _, transcripts = curate()
+    assert sorted(t["question"] for t in transcripts) == ["What is in picture 0?", "What is in picture 3?"]
+
+
+def test_curation_input_that_is_not_utf8_names_its_line(tmp_path):
+    """Before: a bare UnicodeDecodeError naming no file, line or row."""
+    from training.curation.config import InputArguments
+    from training.curation.inputs import load_samples
+
+    _noise(64, 48).save(tmp_path / "a.png")
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"question": "q?", "answer": "a", "image": "a.png"}\n{"question": "\xff", "answer": "b"}\n')
+    samples = load_samples(InputArguments(source=str(path)))
+    assert samples[0].problem is None
+    assert samples[1].problem == f"{path}:2: not UTF-8 text (byte 14)"

@@ -10,7 +10,8 @@ the stages themselves resume from their own checkpoints and append-only stores):
                 held-out file is named as its lmms-eval task reads it (``awares_synth[2].parquet``);
 2. ``base``     a small Qwen2.5-VL taught single-turn answers at mixed resolutions
                 (``training.synthetic_base``), the analogue of the pretrained model the paper starts
-                from: from scratch for v1; for v2, the shipped v1 base continued on v2's questions;
+                from: from scratch for v1; for v2, the v1 base of release 0.2 (shipped as
+                ``synthetic2/init``) continued on v2's questions;
 3. ``curate``   ``python -m training.curate`` with the benchmark's ``curate.yaml``;
 4. ``sft``      ``python -m training.sft`` with its ``sft.yaml``;
 5. ``grpo``     ``python -m training.grpo`` with its ``grpo.yaml``;
@@ -42,7 +43,7 @@ from types import ModuleType
 from awares_lmms.report import figures
 from awares_lmms.tools import assets
 from training import synthetic_base, synthetic_eval
-from training.synthetic_eval import evaluate_checkpoint, format_table
+from training.synthetic_eval import evaluate_checkpoint, format_table, readme_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +57,7 @@ class Benchmark:
     n_train: int
     n_test: int
     base_steps: int
-    base_from_v1: bool   # continue the shipped v1 base instead of training from scratch
+    base_from_v1: bool   # continue the frozen v1 base (assets synthetic2/init) instead of training from scratch
 
 
 BENCHMARKS = {
@@ -143,7 +144,7 @@ def stage_data(cfg: ReproductionConfig, root: Path) -> dict[str, Path]:
 def stage_base(cfg: ReproductionConfig, root: Path) -> Path:
     out = root / "base"
     if not _finished_checkpoint(out):
-        init = str(assets.synthetic_checkpoint("base")) if cfg.spec.base_from_v1 else ""
+        init = str(assets.synthetic_checkpoint("init", "v2")) if cfg.spec.base_from_v1 else ""
         _log(f"training the base model ({cfg.base_steps} steps{', from the v1 base' if init else ''}) -> {out}")
         synthetic_base.train(synthetic_base.BaseConfig(output_dir=str(out), steps=cfg.base_steps, seed=cfg.seed,
                                                        benchmark=cfg.benchmark, init_from=init))
@@ -293,7 +294,8 @@ def run(cfg: ReproductionConfig) -> dict:
     table["labels"] = curation_labels(cfg, root)
     table["targets"] = targets(table, cfg.benchmark)
     (root / "table.json").write_text(json.dumps(table, indent=2))
-    (root / "table.md").write_text(format_table(table, rows) + "\n")
+    (root / "table.md").write_text(format_table(table, rows) + "\n\nAs the README shows it:\n\n"
+                                   + readme_table(table, rows) + "\n")
     draw_figures(table, rows, root)
     print(format_table(table, rows))
     print(json.dumps({"labels": {k: v for k, v in table["labels"].items() if k != "per_kind"},

@@ -4,7 +4,7 @@ starts from. It knows nothing of crops; curation, SFT and GRPO add that.
 
     python -m training.synthetic_base --output_dir runs/synth/base [--steps 1500]
     python -m training.synthetic_base --output_dir runs/synth2/base --benchmark v2 \
-        --init_from awares_lmms/assets/synthetic/base          # v2: continue the v1 base on v2 questions
+        --init_from awares_lmms/assets/synthetic2/init       # v2: continue a v1 base on v2 questions
 
 A plain loop (no trainer): the model is tiny, the data is generated, and it resumes from its last
 checkpoint (``state.pt``, every ``save_every`` steps) after a crash.
@@ -43,7 +43,7 @@ class BaseConfig:
     # The real checkpoints' 1e6 leaves a 32-dim head's height/width sections of M-RoPE (its lowest
     # frequencies) almost still across an 8-token-wide image: a 1500-step run learned colour only, and
     # two more sat on the same plateau when stopped at step 950. 100 turns them enough. See README.
-    rope_theta: float = 100.0
+    rope_theta: float = 10.0
     save_every: int = 250
     eval_every: int = 250  # teacher-forced answer accuracy per question kind on held-out samples (0: never)
     eval_samples: int = 60

@@ -138,6 +138,24 @@ def _f(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
+README_ROWS = {"full": "full resolution", "lr": "low resolution only", "lr_then_full": "LR → full",
+               "sft": "AwaRes after SFT", "grpo": "AwaRes after GRPO"}
+
+
+def readme_table(table: dict, rows) -> str:
+    """The table the README and docs/synthetic.md show, rendered from a run's ``table.json``
+    (``tests/test_readme_tables.py`` checks that the shipped run's rendering is what they show)."""
+    lines = ["| row | accuracy | RTR | no crop on LR-sufficient questions | request holds the evidence, HR-needed |",
+             "|---|---:|---:|---:|---:|"]
+    for name in rows:
+        r = table[name]
+        policy = name in ("sft", "grpo")
+        lines.append(f"| {README_ROWS[name]} | {_f(r['accuracy'])} | {_f(r['rtr'])} | "
+                     f"{_f(r['no_crop_share_lr_sufficient']) if policy else '–'} | "
+                     f"{_f(r['right_crop_share_hr_needed']) if policy else '–'} |")
+    return "\n".join(lines)
+
+
 def format_table(table: dict, rows) -> str:
     header = ("| row | accuracy | RTR | no-crop, LR-sufficient | no-crop, HR-needed | request holds the evidence, "
               "HR-needed | area / cheapest, HR-needed |")

@@ -96,7 +96,7 @@ def read(path: str | Path, check_images: bool = True) -> list[dict]:
     if not path.is_file():
         raise ValueError(f"transcripts file not found: {path}")
     root = path.parent
-    records, problems, seen, duplicates = [], [], set(), 0
+    records, problems, seen, duplicates = [], [], {}, 0
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -126,14 +126,15 @@ def read(path: str | Path, check_images: bool = True) -> list[dict]:
                     problems.append(f"{path}:{lineno}: sample {rec['id']!r} has images that do not decode: {broken}")
                     continue
             if rec["id"] in seen:
-                # Only a second writer could append an id twice (curation takes a lock against that):
-                # the first record wins, as curation's own summary counts.
+                # Curation compacts the file at the end of every run; an id twice means a run stopped between
+                # re-curating a changed sample and that compaction: the later record is the current one.
                 duplicates += 1
+                records[seen[rec["id"]]] = rec
                 continue
-            seen.add(rec["id"])
+            seen[rec["id"]] = len(records)
             records.append(rec)
     if duplicates:
-        logger.warning("%s: %d duplicate sample ids ignored (the first record of each is used)", path, duplicates)
+        logger.warning("%s: %d duplicate sample ids (the last record of each is used)", path, duplicates)
     if problems:
         shown = "\n  ".join(problems[:10])
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""

@@ -8,7 +8,9 @@ learnability test meaningful without a download.
 Both are rebuilt by ``python -m training.reproduce_synthetic --out DIR`` (``DIR/base``,
 ``DIR/grpo``); ``python -m training.reproduce_synthetic --out DIR --export_assets`` copies them here.
 Benchmark v2 (``--benchmark v2``, ``assets/synthetic2``) ships ``sft`` as well: the over-cropping
-policy GRPO starts from, which the GRPO-direction test trains.
+policy GRPO starts from, which the GRPO-direction test trains, and ``init``: the model v2's base
+continues from. That is the v1 base of release 0.2 (rope_theta 100), frozen there so that the v2
+reproduction does not change when the v1 recipe does.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 SYNTHETIC_DIR = Path(__file__).resolve().parents[1] / "assets" / "synthetic"
 SYNTHETIC_CHECKPOINTS = ("base", "awares")
 ASSET_DIRS = {"v1": SYNTHETIC_DIR, "v2": SYNTHETIC_DIR.with_name("synthetic2")}
-CHECKPOINTS = {"v1": SYNTHETIC_CHECKPOINTS, "v2": ("base", "sft", "awares")}
+CHECKPOINTS = {"v1": SYNTHETIC_CHECKPOINTS, "v2": ("init", "base", "sft", "awares")}
 # What a checkpoint directory must hold to load with from_pretrained (weights + processor).
 _FILES = ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "chat_template.jinja")
 

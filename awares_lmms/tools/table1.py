@@ -16,6 +16,7 @@ holds the measured rows, the paper's rows and the differences.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -51,6 +52,27 @@ def row_command(row: str, args) -> list[str]:
     return cmd
 
 
+def _model_args(cmd: list[str]) -> str:
+    return cmd[cmd.index("--model_args") + 1]
+
+
+def matching_results(out: Path, cmd: list[str], limit) -> Path | None:
+    """The newest results file under ``out`` written by exactly this row command (same checkpoint,
+    protocol and --model_args, same --limit, every requested task), else None: a ``--limit 1`` row is
+    never reused for a full-split request, nor a row of another checkpoint or preset."""
+    tasks = set(cmd[cmd.index("--tasks") + 1].split(","))
+    for path in sorted(out.rglob("*_results.json"), reverse=True) if out.exists() else []:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a cut file from a killed save: not a result
+        config = data.get("config") or {}
+        if (config.get("model_args") == _model_args(cmd) and config.get("limit") == limit
+                and tasks <= set(data.get("results") or {})):
+            return path
+    return None
+
+
 def run_rows(args) -> dict[str, runs.Run]:
     env = dict(os.environ)
     if args.datasets:
@@ -58,9 +80,9 @@ def run_rows(args) -> dict[str, runs.Run]:
     done = {}
     for row in args.rows:
         out = Path(args.out) / "runs" / row
-        existing = sorted(out.rglob("*_results.json")) if out.exists() else []
-        if not existing:
-            cmd = row_command(row, args)
+        cmd = row_command(row, args)
+        found = matching_results(out, cmd, args.limit)
+        if found is None:
             print(f"[table1] {row}: {' '.join(cmd[2:])}", flush=True)
             log = Path(args.out) / f"{row}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -69,10 +91,12 @@ def run_rows(args) -> dict[str, runs.Run]:
             if code != 0:
                 tail = "\n".join(log.read_text().splitlines()[-30:])
                 raise SystemExit(f"[table1] row {row} failed (exit {code}); log: {log}\n{tail}")
-            existing = sorted(out.rglob("*_results.json"))
+            found = matching_results(out, cmd, args.limit)
+            if found is None:
+                raise SystemExit(f"[table1] row {row}: the run wrote no results matching its command under {out}")
         else:
-            print(f"[table1] {row}: results found in {out}, not run again", flush=True)
-        run = runs.load_run(existing[-1])
+            print(f"[table1] {row}: results of the same command found ({found}), not run again", flush=True)
+        run = runs.load_run(found)
         run.label = f"{row}: {run.label}"
         done[row] = run
     return done

@@ -32,7 +32,7 @@ class InputArguments:
                 "dataset folder, or a Hugging Face dataset id (loaded with datasets.load_dataset)."})
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset config name (HF datasets)."})
     split: str = field(default="train", metadata={"help": "Split for folders and HF dataset ids."})
-    id_column: str | None = field(default=None, metadata={"help": "Unique id column; default: '<source>-<row>'."})
+    id_column: str | None = field(default=None, metadata={"help": "Unique id column; default: '<source>-<hash of the row's content>'."})
     image_column: str = field(default="image", metadata={"help": "Image column: PIL, {bytes, path} or a path."})
     question_column: str = field(default="question,text", metadata={
         "help": "Question column; a comma-separated list means the first one present."})
@@ -214,5 +214,8 @@ def fingerprint(*arg_objects) -> dict:
     values = {}
     for obj in arg_objects:
         values.update({k: v for k, v in asdict(obj).items() if k not in _NOT_FINGERPRINTED})
+    # Sample ids derive from the row's content (not its position) since this scheme: an output directory
+    # of the earlier scheme is refused rather than mixed.
+    values["sample_ids"] = "content-v1"
     digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
     return {"hash": digest, "config": values}

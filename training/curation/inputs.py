@@ -8,6 +8,7 @@ dataset is never held in memory.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -39,6 +40,9 @@ class Sample:
     # Why the row cannot be curated (see validate_row), or None. Such a sample is recorded as failed at
     # stage "input" and never sent to a model.
     problem: str | None = None
+    # Hash of what the row says (question, answers, boxes, image bytes): a resumed run re-curates a
+    # sample whose content changed since it was curated, and ids without an id column derive from it.
+    content_key: str = ""
 
     def boxes_in_pixels(self, width: int, height: int) -> list[list[float]]:
         """Evidence boxes as (x0, y0, x1, y1) pixels of the source image of ``width`` x ``height``."""
@@ -75,6 +79,34 @@ def to_image(cell, base_dir: Path | None = None) -> Image.Image:
             path = base_dir / path
         return Image.open(path)
     raise ValueError(f"cannot read an image from a {type(cell).__name__} cell")
+
+
+def image_bytes(cell, base_dir: Path | None = None) -> bytes:
+    """The encoded bytes of an image cell (no decoding): what the content key hashes."""
+    if isinstance(cell, Image.Image):
+        return cell.tobytes() + f"{cell.mode}{cell.size}".encode()
+    if isinstance(cell, dict):
+        if cell.get("bytes"):
+            return bytes(cell["bytes"])
+        if cell.get("path"):
+            return image_bytes(cell["path"], base_dir)
+    if isinstance(cell, (bytes, bytearray)):
+        return bytes(cell)
+    if isinstance(cell, (str, Path)):
+        path = Path(cell)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        try:
+            return path.read_bytes()
+        except OSError:
+            return f"unreadable:{path}".encode()  # the row fails later, at its image, with the reason
+    return repr(cell).encode()
+
+
+def content_key(question, answers, boxes, image: bytes) -> str:
+    digest = hashlib.sha256(json.dumps([question, answers, boxes], default=str).encode())
+    digest.update(hashlib.sha256(image).digest())
+    return digest.hexdigest()
 
 
 def _scalar_answer(value) -> str | None:
@@ -151,7 +183,8 @@ def _synthetic(args: InputArguments) -> list[Sample]:
         samples.append(Sample(
             id=item["id"], question=item["question"], answers=item["answers"], load_image=lambda im=image: im,
             raw_boxes=item["evidence_boxes"], scorer=item["scorer"],
-            provenance={"source": "synthetic", "kind": item["kind"], "seed": args.synthetic_seed}))
+            provenance={"source": "synthetic", "kind": item["kind"], "seed": args.synthetic_seed},
+            content_key=content_key(item["question"], item["answers"], item["evidence_boxes"], image_bytes(image))))
     return samples
 
 
@@ -164,8 +197,14 @@ def _read_json_rows(path: Path) -> list[dict]:
     row naming file and line) or a .json file (a list, or {"data": [...]})."""
     if path.suffix == ".jsonl":
         rows = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with path.open("rb") as f:
+            for lineno, raw_line in enumerate(f, 1):
+                try:
+                    line = raw_line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    rows.append(_Unreadable(problem=f"{path}:{lineno}: not UTF-8 text (byte {exc.start})",
+                                            __line__=lineno))
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -178,14 +217,16 @@ def _read_json_rows(path: Path) -> list[dict]:
                 rows.append(row)
         return rows
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     return data if isinstance(data, list) else data.get("data", [])
 
 
 def _rows_to_samples(args: InputArguments, columns, n_rows: int, get_meta, get_image_cell,
-                     base_dir: Path | None, source_name: str) -> list[Sample]:
+                     base_dir: Path | None, source_name: str, get_raw_image=None) -> list[Sample]:
     q_col = _pick(columns, args.question_column, "question")
     a_col = _pick(columns, args.answer_column, "answer")
     _pick(columns, args.image_column, "image")
@@ -194,7 +235,7 @@ def _rows_to_samples(args: InputArguments, columns, n_rows: int, get_meta, get_i
         raise ValueError(f"box_column {args.box_column!r} not in the source's columns {sorted(columns)}")
     stem = Path(source_name).stem if base_dir is not None else source_name.replace("/", "_")
     n = n_rows if args.max_samples is None else min(n_rows, args.max_samples)
-    samples = []
+    samples, copies = [], {}
     for i in range(n):
         row = get_meta(i)
         where = f"{source_name}:{row.get('__line__', i) if isinstance(row, dict) else i}"
@@ -203,20 +244,27 @@ def _rows_to_samples(args: InputArguments, columns, n_rows: int, get_meta, get_i
         else:
             problem = validate_row(row, q_col, a_col)
             problem = f"{where}: {problem}" if problem else None
+        question = row.get(q_col)
+        raw_boxes = to_boxes(row.get(box_col), args.image_column) if box_col and not problem else []
+        key = content_key(question, row.get(a_col), raw_boxes,
+                          image_bytes((get_raw_image or get_image_cell)(i), base_dir) if not problem else b"")
         sid = str(row.get(args.id_column) or "") if args.id_column else ""
         if not sid:
-            sid = f"{stem}-{i:06d}"
-        question = row.get(q_col)
+            # Derived from the content, not the row's position: inserting or removing a row leaves every
+            # other sample's id (and its curated record) as it was. Identical rows get -2, -3, ...
+            sid = f"{stem}-{key[:12]}"
+            copies[sid] = copies.get(sid, 0) + 1
+            if copies[sid] > 1:
+                sid = f"{sid}-{copies[sid]}"
 
         def load(i=i):
             return to_image(get_image_cell(i), base_dir)
 
         samples.append(Sample(
             id=sid, question=question if isinstance(question, str) else "", answers=to_answers(row.get(a_col)),
-            load_image=load,
-            raw_boxes=to_boxes(row.get(box_col), args.image_column) if box_col and not problem else [],
+            load_image=load, raw_boxes=raw_boxes,
             box_format=args.box_format, scorer=row.get(args.scorer_column) if args.scorer_column else None,
-            provenance={"source": source_name, "row": i, "where": where}, problem=problem))
+            provenance={"source": source_name, "row": i, "where": where}, problem=problem, content_key=key))
     rejected = [s for s in samples if s.problem]
     if rejected:
         logger.warning("%d of %d input rows are rejected and recorded as failed (first: %s)", len(rejected),
@@ -245,11 +293,16 @@ def load_samples(args: InputArguments) -> list[Sample]:
                 ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
             else:  # a dataset folder or a hub id
                 ds = datasets.load_dataset(args.source, args.dataset_config, split=args.split)
-            # Metadata without the image column, so listing the rows decodes no image.
+            # Metadata without the image column, so listing the rows decodes no image; the content key
+            # hashes the image column's encoded bytes, not decoded.
             meta = ds.remove_columns([c for c in ds.column_names if c == args.image_column])
+            raw = ds.select_columns([args.image_column]) if args.image_column in ds.column_names else None
+            if raw is not None and isinstance(raw.features[args.image_column], datasets.Image):
+                raw = raw.cast_column(args.image_column, datasets.Image(decode=False))
             samples = _rows_to_samples(args, set(ds.column_names), len(ds), lambda i: meta[i],
                                        lambda i: ds[i][args.image_column],
-                                       path.parent if path.is_file() else None, args.source)
+                                       path.parent if path.is_file() else None, args.source,
+                                       get_raw_image=(lambda i: raw[i][args.image_column]) if raw is not None else None)
     seen: set[str] = set()
     for s in samples:
         if s.id in seen:

@@ -109,7 +109,9 @@ class Curator:
         self.fingerprint = fingerprint(inputs, answerer, judge, oracle, mapping, run)
         self._check_fingerprint()
         self.caches = {s: JsonlStore(self.out / "cache" / f"{s}.jsonl") for s in STAGES}
-        self.transcripts = JsonlStore(self.out / "transcripts.jsonl", keep="first")
+        # keep="last": a sample whose source row changed is curated again and its new transcript
+        # supersedes the old one (the file is compacted at the end of every run).
+        self.transcripts = JsonlStore(self.out / "transcripts.jsonl", keep="last")
         self.log = JsonlStore(self.out / "curation_log.jsonl")
         self.input_errors: dict[str, str] = {}
         # Per stage, the ids whose cached error is to be redone in this run (retry_failed).
@@ -142,11 +144,16 @@ class Curator:
         self.caches[stage].append(records)
         self._stale[stage].difference_update(r["id"] for r in records)
 
-    def _finished(self, sample_id: str) -> bool:
-        rec = self.log.get(sample_id)
-        if rec is None:
+    def _finished(self, sample: Sample) -> bool:
+        rec = self.log.get(sample.id)
+        if rec is None or rec.get("content_key") != sample.content_key:
             return False
         return not (rec["status"] == "failed" and self.run_args.retry_failed)
+
+    def _changed(self, sample: Sample) -> bool:
+        """Curated before from other content (an answer fixed in the source, a replaced image)."""
+        rec = self.log.get(sample.id)
+        return rec is not None and rec.get("content_key") != sample.content_key
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
@@ -163,13 +170,15 @@ class Curator:
     def _run(self) -> dict:
         t0 = time.perf_counter()
         samples = load_samples(self.inputs)
-        pending = [s for s in samples if not self._finished(s.id)]
-        if self.run_args.retry_failed:
-            # Cached errors of the samples being redone are ignored, then superseded by new records.
-            for stage, cache in self.caches.items():
-                self._stale[stage] = {s.id for s in pending if cache.get(s.id, {}).get("status") == "error"}
-        logger.info("%d samples, %d already finished, %d to do", len(samples), len(samples) - len(pending),
-                    len(pending))
+        pending = [s for s in samples if not self._finished(s)]
+        changed = {s.id for s in pending if self._changed(s)}
+        for stage, cache in self.caches.items():
+            # Everything cached for a changed sample is stale; with retry_failed, cached errors too. Both
+            # are superseded by the new records.
+            self._stale[stage] = set(changed) | ({s.id for s in pending if cache.get(s.id, {}).get("status") == "error"}
+                                                 if self.run_args.retry_failed else set())
+        logger.info("%d samples, %d already finished, %d to do (%d changed since they were curated)", len(samples),
+                    len(samples) - len(pending), len(pending), len(changed))
         for s in pending:
             if s.problem:  # rejected by the input rule: recorded as failed at stage "input", never answered
                 self.input_errors[s.id] = s.problem
@@ -178,6 +187,12 @@ class Curator:
         self._judge(usable)
         self._locate(usable)
         self._finalise(pending)
+        # Rows removed from the source leave no transcript behind, and a superseded one is gone.
+        current = {s.id for s in samples}
+        for store in (self.transcripts, self.log):
+            for sid in [sid for sid in store.records if sid not in current]:
+                del store.records[sid]
+        self.transcripts.compact()
         self.log.compact()
         return {"samples": len(samples), "processed": len(pending), "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -318,8 +333,11 @@ class Curator:
             new_transcripts, new_logs = [], []
             for s in batch:
                 transcript, log = self._outcome(s)
-                if transcript is not None and s.id not in self.transcripts:
+                previous = self.transcripts.get(s.id)
+                if transcript is not None and (previous is None or previous.get("content_key") != s.content_key):
                     new_transcripts.append(transcript)
+                elif transcript is None and previous is not None and previous.get("content_key") != s.content_key:
+                    del self.transcripts.records[s.id]  # its new content gives no transcript: the old one goes
                 new_logs.append(log)
             # Transcript before log: a kill in between leaves a transcript whose log line the
             # restart writes; the other order could log a sample whose transcript never lands.
@@ -330,7 +348,8 @@ class Curator:
 
     def _outcome(self, s: Sample) -> tuple[dict | None, dict]:
         log = {"id": s.id, "question": s.question, "answers": s.answers, "provenance": s.provenance,
-               "config_hash": self.fingerprint["hash"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+               "content_key": s.content_key, "config_hash": self.fingerprint["hash"],
+               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
         def failed(stage: str, error: str, attempts: int | None = None):
             if attempts is not None:
@@ -405,7 +424,8 @@ class Curator:
         boxes = oracle_result["boxes"] if oracle_result else []
         answer = s.answers[0] if s.answers else ""
         return {
-            "id": s.id, "label": label, "question": s.question, "answer": answer, "answers": s.answers,
+            "id": s.id, "content_key": s.content_key, "label": label, "question": s.question, "answer": answer,
+            "answers": s.answers,
             "crops": crops, "crop_all": crop_all, "image": str(names[0]), "images": [str(f) for f in files],
             "messages": transcripts.conversation(s.question, answer, crops, crop_all),
             "lr_answer": lr_answer, "hr_answer": hr_answer, "judge": verdict,

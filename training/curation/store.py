@@ -4,8 +4,8 @@ Each append is one ``write`` of whole lines followed by ``fsync``; a record exis
 (newline included) is in the file. A run killed at any moment leaves at most a partial last line,
 which the next run cuts off before it appends anything, so no torn record is ever read or extended.
 Reading keeps the last record of an id (``keep="last"``, for caches and the log, where a retried
-failure supersedes the failure) or the first (``keep="first"``, for transcripts, which are never
-rewritten).
+failure supersedes the failure, and for transcripts, where a sample curated again after its source
+row changed supersedes the old one) or the first (``keep="first"``).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ HISTOGRAM_BINS = tuple(protocol.REGION_NAMES) + ("all",)
 def summarise(output_dir: str | Path) -> dict:
     out = Path(output_dir)
     log = JsonlStore(out / "curation_log.jsonl").records
-    transcripts = JsonlStore(out / "transcripts.jsonl", keep="first").records
+    transcripts = JsonlStore(out / "transcripts.jsonl", keep="last").records
     status = Counter(r["status"] for r in log.values())
     hr = [t for t in transcripts.values() if t["label"] == "hr"]
     crops = Counter()
