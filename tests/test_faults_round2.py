@@ -589,3 +589,35 @@ def test_curation_input_that_is_not_utf8_names_its_line(tmp_path):
     samples = load_samples(InputArguments(source=str(path)))
     assert samples[0].problem is None
     assert samples[1].problem == f"{path}:2: not UTF-8 text (byte 14)"
+
+
+# ----------------------------------------------------------------------------- the report says what it shows
+
+
+def test_table1_layout_names_its_ratio_and_can_show_both():
+    """Before: the RTR columns held rtr_paper under a bare 'RTR' header, while the token rtr can differ
+    by 2-3x under the released budget."""
+    from awares_lmms.report import paper_table
+
+    row = paper_table.TableRow("run")
+    row.scores = {t: 0.5 for t in paper_table.TASKS}
+    row.rtr_paper = {t: 0.25 for t in paper_table.TASKS}
+    row.rtr = {t: 0.56 for t in paper_table.TASKS}
+    header = {r: paper_table.markdown([row], r).splitlines()[0] for r in ("rtr_paper", "rtr", "both")}
+    assert "| RTR (rtr_paper) |" in header["rtr_paper"] and "| RTR |" not in header["rtr_paper"]
+    assert "| RTR (rtr) |" in header["rtr"]
+    both = paper_table.markdown([row], "both").splitlines()
+    assert both[0].count("| rtr_paper | rtr |") == len(paper_table.BENCHMARKS) + 1
+    assert both[2].count("| 0.25 | 0.56 |") == len(paper_table.BENCHMARKS) + 1
+
+
+def test_region_chart_labels_are_not_clipped(tmp_path):
+    from PIL import Image
+
+    from awares_lmms.report import figures
+
+    fig, ax = figures.plt.subplots(figsize=(4, 2))
+    ax.barh(0, 1.0)
+    ax.set_yticks([0], ["a very long run label · " * 8])
+    path = figures._save(fig, tmp_path / "chart.png")
+    assert Image.open(path).width > 4 * 110  # grown to hold the label instead of cutting it

@@ -81,7 +81,7 @@ def build(paths, out: Path, labels=None, paper_rows=(), ratio: str = "rtr_paper"
     (out / "table.csv").write_text(paper_table.to_csv(rows))
     (out / "table.json").write_text(paper_table.to_json(rows))
     write_crops_csv(runs, out / "crops.csv")
-    written = [figures.accuracy_vs_rtr(rows, out / "accuracy_vs_rtr.png", ratio),
+    written = [figures.accuracy_vs_rtr(rows, out / "accuracy_vs_rtr.png", "rtr_paper" if ratio == "both" else ratio),
                figures.crop_histogram(runs, out / "crops.png"), figures.latency(runs, out / "latency.png")]
     cards = gallery.cards(runs, out, max_samples)
     page = gallery.render(cards, title, [table_cells(rows, ratio), extra], [p.name for p in written if p is not None])
@@ -97,9 +97,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--label", action="append", help="a name per run path, in order (default: from model args)")
     parser.add_argument("--paper-rows", action="store_true", help="add the paper's published Table 1 rows")
-    parser.add_argument("--ratio", choices=("rtr_paper", "rtr"), default="rtr_paper",
-                        help="the RTR of the table and plot: the released formula (comparable with the paper) or "
-                             "visual tokens")
+    parser.add_argument("--ratio", choices=("rtr_paper", "rtr", "both"), default="rtr_paper",
+                        help="the RTR columns of the table, each named by its ratio: the released pixel formula "
+                             "(comparable with the paper), visual tokens, or both (the plot uses rtr_paper then)")
     parser.add_argument("--max-samples", type=int, help="gallery cards per run and benchmark (default: all)")
     args = parser.parse_args(argv)
     try:

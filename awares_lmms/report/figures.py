@@ -22,7 +22,9 @@ _MARKERS = "os^Dv<>pPX*h"
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # bbox_inches="tight": the saved image grows to hold every label (a long run label beside the
+    # region chart's bars was cut at the figure's edge).
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -114,19 +114,27 @@ def _fmt(value, digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+RATIO_COLUMNS = {"rtr_paper": ("RTR (rtr_paper)",), "rtr": ("RTR (rtr)",), "both": ("rtr_paper", "rtr")}
+
+
 def markdown(rows: list[TableRow], ratio: str = "rtr_paper") -> str:
-    """Table 1's layout: metric and RTR per benchmark, then the averages. ``ratio`` picks which RTR
-    fills the RTR columns (``rtr_paper``, comparable with the published numbers, or ``rtr``)."""
-    header = ["Model"] + [c for b in BENCHMARKS for c in (b.column, "RTR")] + ["Avg", "RTR"]
+    """Table 1's layout: metric and RTR per benchmark, then the averages. ``ratio`` picks the RTR
+    columns, each named by its ratio: ``rtr_paper`` (the released pixel formula, comparable with the
+    published numbers), ``rtr`` (visual tokens; published rows have none) or ``both``."""
+    if ratio not in RATIO_COLUMNS:
+        raise ValueError(f"ratio must be one of {sorted(RATIO_COLUMNS)}, got {ratio!r}")
+    names = RATIO_COLUMNS[ratio]
+    kinds = ("rtr_paper", "rtr") if ratio == "both" else (ratio,)
+    header = ["Model"] + [c for b in BENCHMARKS for c in (b.column, *names)] + ["Avg", *names]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        ratios = row.rtr_paper if ratio == "rtr_paper" or row.published else row.rtr
+        columns = [row.rtr_paper if kind == "rtr_paper" else row.rtr for kind in kinds]
         cells = [row.label]
         for b in BENCHMARKS:
-            cells += [_fmt(row.scores.get(b.task), 2), _fmt(ratios.get(b.task), 2)]
+            cells += [_fmt(row.scores.get(b.task), 2)] + [_fmt(c.get(b.task), 2) for c in columns]
         avg, n = row.average(row.scores)
-        avg_ratio, _ = row.average(ratios)
-        cells += [_fmt(avg, 2) + ("" if n in (0, len(TASKS)) else f" ({n}/{len(TASKS)})"), _fmt(avg_ratio, 2)]
+        cells += [_fmt(avg, 2) + ("" if n in (0, len(TASKS)) else f" ({n}/{len(TASKS)})")]
+        cells += [_fmt(row.average(c)[0], 2) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
