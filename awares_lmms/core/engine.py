@@ -130,6 +130,7 @@ class TwoTurnProtocol:
         self.max_aspect_ratio = (images.RELEASED_MAX_ASPECT_RATIO if self.protocol.parser == "released"
                                  else images.MAX_ASPECT_RATIO)
         self._crop_turn_texts: dict[int, str] = {}
+        self._special_tokens = sorted(tok.content for tok in self.tokenizer.added_tokens_decoder.values() if tok.special)
 
     # ------------------------------------------------------------------ prompts
     def _system_prompt(self) -> str | None:
@@ -166,7 +167,16 @@ class TwoTurnProtocol:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     # ------------------------------------------------------------------ rows
+    def _check_question(self, question: str) -> None:
+        """A question holding one of the chat template's special tokens (``<|im_end|>``,
+        ``<|image_pad|>``, ...) would be tokenized as that token: it would end the user turn early or claim
+        an image that is not there. Such a document is refused, with the token named."""
+        found = [t for t in self._special_tokens if t in question]
+        if found:
+            raise ValueError(f"the question contains the chat template's special token(s) {found}")
+
     def _prepare(self, req: Request) -> Row:
+        self._check_question(req.question)
         budget = self.budget
         stats = SampleStats(mode=self.config.mode, backend=self.backend_name, min_pixels=budget.min_pixels,
                             max_pixels=budget.max_pixels)

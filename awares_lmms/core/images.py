@@ -144,6 +144,10 @@ def normalise(img, max_aspect_ratio: float = MAX_ASPECT_RATIO, exif_transpose: b
     if color_conversion not in ("normalise", "pil"):
         raise ValueError(f"color_conversion must be 'normalise' or 'pil', got {color_conversion!r}")
     notes: list[str] = list(img.info.get(NOTES_KEY, ()))
+    frames = getattr(img, "n_frames", 1)
+    if isinstance(frames, int) and frames > 1:
+        # An animated GIF/WebP or a multi-page TIFF: the frame shown (the first) is what the model sees.
+        notes.append(f"frame_1_of_{frames}_used")
     img = shrink_to(img, max_pixels, notes)
     if _has_orientation(img):
         if exif_transpose:
