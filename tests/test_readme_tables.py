@@ -17,11 +17,11 @@ from training.synthetic_eval import format_table, readme_table
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("benchmark", sorted(BENCHMARKS))
+@pytest.mark.parametrize("version", sorted(BENCHMARKS))
 @pytest.mark.parametrize("page,render", [("README.md", readme_table), ("docs/synthetic.md", format_table)])
-def test_readme_table_is_the_shipped_run(benchmark, page, render):
-    table = json.loads((assets.ASSET_DIRS[benchmark] / "table.json").read_text())
-    rows = [name for name, _, _ in BENCHMARKS[benchmark].rows]
+def test_readme_table_is_the_shipped_run(version, page, render):
+    table = json.loads((assets.ASSET_DIRS[version] / "table.json").read_text())
+    rows = [name for name, _, _ in BENCHMARKS[version].rows]
     expected = render(table, rows)
-    assert expected in (REPO / page).read_text(), f"{page} does not show the shipped {benchmark} run:\n{expected}"
-    assert table.get("benchmark", "v1") == benchmark and table["seed"] == 0
+    assert expected in (REPO / page).read_text(), f"{page} does not show the shipped {version} run:\n{expected}"
+    assert table.get("benchmark", "v1") == version and table["seed"] == 0
