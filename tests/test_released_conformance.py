@@ -270,3 +270,38 @@ def test_rtr_and_rtr_paper_differ_under_the_released_budget(paper_lm):
     assert res.stats.rtr_paper == 0.25
     assert 0.5 < res.stats.rtr < 0.75
     assert res.stats.min_pixels == presets.RELEASED_MIN_PIXELS and res.stats.max_pixels == presets.RELEASED_MAX_PIXELS
+
+
+@pytest.fixture(scope="module")
+def merging_checkpoint(tmp_path_factory):
+    """A tiny checkpoint whose tokenizer, like Qwen's real one, has one token for a blank line ("\\n\\n")."""
+    from awares_lmms.tools import tiny
+
+    out = tmp_path_factory.mktemp("merging_tokenizer")
+    tokenizer = tiny.build_tokenizer(extra_corpus=tuple(["a\n\nb\n\nc"] * 50))
+    tiny.build_processor(tokenizer).save_pretrained(out)
+    tiny.build_model(tokenizer, hidden=64, layers=1, vision_depth=1, vision_hidden=32).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("reply", ["\nGET_CROPS:['3']", "\n\nThe answer is GET_CROPS", "GET_CROPS:['3']"])
+def test_turn2_tokenizes_the_reply_with_the_conversation_as_released(merging_checkpoint, reply):
+    """The released file tokenizes the re-rendered conversation whole: a reply that starts with a newline
+    merges with the assistant header's newline into one token there. The paper preset builds turn 2 the
+    same way (the header's cached newline masked, the merged token prefilled at its position)."""
+    lm = AwaresLMM(pretrained=str(merging_checkpoint), device="cpu")
+    reference = released_processor(merging_checkpoint)
+    tokenizer = reference.tokenizer
+    assert len(tokenizer("\n\n", add_special_tokens=False)["input_ids"]) == 1
+    img = noise_image(640, 480, seed=11)
+    (res,) = lm.engine.run([Request("q", [img], forced_turn1=reply)], GenerationSettings(max_new_tokens=2),
+                           trace=True)
+    _, ref2 = released_two_turns(reference, img, "q", reply)
+    assert res.turn2.input_ids == ref2["input_ids"][0].tolist()
+    assert torch.equal(res.turn2.image_grid_thw, ref2["image_grid_thw"][1:])
+    # The same reply under reuse_cache=false (the whole conversation prefilled again) gives the same logits.
+    again = AwaresLMM(pretrained=str(merging_checkpoint), device="cpu", reuse_cache=False)
+    (full,) = again.engine.run([Request("q", [img], forced_turn1=reply)], GenerationSettings(max_new_tokens=2),
+                               trace=True)
+    assert full.turn2.input_ids == res.turn2.input_ids
+    assert torch.allclose(full.turn2.logits, res.turn2.logits, atol=1e-4)

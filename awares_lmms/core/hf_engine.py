@@ -155,17 +155,32 @@ class TwoTurnEngine(TwoTurnProtocol):
         return Turn1State(enc, out.sequences, prompt_len, lengths, out.cache, image_grids, pixel_spans)
 
     # ------------------------------------------------------------------ turn 2
-    def _reply_ids(self, row: Row, generated: list[int]) -> tuple[list[int] | None, str]:
+    def _reply_ids(self, row: Row, generated: list[int], header: list[int]) -> tuple[list[int] | None, int, str]:
         """The reply ids turn 2 must show instead of the generated ones (None: keep the generated
-        ones), and how the reply entered turn 2."""
-        if row.turn2_reply is not None:
-            return self.tokenizer(row.turn2_reply, add_special_tokens=False)["input_ids"], "rewritten"
-        if self.protocol.turn2_reply == "retokenized":
-            text_ids = self.tokenizer(row.turn1_text, add_special_tokens=False)["input_ids"]
-            body = generated[:-1] if generated and generated[-1] in self.stop_ids else generated
-            if text_ids != body:
-                return text_ids, "retokenized"
-        return None, "generated"
+        ones), how many tokens at the end of the turn-1 prompt they replace, and how the reply entered
+        turn 2.
+
+        The released evaluation re-renders the conversation as text and tokenizes it whole, so the
+        reply is tokenized together with the assistant header before it (``header``: the prompt's
+        last tokens, ``<|im_start|>assistant\n``). A reply that starts with whitespace can merge with the
+        header's newline (``\n`` + ``\n`` -> ``\n\n``): the header tokens that the whole tokenization
+        does not reproduce are then replaced too (masked in the cache, their merged form prefilled)."""
+        text = row.turn2_reply if row.turn2_reply is not None else row.turn1_text
+        how = "rewritten" if row.turn2_reply is not None else "retokenized"
+        if row.turn2_reply is None and self.protocol.turn2_reply != "retokenized":
+            return None, 0, "generated"
+        joint = self.tokenizer(self._decode_exact(header) + text, add_special_tokens=False)["input_ids"]
+        kept = 0
+        while kept < min(len(header), len(joint)) and joint[kept] == header[kept]:
+            kept += 1
+        replacement, dropped = joint[kept:], len(header) - kept
+        body = generated[:-1] if generated and generated[-1] in self.stop_ids else generated
+        if how == "retokenized" and not dropped and replacement == body:
+            return None, 0, "generated"
+        return replacement, dropped, how
+
+    def _decode_exact(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def _turn2_inputs(self, rows: list[Row], todo: list[int], state: Turn1State) -> Turn2Inputs:
         seqs, prompt_len = state.sequences, state.prompt_len
@@ -173,15 +188,18 @@ class TwoTurnEngine(TwoTurnProtocol):
         cached_len = prompt_len + steps - 1  # generate never feeds back the last sampled token
         device = seqs.device
         end_id = self.family.end_of_turn_id
-        segments, crop_pv, crop_grids, gen_masks, all_grids = [], [], [], [], []
+        segments, crop_pv, crop_grids, gen_masks, all_grids, prompt_drops = [], [], [], [], [], []
+        header_len = len(self.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
         for i in todo:
             row = rows[i]
             n_real = state.reply_lengths[i]
             generated = seqs[i, prompt_len:prompt_len + n_real].tolist()
             in_cache = min(n_real, steps - 1)
             gen_mask = torch.zeros(steps - 1, dtype=torch.long)
-            replacement, how = self._reply_ids(row, generated)
+            header = seqs[i, prompt_len - header_len:prompt_len].tolist()
+            replacement, dropped, how = self._reply_ids(row, generated, header)
             row.stats.turn2_reply = how
+            prompt_drops.append(dropped)
             if replacement is None:
                 gen_mask[:in_cache] = 1
                 tail = generated[in_cache:]
@@ -217,6 +235,10 @@ class TwoTurnEngine(TwoTurnProtocol):
         input_ids = torch.cat([seqs.index_select(0, selected)[:, :cached_len], new_ids.to(device)], dim=1)
         # Cached part: the turn-1 prompt mask, then 1 for each row's generated tokens up to its stop
         # token and 0 for the pads generate fed after it (or for a reply replaced above).
+        turn1_mask = turn1_mask.clone()
+        for j, dropped in enumerate(prompt_drops):
+            if dropped:  # header tokens the whole-conversation tokenization merged into the reply
+                turn1_mask[j, prompt_len - dropped:prompt_len] = 0
         mask = torch.cat([turn1_mask, torch.stack(gen_masks).to(device), new_mask.to(device)], dim=1)
         token_types = self.family.image_token_types(input_ids, mask)
         grids = torch.stack(all_grids).to(device)

@@ -1,4 +1,4 @@
-"""Three small, documented patches of lmms-eval 0.7.3's private API.
+"""Small, documented patches of lmms-eval 0.7.3's private API.
 
 The first two patch ``TaskManager`` for the AwaRes task suite.
 
@@ -27,13 +27,20 @@ the paper's. ``install()`` therefore patches two methods of ``lmms_eval.tasks.Ta
     variable is read every time a task config is loaded, not at install time. A missing file
     raises ``FileNotFoundError`` naming the path before any download is attempted.
 
-A third patch records the run's protocol in the results file:
+Two more patch how results are written (``_patch_evaluation_tracker``):
 
 ``EvaluationTracker.save_results_aggregated``
     Adds ``config.awares_protocol`` (the resolved protocol settings of the ``awares`` model built in
-    this process) to the results before they are written. lmms-eval assembles ``results["config"]``
-    after the evaluation from its own arguments only, with no hook for the model; this method is the
-    last place the dict passes before it is written. Installed when an ``awares`` model is built.
+    this process) and ``config.awares_document_errors`` to the results before they are written.
+    lmms-eval assembles ``results["config"]`` after the evaluation from its own arguments only, with
+    no hook for the model; this method is the last place the dict passes before it is written. It also
+    makes the file name the run's own (process id and a random part after the start second) and reads
+    the written file back.
+``EvaluationTracker.save_results_samples``
+    Reads the written samples file back: one parseable line per document, else an output problem.
+
+Installed when an ``awares`` model is built, and by the ``lmms_eval`` command for every model (which
+then exits 1 on any output problem: stock lmms-eval only logs a warning).
 
 How it gets installed: ``awares_lmms.plugin.registration.manifests`` (our ``lmms_eval.models`` entry
 point, which lmms-eval calls while importing ``lmms_eval.models``, before any ``TaskManager`` is
@@ -326,6 +333,13 @@ def _check_samples_file(path: Path, expected: int) -> str | None:
     return None
 
 
+def _record_output(path: Path, problem: str | None) -> None:
+    if problem:
+        _OUTPUT_PROBLEMS.append(problem)
+    else:
+        _SAVED_FILES.append(str(path))
+
+
 def _patch_evaluation_tracker() -> None:
     """Three changes to ``EvaluationTracker`` (private API), each for a failure that stock lmms-eval
     only logs as a warning and then exits 0 on:
@@ -356,8 +370,7 @@ def _patch_evaluation_tracker() -> None:
         if self.output_path:
             path = (Path(self.output_path) / self.general_config_tracker.model_name_sanitized
                     / f"{datetime_str.replace(':', '-')}_results.json")
-            problem = _check_results_file(path)
-            _OUTPUT_PROBLEMS.append(problem) if problem else _SAVED_FILES.append(str(path))
+            _record_output(path, _check_results_file(path))
         return outcome
 
     def save_results_samples(self, task_name, samples):
@@ -365,8 +378,7 @@ def _patch_evaluation_tracker() -> None:
         if self.output_path:
             path = (Path(self.output_path) / self.general_config_tracker.model_name_sanitized
                     / f"{self.date_id}_samples_{task_name}.jsonl")
-            problem = _check_samples_file(path, len(samples))
-            _OUTPUT_PROBLEMS.append(problem) if problem else _SAVED_FILES.append(str(path))
+            _record_output(path, _check_samples_file(path, len(samples)))
         return outcome
 
     save_results_aggregated.__wrapped__ = original_results

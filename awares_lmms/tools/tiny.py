@@ -63,7 +63,10 @@ def _training_corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer():
+def build_tokenizer(extra_corpus: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer with Qwen's pre-tokenizer and added tokens, trained on a small corpus.
+    ``extra_corpus`` adds training text, e.g. blank lines so that ``\n\n`` becomes one token as in
+    Qwen's real vocabulary (the default corpus has none: the shipped synthetic checkpoints use it)."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
@@ -72,7 +75,7 @@ def build_tokenizer():
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    bpe.train_from_iterator(_training_corpus(), trainer=trainer)
+    bpe.train_from_iterator(_training_corpus() + list(extra_corpus), trainer=trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     tok = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, unk_token=None, bos_token=None,
