@@ -432,9 +432,14 @@ def test_an_empty_ground_truth_marks_one_document_and_keeps_the_others(tiny_dir,
 # ----------------------------------------------------------------------------- training inputs
 
 
-def test_training_refuses_an_image_corrupted_after_curation_before_step_one(tmp_path):
-    """Before: the start-up check only tested that the files existed; SFT crashed at step 2."""
+def test_training_refuses_an_image_corrupted_after_curation_before_step_one(tmp_path, monkeypatch):
+    """Before: the start-up check only tested that the files existed; SFT crashed at step 2. The check
+    holds even where lmms-eval has turned on PIL's LOAD_TRUNCATED_IMAGES for the whole process."""
+    from PIL import ImageFile
+
     from training import transcripts
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
 
     good = tmp_path / "good.png"
     _noise(64, 48).save(good)

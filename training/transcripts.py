@@ -76,7 +76,7 @@ def undecodable(path: str) -> str | None:
     would otherwise fail the trainer at whatever step first collates it."""
     try:
         with Image.open(path) as img:
-            img.load()
+            images.load_complete(img)
     except Exception as exc:  # noqa: BLE001 - any decoder error means the sample cannot be trained on
         return f"{type(exc).__name__}: {exc}"
     return None

@@ -228,6 +228,12 @@ def decode_document_image(cell, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Ima
 _TRUNCATION_LOCK = threading.Lock()
 
 
+def load_complete(img: Image.Image) -> None:
+    """Decode ``img`` in full, raising ``OSError`` for a truncated file whatever PIL's global
+    ``LOAD_TRUNCATED_IMAGES`` says (lmms-eval turns it on for the whole process)."""
+    _load(img, allow_truncated=False)
+
+
 def _load(img: Image.Image, allow_truncated: bool) -> None:
     # PIL only says a file is truncated when LOAD_TRUNCATED_IMAGES is off. It is a module global
     # (lmms-eval turns it on), so it is set for this load alone, under a lock.
