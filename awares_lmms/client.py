@@ -50,8 +50,8 @@ class AwaResClient:
                  max_retries: int = 3, send_budget: str = "auto", **settings):
         source = processor if processor is None or isinstance(processor, (str, Path)) else None
         source = str(source or model)
-        declared = presets.read_declaration(source) if Path(source).is_dir() else None
-        self.resolved = presets.resolve(preset, settings, declared)
+        # A local folder or a hub id, read as the plugin reads it (the client once read folders only).
+        self.resolved = presets.resolve_checkpoint(source, None, preset, settings)
         protocol = self.resolved.settings
         if processor is None or isinstance(processor, (str, Path)):
             processor = load_processor(source, protocol.min_pixels, protocol.max_pixels)

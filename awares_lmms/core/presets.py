@@ -237,6 +237,18 @@ def resolve(preset: str | None = None, overrides: dict | None = None, declared: 
     return Resolved(ProtocolSettings(**values), base_name, preset_source, sources, declared)
 
 
+def resolve_checkpoint(pretrained: str | Path, adapter: str | Path | None = None, preset: str | None = None,
+                       overrides: dict | None = None) -> Resolved:
+    """The protocol settings of a checkpoint (a local folder or a hub id): ``overrides`` > the
+    checkpoint's declaration > the preset. A PEFT adapter's own declaration wins over its base model's
+    (the adapter is what was trained). The one resolver the plugin, the client, the serving benchmark
+    and training use."""
+    declared = read_declaration(adapter) if adapter else None
+    if declared is None:
+        declared = read_declaration(pretrained)
+    return resolve(preset, overrides, declared)
+
+
 # ----------------------------------------------------------------------------- declarations
 
 

@@ -56,13 +56,8 @@ class AwaresTokenCounts(TokenCounts):
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
-def resolve_protocol(pretrained: str, adapter: str | None, preset: str | None, overrides: dict) -> presets.Resolved:
-    """The protocol settings of a run: ``--model_args`` > the checkpoint's declaration > the preset.
-    A PEFT adapter's own declaration wins over its base model's (the adapter is what was trained)."""
-    declared = presets.read_declaration(adapter) if adapter else None
-    if declared is None:
-        declared = presets.read_declaration(pretrained)
-    return presets.resolve(preset, overrides, declared)
+# The protocol of a run: --model_args > the checkpoint's declaration > the preset (one resolver for all).
+resolve_protocol = presets.resolve_checkpoint
 
 
 def _looks_like_path(name: str) -> bool:

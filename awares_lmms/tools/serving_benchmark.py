@@ -42,8 +42,7 @@ def requests_for(n: int, seed: int) -> list[Request]:
 
 
 def config_for(checkpoint: str, mode: str) -> EngineConfig:
-    declared = presets.read_declaration(checkpoint)
-    return EngineConfig(mode=mode, protocol=presets.resolve(None, {}, declared).settings)
+    return EngineConfig(mode=mode, protocol=presets.resolve_checkpoint(checkpoint).settings)
 
 
 def measure(engine, requests, batch_size: int, settings: GenerationSettings, repeats: int) -> dict:
