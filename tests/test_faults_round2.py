@@ -655,3 +655,29 @@ def test_template_tokens_inside_a_question_fail_that_document_only(tiny_model):
                       Request("Two <|image_pad|> here", [_noise(200, 150)])], GenerationSettings(max_new_tokens=2))
     assert "special token(s) ['<|im_end|>']" in out[0].stats.error and out[1].stats.error is None
     assert "<|image_pad|>" in out[2].stats.error
+
+
+def test_table1_reuses_a_row_only_for_the_same_command_and_limit(tmp_path):
+    """Before: a --limit 1 row was reused for a full-split request (and table.md said 'full splits')."""
+    from types import SimpleNamespace
+
+    from awares_lmms.tools import table1
+
+    args = SimpleNamespace(base="base-ckpt", awares="awares-ckpt", device="cpu", dtype="float32", crops="3",
+                           preset=None, model_args=None, tasks="pope,vstar", batch_size=1, out=str(tmp_path),
+                           limit=None)
+    cmd = table1.row_command("awares", args)
+    out = tmp_path / "runs" / "awares" / "model"
+    out.mkdir(parents=True)
+    model_args = cmd[cmd.index("--model_args") + 1]
+
+    def write(name, **config):
+        (out / f"{name}_results.json").write_text(json.dumps(
+            {"results": {"pope": {}, "vstar": {}}, "config": {"model_args": model_args, "limit": None, **config}}))
+
+    write("a_limit1", limit=1)
+    write("b_other_checkpoint", model_args=model_args.replace("awares-ckpt", "other"))
+    assert table1.matching_results(out.parent, cmd, None) is None
+    assert table1.matching_results(out.parent, cmd, 1).name == "a_limit1_results.json"
+    write("c_full")
+    assert table1.matching_results(out.parent, cmd, None).name == "c_full_results.json"
