@@ -392,7 +392,6 @@ def test_a_cut_journal_line_is_dropped_and_the_rest_reused(tmp_path):
     keys = [request_key("pope", i, r, settings) for i, r in enumerate(requests)]
     journal = Journal(tmp_path / "j.jsonl", identity)
     journal.append([("pope", keys[i], i, Result(f"a{i}", SampleStats(rtr=0.25))) for i in range(2)])
-    journal.close()
     with (tmp_path / "j.jsonl").open("a") as f:
         f.write('{"key": "' + keys[2] + '", "text": "cut mid-wri')
     again = Journal(tmp_path / "j.jsonl", identity)
@@ -402,7 +401,6 @@ def test_a_cut_journal_line_is_dropped_and_the_rest_reused(tmp_path):
     assert request_key("pope", 0, Request("q0 edited", requests[0].images), settings) != keys[0]
     assert request_key("pope", 0, Request("q0", [_noise(64, 48, 9)]), settings) != keys[0]
     again.append([("pope", keys[2], 2, Result("a2", SampleStats()))])
-    again.close()
     lines = (tmp_path / "j.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all(json.loads(line) for line in lines)
 

@@ -91,6 +91,8 @@ class TwoTurnEngine(TwoTurnProtocol):
         self.family = QwenVLFamily(model, processor)
         self.stop_ids = self.family.stop_ids(self.tokenizer, self.protocol.stop_tokens)
         self.suppressed_ids = self.family.suppressed_ids if self.protocol.suppress_vision_tokens else None
+        # Tokens of the assistant header every turn-1 prompt ends with (re-tokenized with the reply in turn 2).
+        self.header_len = len(self.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
         # Forced replies end on <|im_end|> when it stops generation, else on the stop token that does.
         self.forced_end_id = (self.family.end_of_turn_id if self.family.end_of_turn_id in self.stop_ids
                               else min(self.stop_ids))
@@ -189,14 +191,13 @@ class TwoTurnEngine(TwoTurnProtocol):
         device = seqs.device
         end_id = self.family.end_of_turn_id
         segments, crop_pv, crop_grids, gen_masks, all_grids, prompt_drops = [], [], [], [], [], []
-        header_len = len(self.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
         for i in todo:
             row = rows[i]
             n_real = state.reply_lengths[i]
             generated = seqs[i, prompt_len:prompt_len + n_real].tolist()
             in_cache = min(n_real, steps - 1)
             gen_mask = torch.zeros(steps - 1, dtype=torch.long)
-            header = seqs[i, prompt_len - header_len:prompt_len].tolist()
+            header = seqs[i, prompt_len - self.header_len:prompt_len].tolist()
             replacement, dropped, how = self._reply_ids(row, generated, header)
             row.stats.turn2_reply = how
             prompt_drops.append(dropped)

@@ -135,6 +135,7 @@ DEFAULT_PRESET = "paper"
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(ProtocolSettings))
 _BOOL_SETTINGS = {"exif_transpose", "apply_until", "suppress_vision_tokens"}
 _INT_SETTINGS = {"min_pixels", "max_pixels", "max_new_tokens", "max_image_pixels"}
+_FRACTION_SETTINGS = {"lr_scale", "sampling_top_p"}  # in (0, 1]
 
 
 def _coerce(name: str, value):
@@ -148,9 +149,7 @@ def _coerce(name: str, value):
         return arguments.boolean(name, value)
     if name in _INT_SETTINGS:
         return arguments.integer(name, value, minimum=1)
-    if name == "lr_scale":
-        return arguments.number(name, value, minimum=0.0, exclusive=True, maximum=1.0)
-    if name == "sampling_top_p":
+    if name in _FRACTION_SETTINGS:
         return arguments.number(name, value, minimum=0.0, exclusive=True, maximum=1.0)
     if not isinstance(value, str):
         raise ArgumentError(f"{name} must be one of its names, got {value!r}")

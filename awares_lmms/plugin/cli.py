@@ -18,7 +18,7 @@ Same arguments and subcommands as ``lmms-eval`` (it runs lmms-eval's own dispatc
 * a finished run in which some documents could not be answered (``on_error=record``, the default:
   each such document is scored as an empty prediction and its cause logged) exits 3, after every
   file is written; 4 when no document at all could be answered (a server that was down, say).
-* output that is written or fails loudly: ``--output_path`` is checked for writing before anything
+* output that is written or fails loudly: ``--output_path`` is checked for writing before the model
   loads (exit 1 at once), every results and samples file is read back after it is written (a file
   that is missing, cut or short of documents: exit 1), and the file names carry the process id and
   a random part so that runs started in the same second on one ``--output_path`` never share a file.
@@ -41,17 +41,6 @@ _EVAL_FAILED = 1
 _NO_TASKS = 2
 _DOCUMENT_ERRORS = 3
 _ALL_DOCUMENTS_FAILED = 4
-
-
-def _flag_value(argv: list[str], flag: str) -> str | None:
-    """The value of ``--flag VALUE`` or ``--flag=VALUE`` (the last one given), else None."""
-    value = None
-    for i, a in enumerate(argv):
-        if a == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif a.startswith(flag + "="):
-            value = a.split("=", 1)[1]
-    return value
 
 
 def check_output_path(output_path: str) -> str | None:
@@ -103,6 +92,7 @@ class _RunWatcher:
     def wrap(self, original):
         def cli_evaluate_single(args=None):
             hooks.record_document_errors({})
+            # Before the model loads, on the parsed arguments (so --config files count too).
             output_path = getattr(args, "output_path", None)
             problem = check_output_path(output_path) if output_path else None
             if problem:
@@ -185,12 +175,6 @@ def main(argv=None) -> int:
 
     if not _has_flag(argv, "--include_path") and not _has_flag(argv, "--config"):
         argv = argv + ["--include_path", tasks_dir]
-
-    output_path = _flag_value(argv, "--output_path")
-    problem = check_output_path(output_path) if output_path else None
-    if problem:  # before lmms-eval, torch and the model load
-        print(f"lmms_eval: evaluation failed: {problem}", file=sys.stderr)
-        return _EVAL_FAILED
 
     import lmms_eval.__main__ as lmms_main  # see _run_dispatch: heavy, only for evaluation runs
 

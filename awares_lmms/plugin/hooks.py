@@ -245,7 +245,6 @@ _RUN_PROTOCOL: dict = {}
 _DOCUMENT_ERRORS: dict = {}
 _DOCUMENT_COUNT: dict = {}
 _OUTPUT_PROBLEMS: list = []
-_SAVED_FILES: list = []
 _TRACKER_MARK = "_awares_protocol_recorded"
 
 
@@ -295,11 +294,6 @@ def output_problems() -> list[str]:
     return list(_OUTPUT_PROBLEMS)
 
 
-def saved_files() -> list[str]:
-    """The results and samples files written and verified in this process."""
-    return list(_SAVED_FILES)
-
-
 def _unique_datetime(datetime_str: str) -> str:
     # lmms-eval names both files after the start second and the model: two runs started in the same
     # second on one --output_path would overwrite one results file and append to one samples file.
@@ -333,15 +327,13 @@ def _check_samples_file(path: Path, expected: int) -> str | None:
     return None
 
 
-def _record_output(path: Path, problem: str | None) -> None:
+def _record_output_problem(problem: str | None) -> None:
     if problem:
         _OUTPUT_PROBLEMS.append(problem)
-    else:
-        _SAVED_FILES.append(str(path))
 
 
 def _patch_evaluation_tracker() -> None:
-    """Three changes to ``EvaluationTracker`` (private API), each for a failure that stock lmms-eval
+    """Two methods of ``EvaluationTracker`` (private API) wrapped, for failures that stock lmms-eval
     only logs as a warning and then exits 0 on:
 
     * ``save_results_aggregated`` adds ``config.awares_protocol`` and ``config.awares_document_errors``
@@ -370,7 +362,7 @@ def _patch_evaluation_tracker() -> None:
         if self.output_path:
             path = (Path(self.output_path) / self.general_config_tracker.model_name_sanitized
                     / f"{datetime_str.replace(':', '-')}_results.json")
-            _record_output(path, _check_results_file(path))
+            _record_output_problem(_check_results_file(path))
         return outcome
 
     def save_results_samples(self, task_name, samples):
@@ -378,7 +370,7 @@ def _patch_evaluation_tracker() -> None:
         if self.output_path:
             path = (Path(self.output_path) / self.general_config_tracker.model_name_sanitized
                     / f"{self.date_id}_samples_{task_name}.jsonl")
-            _record_output(path, _check_samples_file(path, len(samples)))
+            _record_output_problem(_check_samples_file(path, len(samples)))
         return outcome
 
     save_results_aggregated.__wrapped__ = original_results

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 from loguru import logger as eval_logger
 
+from awares_lmms.core import jsonl
 from awares_lmms.core.arguments import ArgumentError
 from awares_lmms.core.engine import GenerationSettings, Request, Result
 from awares_lmms.core.stats import STAT_KEYS, SampleStats
@@ -61,24 +61,17 @@ class Journal:
         self.replayed = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._load()
-            self._file = self.path.open("a", encoding="utf-8")
+            data, dropped = jsonl.complete_lines(self.path)
+            if not data:
+                self._write([{"awares_journal": JOURNAL_VERSION, "identity": self.identity}])
         except OSError as exc:
             raise ArgumentError(f"journal={path}: cannot be written ({exc.strerror or exc})") from None
-        if self.path.stat().st_size == 0:
-            self._write([{"awares_journal": JOURNAL_VERSION, "identity": self.identity}])
+        if dropped:  # a kill in the middle of an append: the cut line is gone, the next append starts clean
+            eval_logger.warning(f"awares journal {self.path}: dropped a cut last line ({dropped} bytes)")
+        if data:
+            self._load(data)
 
-    def _load(self) -> None:
-        if not self.path.is_file() or self.path.stat().st_size == 0:
-            return
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            # A kill in the middle of an append: drop the cut line so the next append starts clean.
-            eval_logger.warning(f"awares journal {self.path}: dropping a cut last line ({len(data) - end} bytes)")
-            with self.path.open("r+b") as f:
-                f.truncate(end)
-            data = data[:end]
+    def _load(self, data: bytes) -> None:
         lines = data.decode("utf-8", errors="replace").splitlines()
         try:
             header = json.loads(lines[0])
@@ -119,12 +112,5 @@ class Journal:
         self._write(records)
 
     def _write(self, records: list[dict]) -> None:
-        if not records:
-            return
-        self._file.write("".join(json.dumps(r, default=str) + "\n" for r in records))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        if records:
+            jsonl.append_lines(self.path, "".join(json.dumps(r, default=str) + "\n" for r in records))

@@ -62,45 +62,47 @@ class Sample:
 # ----------------------------------------------------------------------------- cell decoding
 
 
-def to_image(cell, base_dir: Path | None = None) -> Image.Image:
-    """A PIL image from a dataset cell: PIL, ``{bytes, path}``, raw bytes or a file path."""
+def _cell_source(cell, base_dir: Path | None = None) -> Image.Image | bytes | Path:
+    """Where a dataset cell's image is: a PIL image, encoded bytes or a file path (from PIL,
+    ``{bytes, path}``, raw bytes or a path relative to ``base_dir``)."""
     if isinstance(cell, Image.Image):
         return cell
     if isinstance(cell, dict):
         if cell.get("bytes"):
-            return Image.open(io.BytesIO(cell["bytes"]))
-        if cell.get("path"):
-            return to_image(cell["path"], base_dir)
-    if isinstance(cell, (bytes, bytearray)):
-        return Image.open(io.BytesIO(cell))
-    if isinstance(cell, (str, Path)):
-        path = Path(cell)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        return Image.open(path)
-    raise ValueError(f"cannot read an image from a {type(cell).__name__} cell")
-
-
-def image_bytes(cell, base_dir: Path | None = None) -> bytes:
-    """The encoded bytes of an image cell (no decoding): what the content key hashes."""
-    if isinstance(cell, Image.Image):
-        return cell.tobytes() + f"{cell.mode}{cell.size}".encode()
-    if isinstance(cell, dict):
-        if cell.get("bytes"):
             return bytes(cell["bytes"])
         if cell.get("path"):
-            return image_bytes(cell["path"], base_dir)
+            return _cell_source(cell["path"], base_dir)
     if isinstance(cell, (bytes, bytearray)):
         return bytes(cell)
     if isinstance(cell, (str, Path)):
         path = Path(cell)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        try:
-            return path.read_bytes()
-        except OSError:
-            return f"unreadable:{path}".encode()  # the row fails later, at its image, with the reason
-    return repr(cell).encode()
+        return base_dir / path if not path.is_absolute() and base_dir is not None else path
+    raise ValueError(f"cannot read an image from a {type(cell).__name__} cell")
+
+
+def to_image(cell, base_dir: Path | None = None) -> Image.Image:
+    """A PIL image from a dataset cell: PIL, ``{bytes, path}``, raw bytes or a file path."""
+    source = _cell_source(cell, base_dir)
+    if isinstance(source, Image.Image):
+        return source
+    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def image_bytes(cell, base_dir: Path | None = None) -> bytes:
+    """The encoded bytes of an image cell (no decoding): what the content key hashes. A cell that holds
+    no readable image gives a marker; the row fails later, at its image, with the reason."""
+    try:
+        source = _cell_source(cell, base_dir)
+    except ValueError:
+        return repr(cell).encode()
+    if isinstance(source, Image.Image):
+        return source.tobytes() + f"{source.mode}{source.size}".encode()
+    if isinstance(source, bytes):
+        return source
+    try:
+        return source.read_bytes()
+    except OSError:
+        return f"unreadable:{source}".encode()
 
 
 def content_key(question, answers, boxes, image: bytes) -> str:

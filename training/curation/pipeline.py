@@ -146,7 +146,7 @@ class Curator:
 
     def _finished(self, sample: Sample) -> bool:
         rec = self.log.get(sample.id)
-        if rec is None or rec.get("content_key") != sample.content_key:
+        if rec is None or self._changed(sample):
             return False
         return not (rec["status"] == "failed" and self.run_args.retry_failed)
 

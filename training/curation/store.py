@@ -17,20 +17,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from awares_lmms.core import jsonl
+
 logger = logging.getLogger(__name__)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not open directories; the data itself is synced
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class JsonlStore:
@@ -44,19 +33,11 @@ class JsonlStore:
         self._load()
 
     def _load(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            # The tail of a write cut short by a kill: never a whole record, so it goes.
-            logger.warning("%s: dropping a partial last line (%d bytes) left by an interrupted run",
-                           self.path, len(data) - end)
-            with self.path.open("r+b") as f:
-                f.truncate(end)
-                f.flush()
-                os.fsync(f.fileno())
-        for n, line in enumerate(data[:end].splitlines(), 1):
+        data, dropped = jsonl.complete_lines(self.path)
+        if dropped:
+            # The tail of a write cut short by a kill: never a whole record, so it went.
+            logger.warning("%s: dropped a partial last line (%d bytes) left by an interrupted run", self.path, dropped)
+        for n, line in enumerate(data.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -72,14 +53,7 @@ class JsonlStore:
         """Append whole records durably (one write, one fsync)."""
         if not records:
             return
-        payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-        created = not self.path.exists()
-        with self.path.open("ab") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        if created:
-            _fsync_dir(self.path.parent)
+        jsonl.append_lines(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         for r in records:
             if self.keep == "first" and r["id"] in self.records:
                 continue
@@ -94,7 +68,7 @@ class JsonlStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        jsonl.fsync_dir(self.path.parent)
 
     def __contains__(self, sample_id: str) -> bool:
         return sample_id in self.records
