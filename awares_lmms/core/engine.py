@@ -205,6 +205,16 @@ class TwoTurnProtocol:
         return Row(req, original, [images.pre_resize(lr, self.protocol.image_path)], lr.size, stats)
 
     # ------------------------------------------------------------------ public
+    def turn1_cost(self, req: Request) -> int:
+        """Visual tokens turn 1 will encode for ``req``, from image sizes alone (no pixel is read):
+        what batches are ordered by, so that rows of one batch pad little. An estimate (EXIF rotation
+        and aspect-ratio limits are not applied); requests without sizes cost 0."""
+        sizes = [im.size for im in req.images if isinstance(getattr(im, "size", None), tuple)]
+        if self.config.mode != "full" and len(sizes) == 1:
+            scale = self.protocol.lr_scale
+            sizes = [(max(1, round(w * scale)), max(1, round(h * scale))) for w, h in sizes]
+        return sum(self.budget.tokens(w, h) for w, h in sizes)
+
     @torch.inference_mode()
     def run(self, requests: list[Request], settings: GenerationSettings | None = None,
             trace: bool = False) -> list[Result]:

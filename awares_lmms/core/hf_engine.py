@@ -64,19 +64,24 @@ class Turn2Inputs:
 
 
 class _ForceText(LogitsProcessor):
-    """Makes selected rows emit given token ids, step by step, inside ``generate``'s own loop."""
+    """Makes selected rows emit given token ids, step by step, inside ``generate``'s own loop (tensor
+    operations only: no Python loop over rows at each step)."""
 
     def __init__(self, prompt_len: int, forced: dict[int, list[int]], fill_id: int):
         self.prompt_len = prompt_len
-        self.forced = forced
-        self.fill_id = fill_id
+        width = max(len(ids) for ids in forced.values()) + 1
+        self.rows = torch.tensor(sorted(forced))
+        # One column per step; past a row's last forced token it emits fill_id (generate pads finished rows).
+        self.targets = torch.full((len(forced), width), fill_id, dtype=torch.long)
+        for j, row in enumerate(sorted(forced)):
+            self.targets[j, :len(forced[row])] = torch.tensor(forced[row])
 
     def __call__(self, input_ids, scores):
-        step = input_ids.shape[1] - self.prompt_len
-        for row, ids in self.forced.items():
-            target = ids[step] if step < len(ids) else self.fill_id
-            scores[row, :] = float("-inf")
-            scores[row, target] = 0.0
+        if self.rows.device != scores.device:
+            self.rows, self.targets = self.rows.to(scores.device), self.targets.to(scores.device)
+        step = min(input_ids.shape[1] - self.prompt_len, self.targets.shape[1] - 1)
+        scores[self.rows] = float("-inf")
+        scores[self.rows, self.targets[:, step]] = 0.0
         return scores
 
 

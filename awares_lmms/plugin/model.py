@@ -8,6 +8,7 @@ own Qwen models; the protocol lives in ``core/protocol.py``, the two-turn logic 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from awares_lmms.core.arguments import ArgumentError
 from awares_lmms.core.backends import BACKENDS, ServingOptions, build_engine, serving_options
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request, Result
 from awares_lmms.core.loading import resolve_dtype
+from awares_lmms.core.vision_attention import attention_summary
 from awares_lmms.plugin import handoff, hooks
 from awares_lmms.plugin.journal import Journal, request_key
 
@@ -34,6 +36,10 @@ from awares_lmms.plugin.journal import Journal, request_key
 ON_ERROR = ("record", "fail")
 # The question columns of the benchmark datasets (vstar calls it "text").
 QUESTION_COLUMNS = ("question", "text")
+
+# Batches are ordered by visual-token cost within windows of this many batches: a larger window pads
+# less but holds more decoded images in memory at once.
+ORDER_WINDOW_BATCHES = 8
 
 # save_images=DIR keeps each document's image for awares-report's gallery, at most this size.
 SAVED_IMAGE_SIDE = 1600
@@ -175,7 +181,8 @@ class AwaresLMM(lmms):
         eval_logger.info(self.resolved.describe())
         eval_logger.info(f"awares: mode={mode} pixels=[{self.engine.budget.min_pixels}, "
                          f"{self.engine.budget.max_pixels}] backend={backend} dtype={torch_dtype} "
-                         f"device={self._device} batch_size={self.batch_size_per_gpu}")
+                         f"device={self._device} batch_size={self.batch_size_per_gpu}"
+                         + (f" attention={attention_summary(self._model)}" if self._model is not None else ""))
 
     @property
     def model(self):
@@ -253,25 +260,44 @@ class AwaresLMM(lmms):
             raise ValueError("the document has no question text")
         return Request(question=text, images=list(imgs))
 
+    def _batches(self, args: list[tuple]):
+        """The requests in batches: grouped by generation settings (as lmms-eval's collator does), then,
+        window by window (``ORDER_WINDOW_BATCHES`` batches of documents read at a time), ordered by the
+        visual tokens turn 1 will encode, so that a batch holds images of similar size and pads little.
+        Yields ``(indices, slots)``: positions in ``args`` and, per position, the document's ``Request``
+        or, for a document that cannot be read, its unanswered ``Result``."""
+        groups: dict[str, list[int]] = {}
+        for i, a in enumerate(args):
+            groups.setdefault(json.dumps(a[2], sort_keys=True, default=str), []).append(i)
+        window = self.batch_size * ORDER_WINDOW_BATCHES
+        for indices in groups.values():
+            indices.sort(key=lambda i: (args[i][3], args[i][0]))  # doc id, then prompt: as the collator orders
+            for start in range(0, len(indices), window):
+                part = indices[start:start + window]
+                slots = {}
+                for i in part:
+                    ctx, to_messages, _, doc_id, task, split = args[i]
+                    try:
+                        slots[i] = self._read_document(ctx, to_messages, doc_id, task, split)
+                    except Exception as exc:  # noqa: BLE001 - the document's own problem, not the run's
+                        slots[i] = self.engine.unanswered(exc, "document")
+                if self.batch_size > 1:
+                    part.sort(key=lambda i: self.engine.turn1_cost(slots[i]) if isinstance(slots[i], Request) else 0)
+                for b in range(0, len(part), self.batch_size):
+                    chosen = part[b:b + self.batch_size]
+                    yield chosen, [slots.pop(i) for i in chosen]
+
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         # lmms-eval sends every task's requests in this one call: stats left from an earlier
         # evaluation in the same process must not be scored against this one.
         handoff.clear()
         errors: dict[str, list[tuple[int, str]]] = {}
-        collator = utils.Collator([r.args for r in requests], lambda a: (a[3], a[0]),
-                                  group_fn=lambda a: a[2], grouping=True)
-        results = []
+        args = [r.args for r in requests]
+        results: list[GenerationResult | None] = [None] * len(args)
         pbar = tqdm(total=len(requests), disable=self.rank != 0, desc="awares")
-        for chunk in collator.get_batched(n=self.batch_size, batch_fn=None):
-            ctxs, to_messages, gen_kwargs, doc_ids, tasks, splits = zip(*chunk)
-            settings = self._settings(gen_kwargs[0])
-            # Each document is read on its own: one that cannot be read is answered empty and recorded.
-            slots: list[Request | Result] = []
-            for ctx, to_msg, doc_id, task, split in zip(ctxs, to_messages, doc_ids, tasks, splits):
-                try:
-                    slots.append(self._read_document(ctx, to_msg, doc_id, task, split))
-                except Exception as exc:  # noqa: BLE001 - the document's own problem, not the run's
-                    slots.append(self.engine.unanswered(exc, "document"))
+        for indices, slots in self._batches(args):
+            gen_kwargs, doc_ids, tasks = args[indices[0]][2], [args[i][3] for i in indices], [args[i][4] for i in indices]
+            settings = self._settings(gen_kwargs)
             if self.journal is not None:
                 keys = [request_key(t, d, r, settings) if isinstance(r, Request) else None
                         for r, t, d in zip(slots, tasks, doc_ids)]
@@ -281,7 +307,7 @@ class AwaresLMM(lmms):
             if self.journal is not None:
                 self.journal.append([(t, k, d, o) for t, k, d, o, r in zip(tasks, keys, doc_ids, outputs, slots)
                                      if k is not None and isinstance(r, Request)])
-            for out, doc_id, task in zip(outputs, doc_ids, tasks):
+            for index, out, doc_id, task in zip(indices, outputs, doc_ids, tasks):
                 s = out.stats
                 s.protocol = self.protocol_summary
                 if s.error is not None:
@@ -297,14 +323,14 @@ class AwaresLMM(lmms):
                     input_tokens=s.input_tokens, output_tokens=s.output_tokens,
                     visual_tokens_lr=s.visual_tokens_lr, visual_tokens_crops=s.visual_tokens_crops,
                     visual_tokens_full=s.visual_tokens_full, rtr=s.rtr, rtr_paper=s.rtr_paper)
-                results.append(GenerationResult(text=out.text, token_counts=counts))
-            pbar.update(len(chunk))
+                results[index] = GenerationResult(text=out.text, token_counts=counts)
+            pbar.update(len(indices))
         pbar.close()
         if self.journal is not None and self.journal.replayed:
             eval_logger.info(f"awares: {self.journal.replayed} of {len(requests)} documents replayed from the journal "
                              f"{self.journal.path}")
         self._report_errors(errors, len(requests))
-        return collator.get_original(results)
+        return results
 
     def _save_image(self, image, task: str, doc_id: int) -> str:
         """The document's image for reports (``awares-report`` draws the regions on it): a JPEG whose

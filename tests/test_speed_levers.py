@@ -1,0 +1,124 @@
+"""The speed levers of the hf path, each checked against the eager path it replaces (fp32, real classes):
+the vision tower's windows batched by size, batches ordered by visual-token cost in the model class."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lmms_eval.api.instance import Instance
+from PIL import Image
+from transformers import AttentionInterface, Qwen2_5_VLForConditionalGeneration
+
+from awares_lmms.core import vision_attention
+from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.core.hf_engine import TwoTurnEngine
+
+from .conftest import generated_benchmark_images
+
+
+def _images():
+    sizes = [(640, 427), (500, 375), (334, 500)]
+    photos = [Image.open(next(p for s, p in generated_benchmark_images() if s == "pope" and p.stem.startswith(
+        f"{w}x{h}_"))) for w, h in sizes]
+    odd = Image.new("RGB", (333, 517), (30, 120, 200))
+    odd.paste((250, 250, 0), (200, 300, 333, 517))
+    return photos + [odd]
+
+
+@pytest.fixture(scope="module")
+def grouped_model(tiny_dir):
+    """A second copy of the tiny model (the session's ``tiny_model`` stays on plain sdpa)."""
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    assert vision_attention.speed_up_vision_attention(model) == "sdpa/grouped_sdpa"
+    return model
+
+
+def test_grouped_vision_attention_equals_the_per_window_loop(tiny_model, grouped_model):
+    model, processor = tiny_model
+    enc = processor.image_processor(images=_images(), return_tensors="pt")
+    calls = []
+
+    def counting(module, query, key, value, **kwargs):
+        lengths = kwargs["cu_seq_lens_q"][1:] - kwargs["cu_seq_lens_q"][:-1]
+        calls.append((len(lengths), len(torch.unique(lengths))))
+        return vision_attention.grouped_sdpa(module, query, key, value, **kwargs)
+
+    AttentionInterface.register(vision_attention.GROUPED_SDPA, counting)
+    try:
+        with torch.no_grad():
+            loop = model.model.get_image_features(enc["pixel_values"], enc["image_grid_thw"]).pooler_output
+            grouped = grouped_model.model.get_image_features(enc["pixel_values"], enc["image_grid_thw"]).pooler_output
+    finally:
+        AttentionInterface.register(vision_attention.GROUPED_SDPA, vision_attention.grouped_sdpa)
+    for a, b in zip(loop, grouped):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    # Private fact 1 of vision_attention: the tower hands the segments over instead of looping. Every
+    # layer ran once, with fewer distinct lengths than segments (windows batched).
+    depth = model.config.vision_config.depth
+    assert len(calls) == depth
+    assert all(distinct < segments for segments, distinct in calls), calls
+    # Private fact 3: the language model kept its own implementation.
+    assert grouped_model.config.text_config._attn_implementation == "sdpa"
+
+
+def test_engine_answers_equal_with_grouped_vision_attention(tiny_model, grouped_model):
+    model, processor = tiny_model
+    photos = _images()
+    reqs = [Request("Is there a dog?", [photos[0]], forced_turn1="GET_CROPS: ['3']"),
+            Request("Is there a car?", [photos[1]]),
+            Request("What colour is the corner?", [photos[3]], forced_turn1="GET_CROPS: ['0', '5']")]
+    settings = GenerationSettings(max_new_tokens=6)
+    plain = TwoTurnEngine(model, processor, EngineConfig(mode="awares")).run(reqs, settings, trace=True)
+    fast = TwoTurnEngine(grouped_model, processor, EngineConfig(mode="awares")).run(reqs, settings, trace=True)
+    assert [r.text for r in plain] == [r.text for r in fast]
+    for a, b in zip(plain, fast):
+        if a.turn2 is not None:
+            torch.testing.assert_close(a.turn2.logits, b.turn2.logits, rtol=0, atol=1e-4)
+
+
+def test_vision_attention_is_chosen_at_load(tiny_dir):
+    from awares_lmms.core.loading import load_model_and_processor
+
+    model, _ = load_model_and_processor(str(tiny_dir))
+    assert vision_attention.attention_summary(model) == "sdpa/grouped_sdpa"
+    eager, _ = load_model_and_processor(str(tiny_dir), attn_implementation="eager")
+    assert vision_attention.attention_summary(eager) == "eager/eager"  # the user's choice stands
+    assert vision_attention.choose_attention("cpu", None) is None  # flash-attn is for GPUs only
+
+
+def _instances(docs):
+    def to_messages(doc):
+        return [{"role": "user", "content": [{"type": "image", "url": doc["image"]},
+                                             {"type": "text", "text": doc["question"]}]}]
+
+    gen = {"max_new_tokens": 4, "until": ["\n\n"]}
+    return [Instance(request_type="generate_until", arguments=("ctx", to_messages, gen, i, "t", "test"),
+                     idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1}) for i in range(len(docs))]
+
+
+def test_batches_are_ordered_by_visual_cost_and_answers_keep_their_order(tiny_dir):
+    from awares_lmms.plugin.model import AwaresLMM
+
+    sizes = [(900, 700), (60, 60), (640, 480), (120, 90), (1000, 1000), (200, 150), (64, 900)]
+    docs = [{"question": f"What is in picture {i}?",
+             "image": Image.new("RGB", size, (40 * i % 255, 90, 160))} for i, size in enumerate(sizes)]
+    docs.append({"question": "", "image": Image.new("RGB", (80, 80))})  # unreadable: empty question
+    answers = {}
+    for batch in (1, 3):
+        lm = AwaresLMM(pretrained=str(tiny_dir), device="cpu", mode="lr", preset="awares", batch_size=batch)
+        lm.task_dict = {"t": {"test": docs}}
+        seen = []
+        run = lm.engine.run
+
+        def recording(requests, settings=None, trace=False, run=run, seen=seen):
+            seen.append([lm.engine.turn1_cost(r) for r in requests])
+            return run(requests, settings, trace)
+
+        lm.engine.run = recording
+        answers[batch] = [r.text for r in lm.generate_until(_instances(docs))]
+        if batch == 3:
+            costs = [c for b in seen for c in b]
+            assert costs == sorted(costs) and len(costs) == len(sizes)  # one window here: one global order
+    assert len(set(answers[1])) > 3  # documents get different answers, so a misplaced one would show
+    assert answers[1] == answers[3]  # each answer back at its document
+    assert answers[3][-1] == ""  # the unreadable document answered empty, in its place
