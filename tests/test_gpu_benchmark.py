@@ -1,0 +1,56 @@
+"""The GPU benchmark at tiny shape on CPU: every section runs, times stand beside their roofline, and the
+work meter counts exactly the tokens the model computed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.tools import gpu_benchmark
+
+
+def test_work_meter_counts_the_unpadded_tokens_the_model_computed(tiny_model):
+    model, processor = tiny_model
+    meter = gpu_benchmark.WorkMeter(model, flops=1e12, bandwidth=1e11)
+    try:
+        reqs = [Request("What is shown?", [gpu_benchmark.draw(kind, w, h, seed=i)])
+                for i, (kind, w, h) in enumerate(gpu_benchmark.GEOMETRY[:3])]
+        out = TwoTurnEngine(model, processor, EngineConfig(mode="full")).run(reqs, GenerationSettings(max_new_tokens=5))
+        work = meter.reset()
+    finally:
+        meter.close()
+    # One batched prefill of every prompt (left pads excluded), then one step per generated token but
+    # the last (generate never feeds it back); finished rows keep being fed pads, which count as work.
+    steps = max(o.stats.output_tokens for o in out) - 1
+    assert work.lm_tokens == sum(o.stats.input_tokens for o in out) + steps * len(out)
+    assert work.lm_calls == 1 + steps
+    assert work.vision_patches == sum(o.stats.visual_tokens_full for o in out) * 4  # 2x2 patches per token
+    assert work.roofline_s > 0 and work.phases == {"run": work.roofline_s}
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_every_section_at_tiny_shape(tmp_path):
+    report = gpu_benchmark.main(["--shape", "tiny", "--device", "cpu", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "gpu_benchmark.json").read_text())
+    assert saved["attention"] == "sdpa/grouped_sdpa" and saved["figures"] == "measured here"
+    assert "x roof" in (tmp_path / "gpu_benchmark.md").read_text()
+    assert len(report["bench"]) == 2 and len(report["mixed"]) == 8 and len(report["stock"]) == 2
+    for row in report["mixed"] + report["stock"]:
+        # Nothing runs faster than its roofline (measured peak FLOP/s and bandwidth of this machine).
+        assert row["x_roof"] > 1.0, row
+        assert row.get("errors", 0) == 0
+    for row in report["bench"]:
+        assert row["turn2_s_reuse"] > row["turn2_roofline_s_reuse"] > 0
+        assert 0.3 < row["rtr"] < 0.6
+    awares = {(r["preset"], r["mode"], r["batch"]): r for r in report["mixed"]}
+    assert awares[("awares", "awares", 1)]["rtr"] < 1.0 == awares[("awares", "full", 1)]["rtr"]
+    assert all(v.split("/")[0] == v.split("/")[1] for v in report["batch_agreement"].values())  # fp32
+    fp32, bf16 = report["exactness"]
+    assert fp32["dtype"] == "float32" and fp32["same_answer"] == fp32["rows"] > 0
+    assert fp32["greedy_steps_agree"] == fp32["greedy_steps"] and fp32["first_step_logit_gap_max"] < 1e-4
+    assert bf16["dtype"] == "bfloat16" and bf16["rows"] == fp32["rows"]
+    assert torch.get_default_dtype() == torch.float32
