@@ -101,8 +101,9 @@ def resolve_pixel_budget(script_args: GRPOScriptArguments, training_args: GRPOCo
                          "the budget you want instead")
 
 
-def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig):
-    common.setup_logging(training_args, logger)
+def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig,
+                  model_args: ModelConfig) -> AwaResGRPOTrainer:
+    """Rewards, data, processor, policy and trainer, ready to train (nothing trained yet)."""
     check_arguments(script_args, training_args, model_args)
     set_seed(training_args.seed)
     model_path = tiny.resolve(model_args.model_name_or_path)
@@ -143,6 +144,13 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     logger.info("%d GRPO prompts from %s; G=%d, beta=%g, num_iterations=%d, loss_type=%s", len(dataset),
                 script_args.transcripts, training_args.num_generations, training_args.beta,
                 training_args.num_iterations, training_args.loss_type)
+    return trainer
+
+
+def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig):
+    common.setup_logging(training_args, logger)
+    trainer = build_trainer(script_args, training_args, model_args)
+    model_path = tiny.resolve(model_args.model_name_or_path)
     result = trainer.train(resume_from_checkpoint=common.resume_checkpoint(training_args))
     # A run in which no rollout called a tool has no valid-call fraction or mean area: those are None,
     # which the Trainer's table printer cannot format. They stay (as null) in the saved metrics.
