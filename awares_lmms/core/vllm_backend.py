@@ -62,7 +62,7 @@ class VLLMTransport:
 
     def complete(self, conversations, settings: GenerationSettings, pixel_budget: dict) -> list[Completion]:
         if self.reset_before_each_call:
-            self.llm.reset_prefix_cache()
+            self.reset_caches()
         outputs = self.llm.chat([to_vllm_messages(c) for c in conversations], self._params(settings),
                                 use_tqdm=False, mm_processor_kwargs=dict(pixel_budget))
         completions = []
@@ -72,6 +72,7 @@ class VLLMTransport:
                                           out.num_cached_tokens))
         return completions
 
-    def reset_prefix_cache(self) -> None:
-        """Empty the prefix cache (the benchmark's 'no reuse' column)."""
+    def reset_caches(self) -> None:
+        """Empty the prefix cache and the processed-image cache: the next call starts cold (benchmarks)."""
         self.llm.reset_prefix_cache()
+        self.llm.reset_mm_cache()

@@ -3,10 +3,17 @@
     python -m awares_lmms.tools.serving_benchmark [--checkpoint DIR] [--n 32] [--modes full,awares]
         [--vllm-python PATH]
 
-Rows: ``hf`` at batch 1 and 8; ``vllm`` with prefix caching; ``vllm`` with the prefix cache emptied
-before every call (no turn-2 reuse; same engine, same run). Each row answers the same generated
-synthetic questions; the table gives wall time, samples/s, the ratio to ``hf`` batch 1, the share of
-turn-2 prompt tokens served from a cache, and whether the answers equal ``hf`` batch 1's.
+Rows: ``hf`` and ``vllm`` (prefix caching on) at the same batch sizes (1 and 8), plus vLLM with all
+``n`` requests in one call (what it is built for, named as such), plus vLLM with its caches emptied
+before every call (no turn-2 reuse; same engine, same run). The table gives wall time, samples/s,
+the ratio to ``hf`` batch 1, the share of turn-2 prompt tokens served from a cache, and whether the
+answers equal ``hf`` batch 1's.
+
+Every timed pass is cold: each pass answers questions of its own seed (pass k of every row uses the
+same seed, so rows stay comparable), and vLLM's prefix and processed-image caches are emptied before
+it. No pass can find an earlier pass's prompts or images cached; what a row's cache serves is turn 2
+reusing its own turn 1, the effect AwaRes relies on. Times are medians over the passes; cache shares
+and answer agreement count every pass.
 
 vLLM is often installed in an environment of its own (its torch and transformers pins differ from
 the evaluation stack's; on CPU see ``python -m awares_lmms.tools.vllm_cpu_env``): ``--vllm-python``
@@ -37,19 +44,29 @@ from awares_lmms.data import synthetic
 from awares_lmms.tools.assets import synthetic_checkpoint
 
 
+BATCHES = (1, 8)
+
+
 def requests_for(n: int, seed: int) -> list[Request]:
     return [Request(s.question, [s.image]) for s in synthetic.generate(n, seed=seed)]
+
+
+def pass_requests(n: int, seed: int, passes: int) -> list[list[Request]]:
+    """One set of ``n`` questions per pass, each from its own seed: nothing repeats between passes."""
+    return [requests_for(n, seed + 1000 * k) for k in range(passes)]
 
 
 def config_for(checkpoint: str, mode: str) -> EngineConfig:
     return EngineConfig(mode=mode, protocol=presets.resolve_checkpoint(checkpoint).settings)
 
 
-def measure(engine, requests, batch_size: int, settings: GenerationSettings, repeats: int) -> dict:
-    """The median wall time of ``repeats`` passes over ``requests``; answers and cache hits of the last."""
-    walls = []
-    for _ in range(repeats):
-        results = []
+def measure(engine, passes: list[list[Request]], batch_size: int, settings: GenerationSettings,
+            before_pass=lambda: None) -> dict:
+    """Median wall time over the passes (``before_pass`` runs untimed before each); cache hits, errors
+    and answers over all of them."""
+    walls, results = [], []
+    for requests in passes:
+        before_pass()
         start = time.perf_counter()
         for i in range(0, len(requests), batch_size):
             results += engine.run(requests[i:i + batch_size], settings)
@@ -57,7 +74,7 @@ def measure(engine, requests, batch_size: int, settings: GenerationSettings, rep
     wall = statistics.median(walls)
     cached = sum(r.stats.cached_tokens_turn2 or 0 for r in results)
     turn2 = sum((r.stats.cached_tokens_turn2 or 0) + r.stats.prefill_tokens_turn2 for r in results)
-    return {"wall_s": wall, "samples_per_s": len(requests) / wall, "answers": [r.text for r in results],
+    return {"wall_s": wall, "samples_per_s": len(passes[0]) / wall, "answers": [r.text for r in results],
             "errors": sum(r.stats.error is not None for r in results),
             "turn2_cached_share": cached / turn2 if turn2 else None}
 
@@ -65,13 +82,12 @@ def measure(engine, requests, batch_size: int, settings: GenerationSettings, rep
 def hf_rows(checkpoint: str, modes, n: int, seed: int, settings, device: str, dtype: str, repeats: int) -> list[dict]:
     rows = []
     torch_dtype = getattr(torch, dtype)
+    passes = pass_requests(n, seed, repeats)
     for mode in modes:
         engine = build_engine("hf", checkpoint, config_for(checkpoint, mode), dtype=torch_dtype, device=device)
-        requests = requests_for(n, seed)
-        engine.run(requests[:2], settings)  # warm-up
-        for batch in (1, 8):
-            rows.append({"backend": "hf", "mode": mode, "batch": batch,
-                         **measure(engine, requests, batch, settings, repeats)})
+        engine.run(requests_for(2, seed - 1), settings)  # warm-up, on questions no pass asks
+        for batch in BATCHES:
+            rows.append({"backend": "hf", "mode": mode, "batch": batch, **measure(engine, passes, batch, settings)})
     return rows
 
 
@@ -79,18 +95,19 @@ def vllm_rows(checkpoint: str, modes, n: int, seed: int, settings, dtype: str, c
               repeats: int) -> list[dict]:
     engine_kwargs = {"enforce_eager": True, "block_size": 32} if cpu else {}
     transport = VLLMTransport(checkpoint, dtype=dtype, engine_kwargs=engine_kwargs)
+    passes = pass_requests(n, seed, repeats)
     rows = []
     for mode in modes:
         config = config_for(checkpoint, mode)
         processor = load_processor(checkpoint, config.protocol.min_pixels, config.protocol.max_pixels)
         engine = ChatEngine(transport, processor, config)
-        requests = requests_for(n, seed)
-        engine.run(requests[:2], settings)  # warm-up
-        for name, reset in (("vllm prefix cache", False), ("vllm cache reset", True)):
-            transport.reset_prefix_cache()
+        engine.run(requests_for(2, seed - 1), settings)  # warm-up, on questions no pass asks
+        for name, reset, batches in (("vllm", False, (*BATCHES, n)), ("vllm caches reset", True, (8, n))):
             transport.reset_before_each_call = reset
-            rows.append({"backend": name, "mode": mode, "batch": n,
-                         **measure(engine, requests, n, settings, repeats)})
+            for batch in batches:
+                label = f"{name} (all at once)" if batch == n and n not in BATCHES else name
+                rows.append({"backend": label, "mode": mode, "batch": batch,
+                             **measure(engine, passes, batch, settings, before_pass=transport.reset_caches)})
         transport.reset_before_each_call = False
     return rows
 
@@ -109,14 +126,14 @@ def _vllm_in_child(python: str, args) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     base = {r["mode"]: r for r in rows if r["backend"] == "hf" and r["batch"] == 1}
-    print(f"{'backend':<20} {'mode':<7} {'batch':>5} {'wall s':>8} {'samples/s':>10} {'x hf b1':>8} "
+    print(f"{'backend':<31} {'mode':<7} {'batch':>5} {'wall s':>8} {'samples/s':>10} {'x hf b1':>8} "
           f"{'turn-2 cached':>13} {'= hf b1':>8} {'errors':>6}")
     for r in rows:
         ref = base.get(r["mode"])
         ratio = r["samples_per_s"] / ref["samples_per_s"] if ref else float("nan")
         share = "-" if r["turn2_cached_share"] is None else f"{r['turn2_cached_share']:.2f}"
         same = "-" if ref is None else f"{sum(a == b for a, b in zip(r['answers'], ref['answers']))}/{len(r['answers'])}"
-        print(f"{r['backend']:<20} {r['mode']:<7} {r['batch']:>5} {r['wall_s']:>8.2f} {r['samples_per_s']:>10.2f} "
+        print(f"{r['backend']:<31} {r['mode']:<7} {r['batch']:>5} {r['wall_s']:>8.2f} {r['samples_per_s']:>10.2f} "
               f"{ratio:>8.2f} {share:>13} {same:>8} {r['errors']:>6}")
 
 
@@ -127,7 +144,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--modes", default="full,awares")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3, help="passes per row; the median wall time counts")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="cold passes per row, each on questions of its own seed; the median wall time counts")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     parser.add_argument("--cpu", action="store_true", default=not torch.cuda.is_available(),
