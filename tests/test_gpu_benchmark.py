@@ -54,3 +54,28 @@ def test_gpu_benchmark_runs_every_section_at_tiny_shape(tmp_path):
     assert fp32["greedy_steps_agree"] == fp32["greedy_steps"] and fp32["first_step_logit_gap_max"] < 1e-4
     assert bf16["dtype"] == "bfloat16" and bf16["rows"] == fp32["rows"]
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_numerics_compares_the_compute_paths_on_a_trained_checkpoint():
+    from awares_lmms.tools import numerics
+
+    rows = numerics.main(["--checkpoints", "v1", "--n", "8", "--device", "cpu"])["v1"]
+    assert set(rows) == {"fp32 reuse b8", "reuse b8", "re-prefill b8", "reuse b1"}
+    assert rows["fp32 reuse b8"]["same_as_fp32"] == 8
+    assert rows["fp32 reuse b8"]["accuracy"] >= 0.75  # the trained v1 policy answers its questions
+    assert all(0 <= r["same_as_reuse_b8"] <= 8 for r in rows.values())
+
+
+def test_serving_benchmark_passes_are_cold_and_comparable():
+    from awares_lmms.core.engine import GenerationSettings
+    from awares_lmms.tools import serving_benchmark as sb
+    from awares_lmms.tools.assets import synthetic_checkpoint
+
+    passes = sb.pass_requests(4, seed=2, passes=3)
+    questions = [(r.question, r.images[0].tobytes()) for p in passes for r in p]
+    assert len(set(questions)) == len(questions)  # no pass repeats another's prompt and image
+    assert [r.question for r in sb.pass_requests(4, seed=2, passes=3)[1]] == [r.question for r in passes[1]]
+    rows = sb.hf_rows(str(synthetic_checkpoint("awares")), ["awares"], 4, 2, GenerationSettings(max_new_tokens=8),
+                      "cpu", "float32", repeats=2)
+    assert [(r["batch"], len(r["answers"])) for r in rows] == [(1, 8), (8, 8)]
+    assert rows[0]["answers"] == rows[1]["answers"] and rows[0]["errors"] == 0
