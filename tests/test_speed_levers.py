@@ -122,3 +122,14 @@ def test_batches_are_ordered_by_visual_cost_and_answers_keep_their_order(tiny_di
     assert len(set(answers[1])) > 3  # documents get different answers, so a misplaced one would show
     assert answers[1] == answers[3]  # each answer back at its document
     assert answers[3][-1] == ""  # the unreadable document answered empty, in its place
+
+
+def test_turn1_cost_never_fails_on_a_document_run_would_refuse(tiny_model):
+    """Ordering must not take a run down over an image ``run`` records as unanswerable (an aspect
+    ratio transformers refuses, a zero-size image): the cost is an estimate, the failure comes later."""
+    model, processor = tiny_model
+    engine = TwoTurnEngine(model, processor, EngineConfig(mode="awares"))
+    costs = [engine.turn1_cost(Request("q", [Image.new("RGB", size)])) for size in ((60000, 160), (3, 1200), (640, 480))]
+    assert all(c > 0 for c in costs)
+    assert engine.turn1_cost(Request("q", [])) == 0
+    assert engine.run([Request("q", [Image.new("RGB", (60000, 160))])], GenerationSettings(max_new_tokens=2))[0].stats

@@ -207,13 +207,19 @@ class TwoTurnProtocol:
     # ------------------------------------------------------------------ public
     def turn1_cost(self, req: Request) -> int:
         """Visual tokens turn 1 will encode for ``req``, from image sizes alone (no pixel is read):
-        what batches are ordered by, so that rows of one batch pad little. An estimate (EXIF rotation
-        and aspect-ratio limits are not applied); requests without sizes cost 0."""
+        what batches are ordered by, so that rows of one batch pad little. An estimate that never
+        fails: EXIF rotation is ignored, the long side is capped at the aspect-ratio limit (as
+        ``images.normalise`` pads), and a request without image sizes costs 0. A document that cannot
+        be answered fails later, in ``run``, where it is recorded."""
         sizes = [im.size for im in req.images if isinstance(getattr(im, "size", None), tuple)]
-        if self.config.mode != "full" and len(sizes) == 1:
-            scale = self.protocol.lr_scale
-            sizes = [(max(1, round(w * scale)), max(1, round(h * scale))) for w, h in sizes]
-        return sum(self.budget.tokens(w, h) for w, h in sizes)
+        scale = self.protocol.lr_scale if self.config.mode != "full" and len(sizes) == 1 else 1.0
+        total = 0
+        for w, h in sizes:
+            w, h = max(1, round(w * scale)), max(1, round(h * scale))
+            limit = self.max_aspect_ratio
+            w, h = min(w, round(h * limit)), min(h, round(w * limit))
+            total += self.budget.tokens(max(1, w), max(1, h))
+        return total
 
     @torch.inference_mode()
     def run(self, requests: list[Request], settings: GenerationSettings | None = None,
