@@ -34,11 +34,11 @@ def test_work_meter_counts_the_unpadded_tokens_the_model_computed(tiny_model):
 
 @pytest.mark.slow
 def test_gpu_benchmark_runs_every_section_at_tiny_shape(tmp_path):
-    report = gpu_benchmark.main(["--shape", "tiny", "--device", "cpu", "--out", str(tmp_path)])
+    report = gpu_benchmark.main(["--shape", "tiny", "--device", "cpu", "--static-cache", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "gpu_benchmark.json").read_text())
     assert saved["attention"] == "sdpa/grouped_sdpa" and saved["figures"] == "measured here"
     assert "x roof" in (tmp_path / "gpu_benchmark.md").read_text()
-    assert len(report["bench"]) == 2 and len(report["mixed"]) == 8 and len(report["stock"]) == 2
+    assert len(report["bench"]) == 2 and len(report["mixed"]) == 16 and len(report["stock"]) == 2
     for row in report["mixed"] + report["stock"]:
         # Nothing runs faster than its roofline (measured peak FLOP/s and bandwidth of this machine).
         assert row["x_roof"] > 1.0, row
@@ -60,7 +60,7 @@ def test_numerics_compares_the_compute_paths_on_a_trained_checkpoint():
     from awares_lmms.tools import numerics
 
     rows = numerics.main(["--checkpoints", "v1", "--n", "8", "--device", "cpu"])["v1"]
-    assert set(rows) == {"fp32 reuse b8", "reuse b8", "re-prefill b8", "reuse b1"}
+    assert set(rows) == {"fp32 reuse b8", "reuse b8", "re-prefill b8", "reuse b1", "static reuse b8"}
     assert rows["fp32 reuse b8"]["same_as_fp32"] == 8
     assert rows["fp32 reuse b8"]["accuracy"] >= 0.75  # the trained v1 policy answers its questions
     assert all(0 <= r["same_as_reuse_b8"] <= 8 for r in rows.values())

@@ -133,3 +133,50 @@ def test_turn1_cost_never_fails_on_a_document_run_would_refuse(tiny_model):
     assert all(c > 0 for c in costs)
     assert engine.turn1_cost(Request("q", [])) == 0
     assert engine.run([Request("q", [Image.new("RGB", (60000, 160))])], GenerationSettings(max_new_tokens=2))[0].stats
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_static_cache_answers_equal_the_dynamic_cache(tiny_model, reuse):
+    """static_cache=true: preallocated caches in both turns (turn 2 a copy of the continuing rows'
+    turn-1 cache); answers and turn-2 logits equal the dynamic cache's in fp32."""
+    from transformers import StaticCache
+
+    from awares_lmms.core.hf_engine import static_cache_length
+
+    model, processor = tiny_model
+    photos = _images()
+    reqs = [Request("Is there a dog?", [photos[0]], forced_turn1="GET_CROPS: ['3']"),
+            Request("Is there a car?", [photos[1]]),
+            Request("What colour is the corner?", [photos[3]], forced_turn1="GET_CROPS: ['0', '5']"),
+            Request("And here?", [photos[2]], forced_turn1="GET_CROPS: ['all']")]
+    settings = GenerationSettings(max_new_tokens=6)
+    dynamic = TwoTurnEngine(model, processor, EngineConfig(mode="awares", reuse_cache=reuse)).run(reqs, settings, trace=True)
+    caches = []
+    generate = model.generate
+
+    def recording(*args, **kwargs):
+        caches.append(kwargs.get("cache"))
+        return generate(*args, **kwargs)
+
+    model.generate = recording
+    try:
+        static = TwoTurnEngine(model, processor, EngineConfig(mode="awares", reuse_cache=reuse, static_cache=True)) \
+            .run(reqs, settings, trace=True)
+    finally:
+        del model.generate
+    assert len(caches) == 2 and all(isinstance(c, StaticCache) for c in caches)
+    # Turn 2 continues only the three rows that asked for crops, in a cache of a bucketed length.
+    assert caches[1].layers[0].keys.shape[0] == 3
+    assert caches[1].layers[0].max_cache_len == static_cache_length(caches[1].layers[0].max_cache_len)
+    assert [r.text for r in dynamic] == [r.text for r in static]
+    for a, b in zip(dynamic, static):
+        assert (a.turn2 is None) == (b.turn2 is None)
+        if a.turn2 is not None:
+            assert a.turn2.input_ids == b.turn2.input_ids
+            torch.testing.assert_close(a.turn2.logits, b.turn2.logits, rtol=0, atol=1e-4)
+
+
+def test_static_cache_length_buckets():
+    from awares_lmms.core.hf_engine import static_cache_length
+
+    assert [static_cache_length(n) for n in (1, 256, 257, 1000, 1024, 1025)] == [256, 256, 512, 1024, 1024, 2048]

@@ -34,6 +34,9 @@ class EngineConfig:
     # None: the released AwaRes prompt in modes that may crop, the template's default otherwise.
     system_prompt: str | None = None
     reuse_cache: bool = True
+    # hf backend: preallocated KV caches (transformers' StaticCache) for both turns, which transformers
+    # decodes with a compiled step (CUDA graphs) on a GPU; turn 2 still continues turn 1 exactly.
+    static_cache: bool = False
     protocol: presets.ProtocolSettings = field(default_factory=lambda: presets.PRESETS["awares"])
 
     def __post_init__(self):

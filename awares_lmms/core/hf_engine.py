@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, StaticCache
 
 from awares_lmms.core import accounting
 from awares_lmms.core.engine import (
@@ -83,6 +83,13 @@ class _ForceText(LogitsProcessor):
         scores[self.rows] = float("-inf")
         scores[self.rows, self.targets[:, step]] = 0.0
         return scores
+
+
+def static_cache_length(tokens: int) -> int:
+    """The length a static cache is allocated at: the next power of two, at least 256. Compiled decode
+    steps are specialised on the cache's shape, so few distinct lengths mean few recompilations (and
+    CUDA-graph captures); the price is up to 2x the KV memory the batch needs."""
+    return max(256, 1 << (tokens - 1).bit_length())
 
 
 class TwoTurnEngine(TwoTurnProtocol):
@@ -145,8 +152,9 @@ class TwoTurnEngine(TwoTurnProtocol):
         max_new = settings.max_new_tokens
         if forced:
             max_new = max(max_new, max(len(ids) for ids in forced.values()))
+        cache = self._static_cache(prompt_len + max_new)
         out = self.model.generate(
-            **enc, max_new_tokens=max_new, logits_processor=processors, return_dict_in_generate=True,
+            **enc, **cache, max_new_tokens=max_new, logits_processor=processors, return_dict_in_generate=True,
             pad_token_id=self.family.pad_id, eos_token_id=sorted(self.stop_ids),
             suppress_tokens=self.suppressed_ids, **settings.generate_kwargs(),
         )
@@ -160,6 +168,20 @@ class TwoTurnEngine(TwoTurnProtocol):
             r.stats.input_tokens = int(enc["attention_mask"][i].sum())
             r.turn1_text = self._decode(ids[:n])
         return Turn1State(enc, out.sequences, prompt_len, lengths, out.cache, image_grids, pixel_spans)
+
+    def _static_cache(self, tokens: int, filled_from=None, rows=None, filled_len: int = 0) -> dict:
+        """``{"cache": StaticCache}`` holding ``tokens`` positions when the config asks for static
+        caches, else ``{}`` (generate then grows a dynamic cache). ``filled_from``: a turn-1 cache whose
+        first ``filled_len`` positions of ``rows`` are copied in, so that turn 2 continues it (a new
+        cache rather than rows selected in place: a static cache's shape is fixed)."""
+        if not self.config.static_cache:
+            return {}
+        cache = StaticCache(config=self.model.config, max_cache_len=static_cache_length(tokens))
+        if filled_from is not None:
+            for source, target in zip(filled_from.layers, cache.layers):
+                target.update(source.keys.index_select(0, rows)[:, :, :filled_len],
+                              source.values.index_select(0, rows)[:, :, :filled_len])
+        return {"cache": cache}
 
     # ------------------------------------------------------------------ turn 2
     def _reply_ids(self, row: Row, generated: list[int], header: list[int]) -> tuple[list[int] | None, int, str]:
@@ -258,12 +280,16 @@ class TwoTurnEngine(TwoTurnProtocol):
                       max_new_tokens=settings.max_new_tokens, return_dict_in_generate=True, output_logits=trace,
                       pad_token_id=self.family.pad_id, eos_token_id=sorted(self.stop_ids),
                       suppress_tokens=self.suppressed_ids, **settings.generate_kwargs())
+        total = inputs.input_ids.shape[1] + settings.max_new_tokens
         if self.config.reuse_cache:
-            cache = state.cache
-            if len(todo) != len(rows):
-                # In place: rows that answered in turn 1 leave the cache (deep-copy it first if the
-                # full batch's cache were needed again; here it is not).
-                cache.batch_select_indices(torch.tensor(todo, device=inputs.input_ids.device))
+            selected = torch.tensor(todo, device=inputs.input_ids.device)
+            cache = self._static_cache(total, state.cache, selected, inputs.cached_len).get("cache")
+            if cache is None:
+                cache = state.cache
+                if len(todo) != len(rows):
+                    # In place: rows that answered in turn 1 leave the cache (deep-copy it first if the
+                    # full batch's cache were needed again; here it is not).
+                    cache.batch_select_indices(selected)
             # Reuse: the cache already holds the prompt (LR view included) and the reply; only the
             # uncached columns are prefilled, and only the crops' pixels are encoded.
             out = self.model.generate(cache=cache, pixel_values=torch.cat(inputs.crop_pixel_values),
@@ -276,7 +302,8 @@ class TwoTurnEngine(TwoTurnProtocol):
             for j, i in enumerate(todo):
                 start, end = state.pixel_spans[i]
                 pixels += [lr_pv[start:end], inputs.crop_pixel_values[j]]
-            out = self.model.generate(pixel_values=torch.cat(pixels), image_grid_thw=inputs.image_grids, **common)
+            out = self.model.generate(pixel_values=torch.cat(pixels), image_grid_thw=inputs.image_grids,
+                                      **self._static_cache(total), **common)
         generated = out.sequences[:, inputs.input_ids.shape[1]:]
         for j, i in enumerate(todo):
             ids = generated[j].tolist()

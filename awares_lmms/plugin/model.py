@@ -87,7 +87,7 @@ class AwaresLMM(lmms):
 
     Model: pretrained, adapter, device, dtype (auto|bfloat16|float32|float16), batch_size,
     attn_implementation, trust_remote_code. Run: mode (awares|full|lr|lr_then_full|fixed), crops (for
-    fixed, e.g. 0;5), system_prompt (awares|default|none), reuse_cache, on_error (record|fail).
+    fixed, e.g. 0;5), system_prompt (awares|default|none), reuse_cache, static_cache, on_error (record|fail).
     Protocol (``presets``): preset (paper|awares) and each setting by name (``presets.SETTING_NAMES``).
     Backend: backend (hf|vllm|openai) and the serving options (``backends.ServingOptions``): base_url,
     model, api_key_env, max_concurrency, timeout, max_retries, send_budget, seed; tp,
@@ -108,6 +108,7 @@ class AwaresLMM(lmms):
     def __init__(self, pretrained: str = "Kimhi/AWARES-Qwen2.5-VL-7B", adapter: str | None = None,
                  mode: str = "awares", crops=None, device: str | None = None, device_map: str | None = None,
                  dtype: str = "auto", batch_size=1, system_prompt: str | None = None, reuse_cache: bool = True,
+                 static_cache=False,
                  attn_implementation: str | None = None, trust_remote_code: bool = False, max_batch_size=None,
                  preset: str | None = None, on_error: str = "record", backend: str = "hf",
                  save_images: str | None = None, journal: str | None = None, **protocol_args):
@@ -116,6 +117,8 @@ class AwaresLMM(lmms):
         unknown = sorted(set(protocol_args) - set(presets.SETTING_NAMES))
         if backend not in BACKENDS:
             raise ArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend != "hf" and arguments.boolean("static_cache", static_cache):
+            raise ArgumentError("static_cache applies to backend=hf (vLLM and servers manage their own caches)")
         if serving_args and backend == "hf":
             raise ArgumentError(f"{sorted(serving_args)} apply to backend=vllm|openai, not backend=hf")
         if unknown:
@@ -154,7 +157,8 @@ class AwaresLMM(lmms):
             self.engine_config = EngineConfig(
                 mode=mode, fixed_crops=fixed,
                 system_prompt=_SYSTEM_PROMPTS[system_prompt] if system_prompt is not None else None,
-                reuse_cache=arguments.boolean("reuse_cache", reuse_cache), protocol=settings)
+                reuse_cache=arguments.boolean("reuse_cache", reuse_cache),
+                static_cache=arguments.boolean("static_cache", static_cache), protocol=settings)
         except ValueError as exc:
             raise ArgumentError(str(exc)) from None
         try:

@@ -10,7 +10,8 @@ Sections (``--sections``, all by default):
 * ``mixed``: generated images at the six benchmarks' sizes (pages, 4K photos, word crops, charts,
   POPE and RealWorldQA photos) with forced decisions (40 % answer, 45 % one region, 15 % two
   quadrants), in the ``awares`` and ``paper`` presets, full and awares modes, batch 1 and 8:
-  samples/s, peak memory, RTR;
+  samples/s, peak memory, RTR; with ``--static-cache`` each row again with static caches (the
+  compiled decode step on a GPU), and their answers against the dynamic cache's;
 * ``stock``: lmms-eval's own ``qwen2_5_vl`` model class on the same images at full resolution (its
   defaults): what a user would otherwise run;
 * ``exactness``: turn-2 reuse vs re-prefill in fp32 and in bf16 (answers equal, greedy steps that
@@ -215,12 +216,14 @@ class Setup:
     settings: GenerationSettings
 
 
-def preset_engine(setup: Setup, preset: str, mode: str, reuse: bool = True, model=None) -> TwoTurnEngine:
+def preset_engine(setup: Setup, preset: str, mode: str, reuse: bool = True, model=None,
+                  static: bool = False) -> TwoTurnEngine:
     """An engine in a preset, with the preset's pixel budget on its own copy of the processor."""
     settings = presets.PRESETS[preset]
     processor = copy.deepcopy(setup.processor)
     accounting.set_pixel_budget(processor, settings.min_pixels, settings.max_pixels)
-    return TwoTurnEngine(model or setup.model, processor, EngineConfig(mode=mode, reuse_cache=reuse, protocol=settings))
+    return TwoTurnEngine(model or setup.model, processor,
+                         EngineConfig(mode=mode, reuse_cache=reuse, static_cache=static, protocol=settings))
 
 
 def timed_run(setup: Setup, run, warm_up) -> dict:
@@ -291,21 +294,23 @@ def bench_section(setup: Setup) -> list[dict]:
     return rows
 
 
-def mixed_section(setup: Setup, n: int, answer_ids: list[int], batches=(1, 8)) -> tuple[list[dict], dict]:
+def mixed_section(setup: Setup, n: int, answer_ids: list[int], batches=(1, 8),
+                  caches=("dynamic",)) -> tuple[list[dict], dict]:
     rows, answers = [], {}
     for preset in ("awares", "paper"):
         reqs = mixed_requests(n, presets.PRESETS[preset].parser, answer_ids)
-        for mode in ("full", "awares"):
-            engine = preset_engine(setup, preset, mode)
+        for mode, cache in [(m, c) for m in ("full", "awares") for c in caches]:
+            engine = preset_engine(setup, preset, mode, static=cache == "static")
             work = reqs if mode == "awares" else [Request(r.question, r.images) for r in reqs]
             for batch in batches:
+                # The warm-up runs a whole batch (static caches: the first compilations happen there).
                 m = timed_run(setup, lambda: in_batches(engine, work, batch, setup.settings),
-                              lambda: engine.run(work[:min(batch, 2)], setup.settings))
+                              lambda: engine.run(work[:batch], setup.settings))
                 out = m.pop("out")
-                answers[(preset, mode, batch)] = [o.text for o in out]
+                answers[(preset, mode, batch, cache)] = [o.text for o in out]
                 rtr = [o.stats.rtr for o in out if o.stats.rtr is not None]
                 paper = [o.stats.rtr_paper for o in out if o.stats.rtr_paper is not None]
-                rows.append({"preset": preset, "mode": mode, "batch": batch, "samples": n,
+                rows.append({"preset": preset, "mode": mode, "cache": cache, "batch": batch, "samples": n,
                              "samples_per_s": n / m["wall_s"], **m,
                              "rtr": statistics.mean(rtr) if rtr else None,
                              "rtr_paper": statistics.mean(paper) if paper else None,
@@ -396,13 +401,14 @@ def markdown(report: dict) -> str:
         lines += ["| run | batch | samples/s | wall s | roofline s | x roof | peak GiB | RTR | rtr_paper |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in mixed:
-            name = r.get("model") or f"awares {r['preset']} preset, mode {r['mode']}"
+            name = r.get("model") or (f"awares {r['preset']} preset, mode {r['mode']}"
+                                       + (", static cache" if r.get("cache") == "static" else ""))
             lines.append(f"| {name} | {r['batch']} | {r['samples_per_s']:.2f} | {r['wall_s']:.2f} | "
                          f"{r['roofline_s']:.3f} | {_f(r['x_roof'], '.1f')} | {_f(r['peak_gib'], '.1f')} | "
                          f"{_f(r.get('rtr'), '.2f')} | {_f(r.get('rtr_paper'), '.2f')} |")
         lines.append("")
     if report.get("batch_agreement"):
-        lines += ["| batch 8 vs batch 1 | same answers |", "|---|---|"]
+        lines += ["| same answers | |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in report["batch_agreement"].items()] + [""]
     if report.get("exactness"):
         lines += ["| reuse vs re-prefill | same answer | greedy steps agree | first-step logit gap max (median) |",
@@ -425,6 +431,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="7b: 16, tiny: 8")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak FLOP/s in TFLOP/s (default: measured)")
     parser.add_argument("--bandwidth-gbs", type=float, help="the device's memory bandwidth in GB/s (default: measured)")
+    parser.add_argument("--static-cache", action="store_true",
+                        help="mixed section: also every row with static_cache (on a GPU: the compiled decode step)")
     parser.add_argument("--out", help="folder for gpu_benchmark.json and gpu_benchmark.md")
     args = parser.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
@@ -467,10 +475,18 @@ def main(argv=None) -> dict:
     if "bench" in sections:
         report["bench"] = bench_section(setup)
     if "mixed" in sections:
-        report["mixed"], answers = mixed_section(setup, n_mixed, answer_ids)
-        report["batch_agreement"] = {
-            f"{preset} {mode}": f"{sum(a == b for a, b in zip(answers[(preset, mode, 1)], answers[(preset, mode, 8)]))}/{n_mixed}"
-            for preset in ("awares", "paper") for mode in ("full", "awares")}
+        caches = ("dynamic", "static") if args.static_cache else ("dynamic",)
+        report["mixed"], answers = mixed_section(setup, n_mixed, answer_ids, caches=caches)
+
+        def same(a, b):
+            return f"{sum(x == y for x, y in zip(answers[a], answers[b]))}/{n_mixed}"
+
+        report["batch_agreement"] = {f"{p} {m} batch 8 vs 1": same((p, m, 1, "dynamic"), (p, m, 8, "dynamic"))
+                                     for p in ("awares", "paper") for m in ("full", "awares")}
+        if args.static_cache:
+            report["batch_agreement"].update({
+                f"{p} {m} batch {b} static vs dynamic": same((p, m, b, "dynamic"), (p, m, b, "static"))
+                for p in ("awares", "paper") for m in ("full", "awares") for b in (1, 8)})
     if "stock" in sections:
         if args.shape == "7b":
             model.save_pretrained(checkpoint)

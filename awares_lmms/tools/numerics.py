@@ -3,9 +3,10 @@
     python -m awares_lmms.tools.numerics                          # shipped synthetic v1 and v2 policies, CPU
     python -m awares_lmms.tools.numerics --checkpoints /path/to/ckpt --device cuda --samples v1
 
-Each checkpoint answers the same held-out synthetic questions (AwaRes mode, greedy) four ways:
+Each checkpoint answers the same held-out synthetic questions (AwaRes mode, greedy) five ways:
 fp32 with reuse at batch 8 (the reference), and in ``--dtype`` with reuse at batch 8, re-prefilled
-turn 2 at batch 8, and reuse at batch 1. The table gives each way's accuracy and how many answers
+turn 2 at batch 8, reuse at batch 1, and reuse at batch 8 with static caches (``static_cache``: on a
+GPU, transformers compiles their decode step, so this is also compiled vs eager there). The table gives each way's accuracy and how many answers
 equal the reference's and the bf16 batch-8 reuse answers. The ``paper`` preset's compute path was
 chosen from these numbers (docs/released-evaluation.md).
 """
@@ -29,9 +30,9 @@ GENERATORS = {"v1": synthetic.generate, "v2": synthetic2.generate}
 HELD_OUT_SEED = 9091
 
 
-def answers(path: str, samples, dtype: torch.dtype, device: str, reuse: bool, batch: int) -> list[str]:
+def answers(path: str, samples, dtype: torch.dtype, reuse: bool, batch: int, static: bool, device: str) -> list[str]:
     model, processor = load_model_and_processor(path, dtype=dtype, device=device)
-    engine = TwoTurnEngine(model, processor, EngineConfig(mode="awares", reuse_cache=reuse))
+    engine = TwoTurnEngine(model, processor, EngineConfig(mode="awares", reuse_cache=reuse, static_cache=static))
     settings = GenerationSettings(max_new_tokens=16)
     out = []
     for start in range(0, len(samples), batch):
@@ -41,9 +42,10 @@ def answers(path: str, samples, dtype: torch.dtype, device: str, reuse: bool, ba
 
 
 def compare(path: str, samples, dtype: torch.dtype, device: str) -> dict:
-    ways = {"fp32 reuse b8": (torch.float32, True, 8), "reuse b8": (dtype, True, 8),
-            "re-prefill b8": (dtype, False, 8), "reuse b1": (dtype, True, 1)}
-    texts = {name: answers(path, samples, d, device, reuse, batch) for name, (d, reuse, batch) in ways.items()}
+    ways = {"fp32 reuse b8": (torch.float32, True, 8, False), "reuse b8": (dtype, True, 8, False),
+            "re-prefill b8": (dtype, False, 8, False), "reuse b1": (dtype, True, 1, False),
+            "static reuse b8": (dtype, True, 8, True)}
+    texts = {name: answers(path, samples, *way, device=device) for name, way in ways.items()}
     n = len(samples)
     rows = {}
     for name, got in texts.items():
