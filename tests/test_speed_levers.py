@@ -180,3 +180,34 @@ def test_static_cache_length_buckets():
     from awares_lmms.core.hf_engine import static_cache_length
 
     assert [static_cache_length(n) for n in (1, 256, 257, 1000, 1024, 1025)] == [256, 256, 512, 1024, 1024, 2048]
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_equals_eager_across_both_turns(tiny_dir):
+    """The compiled path static_cache enables on a GPU, compiled here on CPU (inductor, no CUDA graphs):
+    both turns' decode steps run compiled and the answers and turn-2 logits equal eager ones (fp32)."""
+    import torch._dynamo
+    from transformers import CompileConfig
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_dir)
+    photos = _images()
+    reqs = [Request("Is there a dog?", [photos[0]], forced_turn1="GET_CROPS: ['3']"),
+            Request("Is there a car?", [photos[1]]),
+            Request("What colour is the corner?", [photos[3]], forced_turn1="GET_CROPS: ['0', '5']")]
+    settings = GenerationSettings(max_new_tokens=6)
+    config = EngineConfig(mode="awares", static_cache=True)
+    eager = TwoTurnEngine(model, processor, config).run(reqs, settings, trace=True)
+    compile_config = CompileConfig(mode="default")
+    compile_config._compile_all_devices = True  # transformers compiles on GPUs only unless told (private flag)
+    model.generation_config.compile_config = compile_config
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = TwoTurnEngine(model, processor, config).run(reqs, settings, trace=True)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the decode step did compile
+    assert [r.text for r in eager] == [r.text for r in compiled]
+    for a, b in zip(eager, compiled):
+        if a.turn2 is not None:
+            torch.testing.assert_close(a.turn2.logits, b.turn2.logits, rtol=0, atol=1e-4)
