@@ -139,3 +139,31 @@ def tiny_model(tiny_dir):
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(tiny_dir)
     return model, processor
+
+
+# The model families every family-sensitive test runs on (awares_lmms.core.family.SUPPORTED_MODEL_TYPES).
+FAMILY_NAMES = ("qwen2_5_vl", "qwen3_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory) -> Path:
+    """The tiny checkpoint's Qwen3-VL twin (16 px patches, interleaved M-RoPE, DeepStack), sharpened alike."""
+    from awares_lmms.tools import tiny
+
+    return tiny.build(tmp_path_factory.mktemp("tiny_qwen3") / "ckpt", seed=0, sharpen=3.0, family="qwen3_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_model(tiny_qwen3_dir):
+    import torch
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_qwen3_dir, dtype=torch.float32).eval()
+    return model, AutoProcessor.from_pretrained(tiny_qwen3_dir)
+
+
+@pytest.fixture(params=FAMILY_NAMES)
+def family_model(request):
+    """(model, processor) of each supported family in turn."""
+    return request.getfixturevalue("tiny_model" if request.param == "qwen2_5_vl" else "tiny_qwen3_model")

@@ -101,8 +101,8 @@ def _check_reuse_matches_from_scratch_prefill(tiny_model, mixed_batch):
         assert res.stats.visual_tokens_crops == sum(int(g.prod()) // 4 for g in ref["image_grid_thw"][1:])
 
 
-def test_turn2_with_kv_reuse_matches_from_scratch_prefill(tiny_model, mixed_batch):
-    _check_reuse_matches_from_scratch_prefill(tiny_model, mixed_batch)
+def test_turn2_with_kv_reuse_matches_from_scratch_prefill(family_model, mixed_batch):
+    _check_reuse_matches_from_scratch_prefill(family_model, mixed_batch)
 
 
 @pytest.mark.real_data
@@ -110,9 +110,9 @@ def test_turn2_with_kv_reuse_matches_from_scratch_prefill_on_real_images(tiny_mo
     _check_reuse_matches_from_scratch_prefill(tiny_model, real_mixed_batch)
 
 
-def test_wrong_positions_would_be_caught(tiny_model, mixed_batch):
+def test_wrong_positions_would_be_caught(family_model, mixed_batch):
     """The exactness check is sensitive: restarting turn-2 positions at 0 moves the logits a lot."""
-    model, processor = tiny_model
+    model, processor = family_model
     engine = TwoTurnEngine(model, processor, EngineConfig(mode="awares"))
     row = mixed_batch[0]
     engine.run([row], GenerationSettings(max_new_tokens=2))
@@ -128,8 +128,8 @@ def test_wrong_positions_would_be_caught(tiny_model, mixed_batch):
     assert (good - bad).abs().max().item() > 1e-2
 
 
-def test_reuse_and_reprefill_agree(tiny_model, mixed_batch):
-    model, processor = tiny_model
+def test_reuse_and_reprefill_agree(family_model, mixed_batch):
+    model, processor = family_model
     settings = GenerationSettings(max_new_tokens=5)
     a = TwoTurnEngine(model, processor, EngineConfig(reuse_cache=True))
     b = TwoTurnEngine(model, processor, EngineConfig(reuse_cache=False))
@@ -141,14 +141,17 @@ def test_reuse_and_reprefill_agree(tiny_model, mixed_batch):
 
 
 @pytest.mark.parametrize("mode", ["full", "lr", "fixed", "lr_then_full"])
-def test_modes_account_tokens(tiny_model, mode):
-    model, processor = tiny_model
+def test_modes_account_tokens(family_model, mode):
+    model, processor = family_model
     page = Image.new("RGB", (850, 1100), "white")
     cfg = EngineConfig(mode=mode, fixed_crops=(0, 5) if mode == "fixed" else ())
     engine = TwoTurnEngine(model, processor, cfg)
     (res,) = engine.run([Request("Title?", [page])], GenerationSettings(max_new_tokens=3))
     s = res.stats.to_dict()
     full = engine.budget.tokens(850, 1100)
+    # Pixels per visual token: 28 for Qwen2.5-VL, 32 for Qwen3-VL; the count is the processor's own.
+    assert engine.budget.factor == {"qwen2_5_vl": 28, "qwen3_vl": 32}[model.config.model_type]
+    assert full == int(processor.image_processor(images=[page])["image_grid_thw"][0].prod()) // 4
     assert s["visual_tokens_full"] == full
     lr = engine.budget.tokens(425, 550)
     if mode == "full":

@@ -3,6 +3,8 @@ the vision tower's windows batched by size, batches ordered by visual-token cost
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from lmms_eval.api.instance import Instance
@@ -33,8 +35,10 @@ def grouped_model(tiny_dir):
     return model
 
 
-def test_grouped_vision_attention_equals_the_per_window_loop(tiny_model, grouped_model):
-    model, processor = tiny_model
+def test_grouped_vision_attention_equals_the_per_window_loop(family_model):
+    model, processor = family_model
+    grouped = copy.deepcopy(model)
+    assert vision_attention.speed_up_vision_attention(grouped) == "sdpa/grouped_sdpa"
     enc = processor.image_processor(images=_images(), return_tensors="pt")
     calls = []
 
@@ -47,18 +51,22 @@ def test_grouped_vision_attention_equals_the_per_window_loop(tiny_model, grouped
     try:
         with torch.no_grad():
             loop = model.model.get_image_features(enc["pixel_values"], enc["image_grid_thw"]).pooler_output
-            grouped = grouped_model.model.get_image_features(enc["pixel_values"], enc["image_grid_thw"]).pooler_output
+            fast = grouped.model.get_image_features(enc["pixel_values"], enc["image_grid_thw"]).pooler_output
     finally:
         AttentionInterface.register(vision_attention.GROUPED_SDPA, vision_attention.grouped_sdpa)
-    for a, b in zip(loop, grouped):
+    for a, b in zip(loop, fast):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-    # Private fact 1 of vision_attention: the tower hands the segments over instead of looping. Every
-    # layer ran once, with fewer distinct lengths than segments (windows batched).
-    depth = model.config.vision_config.depth
-    assert len(calls) == depth
-    assert all(distinct < segments for segments, distinct in calls), calls
+    # Private fact 1 of vision_attention: the tower hands the segments over instead of looping, once
+    # per layer.
+    assert len(calls) == model.config.vision_config.depth
+    if model.config.model_type == "qwen2_5_vl":
+        # Windowed layers: many windows, few distinct lengths, so few SDPA calls.
+        assert all(distinct < segments for segments, distinct in calls), calls
+    else:
+        # Qwen3-VL attends over each whole image: one segment per image.
+        assert all(segments == len(_images()) for segments, _ in calls), calls
     # Private fact 3: the language model kept its own implementation.
-    assert grouped_model.config.text_config._attn_implementation == "sdpa"
+    assert grouped.config.text_config._attn_implementation == "sdpa"
 
 
 def test_engine_answers_equal_with_grouped_vision_attention(tiny_model, grouped_model):
@@ -136,14 +144,14 @@ def test_turn1_cost_never_fails_on_a_document_run_would_refuse(tiny_model):
 
 
 @pytest.mark.parametrize("reuse", [True, False])
-def test_static_cache_answers_equal_the_dynamic_cache(tiny_model, reuse):
+def test_static_cache_answers_equal_the_dynamic_cache(family_model, reuse):
     """static_cache=true: preallocated caches in both turns (turn 2 a copy of the continuing rows'
     turn-1 cache); answers and turn-2 logits equal the dynamic cache's in fp32."""
     from transformers import StaticCache
 
     from awares_lmms.core.hf_engine import static_cache_length
 
-    model, processor = tiny_model
+    model, processor = family_model
     photos = _images()
     reqs = [Request("Is there a dog?", [photos[0]], forced_turn1="GET_CROPS: ['3']"),
             Request("Is there a car?", [photos[1]]),
@@ -211,3 +219,14 @@ def test_compiled_decode_step_equals_eager_across_both_turns(tiny_dir):
     for a, b in zip(eager, compiled):
         if a.turn2 is not None:
             torch.testing.assert_close(a.turn2.logits, b.turn2.logits, rtol=0, atol=1e-4)
+
+
+def test_an_unsupported_family_fails_in_one_line(tiny_model):
+    from awares_lmms.core.family import model_type_of
+
+    model, processor = tiny_model
+    assert model_type_of(model.config) == "qwen2_5_vl"
+    config = copy.deepcopy(model.config)
+    config.model_type = "llava"
+    with pytest.raises(ValueError, match=r"^unsupported model family 'llava'; supported: qwen2_vl, qwen2_5_vl, qwen3_vl$"):
+        model_type_of(config)

@@ -62,10 +62,12 @@ def write_transcripts(out: Path) -> Path:
     return path
 
 
-def base_checkpoint(shape: str, device: str, dtype: torch.dtype, out: Path) -> Path:
+def base_checkpoint(shape: str, device: str, dtype: torch.dtype, out: Path, family: str = "qwen2_5_vl") -> Path:
     """Random weights in the shape's architecture, saved where the recipes' loading code reads them."""
     if shape == "tiny":
-        return tiny.build(out)
+        return tiny.build(out, family=family)
+    if family != "qwen2_5_vl":
+        raise ValueError("--shape 7b builds Qwen2.5-VL-7B; other families run at --shape tiny")
     model, processor = benchmark.seven_b_shaped_model(dtype, device)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -138,16 +140,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
                         help="default: bfloat16 on a GPU, float32 on CPU")
+    parser.add_argument("--family", choices=sorted(tiny.FAMILIES), default="qwen2_5_vl",
+                        help="model family of the tiny base (the 7b shape is Qwen2.5-VL)")
     parser.add_argument("--out", help="work folder (default: a temporary one)")
     args = parser.parse_args(argv)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     out = Path(args.out or tempfile.mkdtemp(prefix="awares-smoke-"))
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    base = base_checkpoint(args.shape, args.device, getattr(torch, dtype), out / "base")
+    base = base_checkpoint(args.shape, args.device, getattr(torch, dtype), out / "base", args.family)
     data = write_transcripts(out / "curated")
     build_s = time.perf_counter() - start
-    report = {"shape": args.shape, "device": args.device, "dtype": dtype, "base_build_s": build_s,
+    report = {"shape": args.shape, "family": args.family, "device": args.device, "dtype": dtype, "base_build_s": build_s,
               "sft": run_sft(RECIPES[args.shape], base, data, out, args.device, dtype)}
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()

@@ -195,7 +195,7 @@ class TwoTurnProtocol:
             stats.image_notes.append(f"multi_image_first_of_{len(normalised)}")
             logger.info("request with %d images: the first one is used (multi_image=first)", len(normalised))
             normalised = normalised[:1]
-        to_model = [images.pre_resize(im, self.protocol.image_path) for im in normalised]
+        to_model = [images.pre_resize(im, self.protocol.image_path, self.budget.patch_size) for im in normalised]
         if len(normalised) != 1:
             # Crops are defined for one image; anything else is answered in one full pass.
             stats.tool_call_status = "no_image" if not normalised else "multi_image_full"
@@ -205,7 +205,8 @@ class TwoTurnProtocol:
         if self.config.mode == "full":
             return Row(req, original, to_model, None, stats)
         lr = images.low_res_view(original, self.protocol.lr_scale, self.max_aspect_ratio)
-        return Row(req, original, [images.pre_resize(lr, self.protocol.image_path)], lr.size, stats)
+        lr_view = images.pre_resize(lr, self.protocol.image_path, self.budget.patch_size)
+        return Row(req, original, [lr_view], lr.size, stats)
 
     # ------------------------------------------------------------------ public
     def turn1_cost(self, req: Request) -> int:
@@ -305,7 +306,7 @@ class TwoTurnProtocol:
         row.crop_boxes = [protocol.region_box(r, *row.original.size) for r in decision.regions]
         row.stats.crops = protocol.turn2_names(decision)
         crops = images.turn2_images(decision, row.original, self.max_aspect_ratio)
-        row.turn2_images = [images.pre_resize(im, self.protocol.image_path) for im in crops]
+        row.turn2_images = [images.pre_resize(im, self.protocol.image_path, self.budget.patch_size) for im in crops]
         return True
 
     # ------------------------------------------------------------------ the backend's part

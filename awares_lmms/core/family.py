@@ -4,7 +4,11 @@ The engine and GRPO never name a special token or call a model-specific function
 through ``QwenVLFamily``. Qwen2-VL, Qwen2.5-VL and Qwen3-VL share this layout (the same vision
 special tokens, ``<|im_end|>`` turns and ``model.model.get_rope_index(input_ids, mm_token_type_ids,
 image_grid_thw, attention_mask)`` for M-RoPE positions), so the class serves all three; a family with
-another layout would be a second class with the same attributes.
+another layout would be a second class with the same attributes. What differs between them is read
+from the checkpoint's own processor (patch and merge sizes: 28 px per visual token for Qwen2/2.5-VL,
+32 for Qwen3-VL) or handled inside transformers' model class (Qwen3-VL's interleaved M-RoPE and
+DeepStack, whose features follow the image tokens of whatever segment is prefilled, so a turn-2
+prefill on the cache injects them for the crops exactly as a whole-conversation prefill does).
 """
 
 from __future__ import annotations
@@ -19,6 +23,19 @@ END_OF_TURN = "<|im_end|>"
 IMAGE_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
+# The model types (``config.model_type``) the two-turn code runs on, and their pixels per visual token
+# (patch size x merge size): what a preset's token budget is in pixels for that family.
+SUPPORTED_MODEL_TYPES = {"qwen2_vl": 28, "qwen2_5_vl": 28, "qwen3_vl": 32}
+
+
+def model_type_of(config) -> str:
+    """The checkpoint's family, checked: an unsupported one fails here, in one line."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"unsupported model family {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    return model_type
+
+
 class QwenVLFamily:
     """Token ids and position computation of one loaded Qwen-VL model + processor."""
 
@@ -28,6 +45,7 @@ class QwenVLFamily:
     def __init__(self, model, processor):
         tokenizer = processor.tokenizer
         self.model = model
+        self.model_type = model_type_of(model.config)
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else tokenizer.convert_tokens_to_ids("<|endoftext|>")

@@ -306,12 +306,13 @@ def turn2_images(decision: protocol.CropDecision, original: Image.Image,
     return [original] if decision.action == "full" else []
 
 
-def pre_resize(img: Image.Image, image_path: str) -> Image.Image:
+def pre_resize(img: Image.Image, image_path: str, patch_size: int = 14) -> Image.Image:
     """What an image looks like when it reaches the processor.
 
     ``processor``: unchanged (the processor alone resizes it). ``qwen_vl_utils``: first resized by
-    ``qwen_vl_utils.fetch_image`` (its own smart resize to multiples of 28 within its default limits,
-    PIL's default resampling), as the released evaluation's ``process_vision_info`` does before the
+    ``qwen_vl_utils.fetch_image`` (its own smart resize to multiples of 2 x ``patch_size``, the
+    model's patch size: 28 px for Qwen2.5-VL, 32 for Qwen3-VL, within its default limits, PIL's
+    default resampling), as the released evaluation's ``process_vision_info`` does before the
     processor resizes again under its own budget.
     """
     if image_path == "processor":
@@ -320,5 +321,5 @@ def pre_resize(img: Image.Image, image_path: str) -> Image.Image:
         # Imported here: qwen_vl_utils pulls in torchvision (seconds), and only this path needs it.
         from qwen_vl_utils import fetch_image
 
-        return fetch_image({"image": img})
+        return fetch_image({"image": img}, image_patch_size=patch_size)
     raise ValueError(f"image_path must be 'qwen_vl_utils' or 'processor', got {image_path!r}")

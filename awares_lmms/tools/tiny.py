@@ -1,11 +1,15 @@
-"""Build a small, randomly initialised Qwen2.5-VL checkpoint offline.
+"""Build a small, randomly initialised Qwen-VL checkpoint offline, of either supported family.
 
-Real classes (``Qwen2_5_VLForConditionalGeneration``, ``Qwen2_5_VLProcessor``), the real
-checkpoint's image-processor limits, a byte-level BPE tokenizer carrying every Qwen special token
-in Qwen's order, and the official Qwen2.5-VL chat template. ``from_pretrained(out)`` loads it with
-no network. It exercises the same code paths as Qwen2.5-VL-7B; only the sizes differ.
+Real classes (``Qwen2_5_VLForConditionalGeneration`` / ``Qwen3VLForConditionalGeneration`` and
+their processors), the real checkpoints' image-processor settings (14 px patches for Qwen2.5-VL, 16 px
+and mean/std 0.5 for Qwen3-VL; 2x2 merge in both), a byte-level BPE tokenizer carrying every Qwen
+special token in Qwen's order, and the official chat template of the family (TRL's copies: no
+network). ``from_pretrained(out)`` loads it offline. Only the sizes differ from the 7B/8B models:
+Qwen3-VL's DeepStack (vision features injected at several language-model layers) and interleaved
+M-RoPE are there.
 
     python -m awares_lmms.tools.tiny --out ./tiny-qwen2_5-vl
+    python -m awares_lmms.tools.tiny --out ./tiny-qwen3-vl --family qwen3_vl
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ from transformers import (
     Qwen2Tokenizer,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
 )
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from awares_lmms.core import protocol
@@ -88,28 +96,35 @@ def build_tokenizer(extra_corpus: tuple[str, ...] = ()):
     return tok
 
 
-def official_chat_template() -> str:
-    """The official Qwen2.5-VL chat template, read from the copy TRL installs (no network)."""
+def official_chat_template(family: str = "qwen2_5_vl") -> str:
+    """The family's official chat template, read from the copy TRL installs (no network)."""
 
-    return (Path(trl.__file__).parent / "chat_templates" / "qwen2_5_vl.jinja").read_text()
+    return (Path(trl.__file__).parent / "chat_templates" / f"{family}.jinja").read_text()
 
 
-def build_processor(tokenizer, min_pixels: int = QWEN25VL_MIN_PIXELS, max_pixels: int = QWEN25VL_MAX_PIXELS):
-    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14,
+# The released Qwen3-VL checkpoints' preprocessor: 16 px patches, 64 to 16384 visual tokens.
+QWEN3VL_MIN_PIXELS = 65536
+QWEN3VL_MAX_PIXELS = 16777216
+
+
+def build_processor(tokenizer, min_pixels: int | None = None, max_pixels: int | None = None,
+                    family: str = "qwen2_5_vl"):
+    if family == "qwen3_vl":
+        image_processor = Qwen2VLImageProcessor(
+            min_pixels=min_pixels or QWEN3VL_MIN_PIXELS, max_pixels=max_pixels or QWEN3VL_MAX_PIXELS, patch_size=16,
+            temporal_patch_size=2, merge_size=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+        return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                video_processor=Qwen3VLVideoProcessor(), chat_template=official_chat_template(family))
+    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels or QWEN25VL_MIN_PIXELS,
+                                            max_pixels=max_pixels or QWEN25VL_MAX_PIXELS, patch_size=14,
                                             temporal_patch_size=2, merge_size=2)
     return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                               video_processor=Qwen2VLVideoProcessor(), chat_template=official_chat_template())
+                               video_processor=Qwen2VLVideoProcessor(), chat_template=official_chat_template(family))
 
 
-def build_model(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int = 4, seed: int = 0,
-                sharpen: float = 1.0, vision_hidden: int = 128, rope_theta: float = 1e6):
-    """Random Qwen2.5-VL. ``sharpen`` > 1 scales the LM's weight matrices so logits are peaked:
-    a flat random model hides position errors that a trained model would not forgive."""
-
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    vocab = len(tokenizer)
+def _qwen2_5_vl_config(ids, vocab, hidden, layers, vision_depth, vision_hidden, rope_theta):
     heads = max(2, hidden // 32)
-    config = Qwen2_5_VLConfig(
+    return Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
             num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=32768,
@@ -126,8 +141,51 @@ def build_model(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
+
+
+def _qwen3_vl_config(ids, vocab, hidden, layers, vision_depth, vision_hidden, rope_theta):
+    heads = max(2, hidden // 32)
+    return Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), head_dim=32,
+            max_position_embeddings=32768, tie_word_embeddings=False,
+            # Interleaved M-RoPE (t, h, w frequencies alternate), as the real Qwen3-VL.
+            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": [4, 6, 6],
+                             "mrope_interleaved": True},
+            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=None,
+        ),
+        vision_config=dict(
+            depth=vision_depth, hidden_size=vision_hidden, num_heads=4, intermediate_size=4 * vision_hidden,
+            out_hidden_size=hidden, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+            # DeepStack: features of these vision layers are added to the first language-model layers.
+            deepstack_visual_indexes=list(range(1, vision_depth))[:3], num_position_embeddings=256,
+        ),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+
+
+# One entry per supported family: its config builder and model class.
+FAMILIES = {
+    "qwen2_5_vl": (_qwen2_5_vl_config, Qwen2_5_VLForConditionalGeneration),
+    "qwen3_vl": (_qwen3_vl_config, Qwen3VLForConditionalGeneration),
+}
+
+
+def build_model(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int = 4, seed: int = 0,
+                sharpen: float = 1.0, vision_hidden: int = 128, rope_theta: float = 1e6,
+                family: str = "qwen2_5_vl"):
+    """Random Qwen-VL of ``family``. ``sharpen`` > 1 scales the LM's weight matrices so logits are
+    peaked: a flat random model hides position errors that a trained model would not forgive."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    make_config, model_class = FAMILIES[family]
+    config = make_config(ids, len(tokenizer), hidden, layers, vision_depth, vision_hidden, rope_theta)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     if sharpen != 1.0:
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -141,12 +199,12 @@ def build_model(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int
     return model
 
 
-def build(out: str | Path, seed: int = 0, sharpen: float = 1.0, **model_kwargs) -> Path:
+def build(out: str | Path, seed: int = 0, sharpen: float = 1.0, family: str = "qwen2_5_vl", **model_kwargs) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    processor = build_processor(tokenizer)
-    model = build_model(tokenizer, seed=seed, sharpen=sharpen, **model_kwargs)
+    processor = build_processor(tokenizer, family=family)
+    model = build_model(tokenizer, seed=seed, sharpen=sharpen, family=family, **model_kwargs)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
@@ -171,9 +229,11 @@ def main(argv=None) -> None:
     parser.add_argument("--sharpen", type=float, default=1.0, help="scale LM weights (peakier random logits)")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_5_vl")
     args = parser.parse_args(argv)
-    path = build(args.out, seed=args.seed, sharpen=args.sharpen, hidden=args.hidden, layers=args.layers)
-    print(f"tiny Qwen2.5-VL written to {path}")
+    path = build(args.out, seed=args.seed, sharpen=args.sharpen, family=args.family, hidden=args.hidden,
+                 layers=args.layers)
+    print(f"tiny {args.family} written to {path}")
 
 
 if __name__ == "__main__":

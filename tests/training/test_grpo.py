@@ -14,7 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+from awares_lmms.core import accounting
 from training import common, rewards, transcripts
+
+from ..conftest import FAMILY_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,11 +50,13 @@ def write_transcripts(root: Path, size: int = 224) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=FAMILY_NAMES)
+def tiny_ckpt(request, tmp_path_factory) -> Path:
+    """The tiny base of each supported family: every GRPO invariant below is checked on both."""
     from awares_lmms.tools import tiny
 
-    return tiny.build(tmp_path_factory.mktemp("grpo_tiny") / "ckpt", sharpen=1.0)
+    return tiny.build(tmp_path_factory.mktemp(f"grpo_tiny_{request.param}") / "ckpt", sharpen=1.0,
+                      family=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +86,10 @@ def _trainer(tiny_ckpt, transcripts_file, output_dir, **overrides):
     from training.trainers.awares_grpo import AwaResGRPOTrainer
 
     processor = AutoProcessor.from_pretrained(tiny_ckpt, padding_side="left")
+    # At least 4 visual tokens an image in both families (Qwen3-VL's own floor is 64: two small crops
+    # would then outgrow the 120-token completion budget these tests use).
+    ip = processor.image_processor
+    accounting.set_pixel_budget(processor, min_pixels=4 * (ip.patch_size * ip.merge_size) ** 2)
     args = _config(output_dir, **overrides)
     return AwaResGRPOTrainer(
         model=str(tiny_ckpt), reward_funcs=rewards.get_reward_funcs(list(rewards.REWARD_FUNCS)), args=args,
@@ -148,8 +157,8 @@ def trained(tiny_ckpt, transcripts_file, tmp_path_factory):
     calls = _record(trainer)
     trainer.train()
     assert len(calls["batches"]) == 1  # num_iterations=2: one generation batch for both steps
-    _, completion_ids, tool_mask, completions, _, extra, out_images, crop_images = calls["rollouts"][0]
-    return {"trainer": trainer, "batch": calls["batches"][0], "rows": calls["rows"][0], "turn2_limits": turn2_limits,
+    prompt_ids, completion_ids, tool_mask, completions, _, extra, out_images, crop_images = calls["rollouts"][0]
+    return {"trainer": trainer, "prompt_ids": prompt_ids, "batch": calls["batches"][0], "rows": calls["rows"][0], "turn2_limits": turn2_limits,
             "completion_ids": completion_ids, "tool_mask": tool_mask, "completions": completions, "extra": extra,
             "out_images": out_images, "crop_images": crop_images}
 
@@ -317,6 +326,19 @@ def test_answer_cut_by_the_budget_drops_the_crop_turn_instead_of_hiding_its_imag
     assert [n for n in calls["batches"][0]["num_images"]] == [1] * len(FORCED_TURN1)
 
 
+def test_rollout_prompts_are_the_evaluators_turn1(trained):
+    """TRL renders prompts with tools; Qwen3-VL's template would print a tool schema into them. The
+    trainer's prompts must be token for token what the evaluator feeds in turn 1."""
+    from awares_lmms.core.engine import EngineConfig, TwoTurnProtocol
+
+    trainer = trained["trainer"]
+    evaluator = TwoTurnProtocol(trainer.processing_class, EngineConfig(mode="awares"))
+    for row, ids in zip(trained["rows"], trained["prompt_ids"]):
+        text = evaluator._turn1_text(1, row["prompt"][-1]["content"][-1]["text"])
+        expected = trainer.processing_class(text=[text], images=row["images"][:1], return_tensors="pt")["input_ids"][0]
+        assert ids == expected.tolist()
+
+
 def test_template_check_and_observation_text(tiny_ckpt, transcripts_file, tmp_path):
     trainer = _trainer(tiny_ckpt, transcripts_file, tmp_path / "out", max_steps=1)
     # The crop turn as the evaluator's engine writes it: no text, only the images.
@@ -336,7 +358,7 @@ def test_entry_point_lora_saves_loadable_policy_and_resumes(tiny_ckpt, transcrip
     out = tmp_path / "grpo"
     overrides = ["--model_name_or_path", str(tiny_ckpt), "--transcripts", str(transcripts_file),
                  "--output_dir", str(out), "--save_steps", "1", "--use_peft", "true", "--lora_r", "4",
-                 "--max_completion_length", "24", "--max_pixels", "50176"]
+                 "--max_completion_length", "24", "--max_pixels", "50176", "--min_pixels", "4096"]
     cmd = [sys.executable, "-m", "training.grpo", "--config", "training/recipes/tiny_cpu/grpo.yaml",
            *overrides, "--max_steps", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}

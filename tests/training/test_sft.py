@@ -16,6 +16,8 @@ from PIL import Image, ImageDraw
 from awares_lmms.core import protocol
 from training import transcripts as tr
 
+from ..conftest import FAMILY_NAMES
+
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "training" / "recipes" / "tiny_cpu" / "sft.yaml"
 W = 5.0
@@ -61,11 +63,12 @@ def parse_recipe(*overrides: str):
         ["--config", str(RECIPE), *overrides])
 
 
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=FAMILY_NAMES)
+def base_dir(request, tmp_path_factory) -> Path:
+    """The tiny base of each supported family: the weighting, the loss and the round trip on both."""
     from awares_lmms.tools import tiny
 
-    return tiny.build(tmp_path_factory.mktemp("sft_base") / "tiny", sharpen=1.0)
+    return tiny.build(tmp_path_factory.mktemp(f"sft_base_{request.param}") / "tiny", sharpen=1.0, family=request.param)
 
 
 @pytest.fixture(scope="module")

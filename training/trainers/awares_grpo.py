@@ -24,7 +24,10 @@ any of them changes):
   on the multi-image forward and ``mm_token_type_ids``), ``chat_template_kwargs``, ``use_vllm``,
   ``vllm_mode``, ``vllm_generation`` (``generation_kwargs``, ``max_completion_length``),
   ``generation_config``, ``generation_kwargs``, ``max_completion_length``, ``num_generations``,
-  ``num_generations_eval``, ``eos_token_ids``.
+  ``num_generations_eval``, ``eos_token_ids``;
+* TRL renders prompts through ``processing_class.apply_chat_template(..., tools=self.tools)``: this
+  trainer's processor drops ``tools`` (``_render_prompts_without_tools``), so templates that print a
+  tool schema (Qwen3-VL's) render turn 1 as the evaluator does.
 """
 
 from __future__ import annotations
@@ -118,7 +121,7 @@ class AwaResGRPOTrainer(common.FullWeightsResumeMixin, GRPOTrainer):
         # call over LR view + crops) and build `mm_token_type_ids` over the whole sequence; without it
         # M-RoPE silently falls back to 1-D positions. The tool itself is never called.
         self.tools = [get_crops]
-        self._check_template_ignores_tools()
+        self._render_prompts_without_tools()
         self._suppress_vision_tokens()
 
     def _suppress_vision_tokens(self):
@@ -136,16 +139,18 @@ class AwaResGRPOTrainer(common.FullWeightsResumeMixin, GRPOTrainer):
             # Server mode sends generation_kwargs as JSON (int keys become strings): not risked untested.
             logger.warning("vLLM server mode: vision special tokens are not suppressed in generation")
 
-    def _check_template_ignores_tools(self):
-        # TRL renders prompts with tools=self.tools. The evaluator renders turn 1 without tools, so a
-        # template that prints a tool schema would train the policy on prompts it never sees.
-        messages = transcripts.prompt_messages("?")
-        kwargs = dict(tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs)
-        plain = self.processing_class.apply_chat_template(messages, **kwargs)
-        with_tools = self.processing_class.apply_chat_template(messages, tools=self.tools, **kwargs)
-        if plain != with_tools:
-            raise ValueError("the chat template renders a tool schema; AwaRes prompts must match the evaluator's "
-                             "(use the checkpoint's Qwen2.5-VL template, which ignores tools)")
+    def _render_prompts_without_tools(self):
+        """TRL renders prompts with ``tools=self.tools``; the evaluator renders turn 1 without tools. Qwen2.5-VL's
+        template ignores tools, Qwen3-VL's prints a tool schema into the system turn: the policy would be
+        trained on prompts it never sees. So this trainer's processor drops the argument
+        (tests/training/test_grpo.py checks the rollout's prompt ids against the evaluator's, per family)."""
+        processor = self.processing_class
+        render = processor.apply_chat_template
+
+        def without_tools(*args, tools=None, **kwargs):
+            return render(*args, **kwargs)
+
+        processor.apply_chat_template = without_tools
 
     # ------------------------------------------------------------------ rollout
     def _generate_and_score_completions(self, inputs):
