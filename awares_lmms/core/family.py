@@ -13,7 +13,11 @@ prefill on the cache injects them for the crops exactly as a whole-conversation 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
+from huggingface_hub import hf_hub_download
 
 # Tokens a model must never *generate*: a sampled placeholder would desynchronise the image features
 # from the image tokens (and <|video_pad|> crashes M-RoPE). TRL and transformers suppress none of
@@ -26,6 +30,23 @@ IMAGE_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
 # The model types (``config.model_type``) the two-turn code runs on, and their pixels per visual token
 # (patch size x merge size): what a preset's token budget is in pixels for that family.
 SUPPORTED_MODEL_TYPES = {"qwen2_vl": 28, "qwen2_5_vl": 28, "qwen3_vl": 32}
+
+
+# Presets state pixel budgets for 28-px visual tokens (the released evaluation's Qwen2.5-VL numbers).
+PRESET_PIXELS_PER_TOKEN = 28
+
+
+def pixels_per_token(pretrained) -> int:
+    """Pixels per visual-token side of a checkpoint (local folder or hub id), from its config's
+    ``model_type``; 28 when the config cannot be read or the family is unknown (loading the model
+    then reports that)."""
+    local = Path(str(pretrained)).expanduser()
+    try:
+        path = local / "config.json" if local.is_dir() else Path(hf_hub_download(str(pretrained), "config.json"))
+        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    except Exception:  # noqa: BLE001 - offline, missing or not a checkpoint: the default, see above
+        return PRESET_PIXELS_PER_TOKEN
+    return SUPPORTED_MODEL_TYPES.get(model_type, PRESET_PIXELS_PER_TOKEN)
 
 
 def model_type_of(config) -> str:

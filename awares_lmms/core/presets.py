@@ -33,7 +33,7 @@ from pathlib import Path
 
 from huggingface_hub import hf_hub_download
 
-from awares_lmms.core import arguments, images, protocol
+from awares_lmms.core import arguments, family, images, protocol
 from awares_lmms.core.arguments import ArgumentError
 
 DECLARATION_FILE = "awares_protocol.json"
@@ -184,17 +184,26 @@ class Resolved:
         else:
             origin = "the default: the checkpoint declares no protocol"
         line = f"awares protocol: preset={self.preset} ({origin})"
+        scaled = [f"{k}={getattr(self.settings, k)}" for k, v in self.sources.items() if "visual tokens" in v]
+        if scaled:
+            line += f"; the preset's budget as visual tokens of this family: {', '.join(scaled)}"
         overridden = [f"{k}={getattr(self.settings, k)}" for k, v in self.sources.items() if v == "model_args"]
         if overridden:
             line += "; overridden by --model_args: " + ", ".join(overridden)
         return line
 
 
-def resolve(preset: str | None = None, overrides: dict | None = None, declared: dict | None = None) -> Resolved:
+def resolve(preset: str | None = None, overrides: dict | None = None, declared: dict | None = None,
+            pixels_per_token: int = family.PRESET_PIXELS_PER_TOKEN) -> Resolved:
     """Settings for a run: ``overrides`` (``--model_args``) > ``declared`` (the checkpoint) > the preset.
 
     ``preset`` given explicitly chooses the base and makes the checkpoint's declaration be ignored
     (the run says so); without it the declared preset is the base, else ``paper``.
+
+    A preset's pixel budget means visual tokens: it is stated for 28-px tokens, so for a family with
+    other tokens (``pixels_per_token``: Qwen3-VL's are 32 px) a budget taken from the preset is scaled
+    to the same token counts (``paper``: 32 to 2048 tokens in both families). Budgets from the
+    checkpoint's declaration or ``--model_args`` are pixels, used as given.
     """
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(SETTING_NAMES))
@@ -230,6 +239,11 @@ def resolve(preset: str | None = None, overrides: dict | None = None, declared: 
             ProtocolSettings(**values)
         except ValueError as exc:
             raise DeclarationError(f"{where}: {exc}") from None
+    if pixels_per_token != family.PRESET_PIXELS_PER_TOKEN:
+        for name in ("min_pixels", "max_pixels"):
+            if values[name] is not None and sources[name] == f"preset:{base_name}":
+                values[name] = values[name] * pixels_per_token ** 2 // family.PRESET_PIXELS_PER_TOKEN ** 2
+                sources[name] = f"preset:{base_name}, as visual tokens of {pixels_per_token} px"
     for name, value in overrides.items():
         values[name] = _coerce(name, value)
         sources[name] = "model_args"
@@ -245,7 +259,7 @@ def resolve_checkpoint(pretrained: str | Path, adapter: str | Path | None = None
     declared = read_declaration(adapter) if adapter else None
     if declared is None:
         declared = read_declaration(pretrained)
-    return resolve(preset, overrides, declared)
+    return resolve(preset, overrides, declared, family.pixels_per_token(pretrained))
 
 
 # ----------------------------------------------------------------------------- declarations

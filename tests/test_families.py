@@ -1,0 +1,60 @@
+"""The second family end to end: a tiny Qwen3-VL through stock lmms-eval on the six tasks, with the
+``paper`` preset's budget as visual tokens of 32 px and exact per-sample accounting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from awares_lmms.core import presets
+from awares_lmms.core.accounting import PixelBudget
+from awares_lmms.core.family import pixels_per_token
+
+TASKS = ("chartqa", "docvqa", "ocrbench", "pope", "vstar", "realworldqa")
+
+
+def test_paper_budget_is_the_same_visual_tokens_in_both_families(tiny_dir, tiny_qwen3_dir):
+    assert pixels_per_token(tiny_dir) == 28 and pixels_per_token(tiny_qwen3_dir) == 32
+    qwen25 = presets.resolve_checkpoint(tiny_dir).settings
+    qwen3 = presets.resolve_checkpoint(tiny_qwen3_dir)
+    assert (qwen25.min_pixels, qwen25.max_pixels) == (25088, 1605632)  # 32 and 2048 tokens of 28 px
+    assert (qwen3.settings.min_pixels, qwen3.settings.max_pixels) == (32768, 2097152)  # the same tokens of 32 px
+    assert "as visual tokens of this family: min_pixels=32768, max_pixels=2097152" in qwen3.describe()
+    # Pixels given in --model_args are pixels, in any family.
+    given = presets.resolve_checkpoint(tiny_qwen3_dir, overrides={"max_pixels": "1003520"}).settings
+    assert (given.min_pixels, given.max_pixels) == (32768, 1003520)
+    # The awares preset keeps each checkpoint's own budget.
+    assert presets.resolve_checkpoint(tiny_qwen3_dir, preset="awares").settings.max_pixels is None
+
+
+@pytest.mark.slow
+def test_qwen3_vl_runs_the_six_tasks_with_exact_accounting(tiny_qwen3_dir, tmp_path):
+    from awares_lmms.data import quickstart_data
+
+    data = tmp_path / "data"
+    quickstart_data.write_sample_set(data, per_task=2)
+    env = dict(os.environ, AWARES_DATASETS_DIR=str(data), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares", "--model_args",
+                           f"pretrained={tiny_qwen3_dir},device=cpu", "--tasks", ",".join(TASKS), "--batch_size", "2",
+                           "--log_samples", "--output_path", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "the preset's budget as visual tokens of this family: min_pixels=32768, max_pixels=2097152" in log
+    results = json.loads(next(out.rglob("*_results.json")).read_text())["results"]
+    budget = PixelBudget(32768, 2097152, patch_size=16, merge_size=2, pre_resize=True)  # paper: qwen_vl_utils path
+    for task in TASKS:
+        assert "rtr,none" in results[task] and "rtr_paper,none" in results[task], task
+        samples = [json.loads(line) for line in next(out.rglob(f"*_samples_{task}.jsonl")).read_text().splitlines()]
+        assert samples and all(s["error"] is None for s in samples), task
+        for s in samples:
+            # The full pass AwaRes is measured against, at 32 px per token under the converted budget.
+            assert (s["min_pixels"], s["max_pixels"]) == (32768, 2097152)
+            assert s["visual_tokens_full"] == budget.tokens(*s["image_size"]), (task, s["image_size"])
+            assert s["rtr"] == pytest.approx((s["visual_tokens_lr"] + s["visual_tokens_crops"]) / s["visual_tokens_full"])
