@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from awares_lmms.core import images
+from awares_lmms.core import family, images
 from awares_lmms.data import synthetic, synthetic2
 from awares_lmms.tools import tiny
 
@@ -147,7 +147,7 @@ def train(cfg: BaseConfig) -> Path:
         print(f"[base] resumed at step {start}")
     uniform = {k: 1 / len(generator.KINDS) for k in generator.KINDS}
     pool = training_pool(cfg, generator)
-    header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    header = tokenizer(family.ASSISTANT_HEADER, add_special_tokens=False)["input_ids"]
     pad_id = tokenizer.pad_token_id
     heldout = generator.generate(cfg.eval_samples, seed=cfg.seed + 10_000, mix=uniform, prefix="base-heldout")
     t0, running = time.time(), None

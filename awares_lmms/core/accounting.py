@@ -13,17 +13,19 @@ from dataclasses import dataclass
 
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-# The released Qwen2.5-VL checkpoints' own preprocessor limits.
-QWEN25VL_MIN_PIXELS = 3136
-QWEN25VL_MAX_PIXELS = 12845056
+from awares_lmms.core.family import QWEN2_5_VL
+
+# The released Qwen2.5-VL checkpoints' own preprocessor limits (facts of the family seam).
+QWEN25VL_MIN_PIXELS = QWEN2_5_VL.min_pixels
+QWEN25VL_MAX_PIXELS = QWEN2_5_VL.max_pixels
 
 
 @dataclass(frozen=True)
 class PixelBudget:
     min_pixels: int
     max_pixels: int
-    patch_size: int = 14
-    merge_size: int = 2
+    patch_size: int = QWEN2_5_VL.patch_size
+    merge_size: int = QWEN2_5_VL.merge_size
     # True when every image is first resized by qwen_vl_utils (``images.pre_resize``): the processor
     # then resizes the already-resized image again, and the tighter limit wins.
     pre_resize: bool = False
@@ -60,8 +62,8 @@ def budget_from_processor(image_processor, pre_resize: bool = False) -> PixelBud
     mx = mx if mx is not None else getattr(image_processor, "max_pixels", None)
     if mn is None or mx is None:
         raise ValueError("cannot read min/max pixels from the image processor")
-    return PixelBudget(int(mn), int(mx), int(getattr(image_processor, "patch_size", 14)),
-                       int(getattr(image_processor, "merge_size", 2)), pre_resize)
+    return PixelBudget(int(mn), int(mx), int(getattr(image_processor, "patch_size", QWEN2_5_VL.patch_size)),
+                       int(getattr(image_processor, "merge_size", QWEN2_5_VL.merge_size)), pre_resize)
 
 
 def set_pixel_budget(processor, min_pixels: int | None = None, max_pixels: int | None = None):

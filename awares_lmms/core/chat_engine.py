@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Row, TwoTurnProtocol
-from awares_lmms.core.family import END_OF_TURN
+from awares_lmms.core.family import END_OF_TURN, IMAGE_PAD
 
 
 @dataclass
@@ -57,7 +57,7 @@ class ChatEngine(TwoTurnProtocol):
         super().__init__(processor, config)
         self.transport = transport
         self.backend_name = transport.name
-        self.image_pad_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        self.image_pad_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
 
     # ------------------------------------------------------------------ conversations
     def _turn1_messages(self, row: Row) -> list[dict]:

@@ -14,6 +14,7 @@ prefill on the cache injects them for the crops exactly as a whole-conversation 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,13 +28,35 @@ END_OF_TURN = "<|im_end|>"
 IMAGE_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
-# The model types (``config.model_type``) the two-turn code runs on, and their pixels per visual token
-# (patch size x merge size): what a preset's token budget is in pixels for that family.
-SUPPORTED_MODEL_TYPES = {"qwen2_vl": 28, "qwen2_5_vl": 28, "qwen3_vl": 32}
+@dataclass(frozen=True)
+class FamilyFacts:
+    """What differs between the supported families (the rest of the layout is shared, see above)."""
+
+    model_type: str  # config.model_type
+    patch_size: int  # vision patch side in px (also qwen-vl-utils' ``image_patch_size``)
+    merge_size: int  # patches merged per visual-token side
+    min_pixels: int  # the released checkpoints' own processor budget
+    max_pixels: int
+    chat_template: str  # the official template's name in TRL's chat_templates folder
+
+    @property
+    def pixels_per_token(self) -> int:
+        return self.patch_size * self.merge_size
 
 
-# Presets state pixel budgets for 28-px visual tokens (the released evaluation's Qwen2.5-VL numbers).
-PRESET_PIXELS_PER_TOKEN = 28
+# One entry per supported family (model types that share the layout and differ only in these facts).
+FAMILIES = {f.model_type: f for f in (
+    FamilyFacts("qwen2_vl", 14, 2, 3136, 12845056, "qwen2_5_vl"),
+    FamilyFacts("qwen2_5_vl", 14, 2, 3136, 12845056, "qwen2_5_vl"),
+    FamilyFacts("qwen3_vl", 16, 2, 65536, 16777216, "qwen3_vl"),
+)}
+SUPPORTED_MODEL_TYPES = {name: f.pixels_per_token for name, f in FAMILIES.items()}
+QWEN2_5_VL = FAMILIES["qwen2_5_vl"]
+# Presets state pixel budgets for Qwen2.5-VL's 28-px visual tokens (the released evaluation's numbers).
+PRESET_PIXELS_PER_TOKEN = QWEN2_5_VL.pixels_per_token
+# The assistant header every turn-1 prompt ends with (generation prompt of all three templates).
+ASSISTANT_HEADER = "<|im_start|>assistant\n"
+IMAGE_PAD = "<|image_pad|>"
 
 
 def pixels_per_token(pretrained) -> int:

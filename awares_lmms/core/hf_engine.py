@@ -33,7 +33,7 @@ from awares_lmms.core.engine import (
     TurnTrace,
     TwoTurnProtocol,
 )
-from awares_lmms.core.family import QwenVLFamily
+from awares_lmms.core.family import ASSISTANT_HEADER, QwenVLFamily
 
 
 @dataclass
@@ -104,7 +104,7 @@ class TwoTurnEngine(TwoTurnProtocol):
         self.stop_ids = self.family.stop_ids(self.tokenizer, self.protocol.stop_tokens)
         self.suppressed_ids = self.family.suppressed_ids if self.protocol.suppress_vision_tokens else None
         # Tokens of the assistant header every turn-1 prompt ends with (re-tokenized with the reply in turn 2).
-        self.header_len = len(self.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
+        self.header_len = len(self.tokenizer(ASSISTANT_HEADER, add_special_tokens=False)["input_ids"])
         # Forced replies end on <|im_end|> when it stops generation, else on the stop token that does.
         self.forced_end_id = (self.family.end_of_turn_id if self.family.end_of_turn_id in self.stop_ids
                               else min(self.stop_ids))

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, ImageStat, UnidentifiedImageError
 
 from awares_lmms.core import protocol
+from awares_lmms.core.family import QWEN2_5_VL
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +307,7 @@ def turn2_images(decision: protocol.CropDecision, original: Image.Image,
     return [original] if decision.action == "full" else []
 
 
-def pre_resize(img: Image.Image, image_path: str, patch_size: int = 14) -> Image.Image:
+def pre_resize(img: Image.Image, image_path: str, patch_size: int = QWEN2_5_VL.patch_size) -> Image.Image:
     """What an image looks like when it reaches the processor.
 
     ``processor``: unchanged (the processor alone resizes it). ``qwen_vl_utils``: first resized by

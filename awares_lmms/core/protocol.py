@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from awares_lmms.core.family import END_OF_TURN
+
 # Region order is the released checkpoint's: the index is what the model emits.
 REGION_NAMES: tuple[str, ...] = (
     "top-left",
@@ -354,7 +356,7 @@ def crop_turn_message(n_images: int) -> dict:
     return {"role": "user", "content": [{"type": "image"} for _ in range(n_images)]}
 
 
-def crop_turn_text(processor, n_images: int, end_of_turn: str = "<|im_end|>", **template_kwargs) -> str:
+def crop_turn_text(processor, n_images: int, end_of_turn: str = END_OF_TURN, **template_kwargs) -> str:
     """The chat template's text between the end of a turn-1 reply (its end-of-turn token excluded) and
     the next assistant header, for a crop turn of ``n_images`` images, e.g. ``\n<|im_start|>user\n
     <|vision_start|><|image_pad|><|vision_end|><|im_end|>\n<|im_start|>assistant\n``.

@@ -324,7 +324,7 @@ def stock_section(setup: Setup, checkpoint: str, n: int, batches=(1, 8)) -> list
     from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL
 
     docs = [{"image": r.images[0], "question": r.question} for r in mixed_requests(n, "robust", [0])]
-    gen = {"max_new_tokens": setup.settings.max_new_tokens, "until": ["<|endoftext|>"], "temperature": 0}
+    gen = {"max_new_tokens": setup.settings.max_new_tokens, "temperature": 0}  # until: the class's own default
     rows = []
     for batch in batches:
         lm = Qwen2_5_VL(pretrained=checkpoint, device=str(setup.device), device_map=str(setup.device),

@@ -36,7 +36,7 @@ from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoP
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from awares_lmms.core import protocol
-from awares_lmms.core.accounting import QWEN25VL_MAX_PIXELS, QWEN25VL_MIN_PIXELS
+from awares_lmms.core.family import FAMILIES as FAMILY_FACTS
 
 # Qwen2.5-VL's added tokens, in the order of the real tokenizer (ids 151643..151664 there).
 QWEN_SPECIAL_TOKENS = [
@@ -99,26 +99,21 @@ def build_tokenizer(extra_corpus: tuple[str, ...] = ()):
 def official_chat_template(family: str = "qwen2_5_vl") -> str:
     """The family's official chat template, read from the copy TRL installs (no network)."""
 
-    return (Path(trl.__file__).parent / "chat_templates" / f"{family}.jinja").read_text()
-
-
-# The released Qwen3-VL checkpoints' preprocessor: 16 px patches, 64 to 16384 visual tokens.
-QWEN3VL_MIN_PIXELS = 65536
-QWEN3VL_MAX_PIXELS = 16777216
+    name = FAMILY_FACTS[family].chat_template
+    return (Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja").read_text()
 
 
 def build_processor(tokenizer, min_pixels: int | None = None, max_pixels: int | None = None,
                     family: str = "qwen2_5_vl"):
+    """The family's processor with its released checkpoints' image settings (``family.FAMILIES``)."""
+    facts = FAMILY_FACTS[family]
+    common = dict(min_pixels=min_pixels or facts.min_pixels, max_pixels=max_pixels or facts.max_pixels,
+                  patch_size=facts.patch_size, temporal_patch_size=2, merge_size=facts.merge_size)
     if family == "qwen3_vl":
-        image_processor = Qwen2VLImageProcessor(
-            min_pixels=min_pixels or QWEN3VL_MIN_PIXELS, max_pixels=max_pixels or QWEN3VL_MAX_PIXELS, patch_size=16,
-            temporal_patch_size=2, merge_size=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+        image_processor = Qwen2VLImageProcessor(**common, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
         return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                 video_processor=Qwen3VLVideoProcessor(), chat_template=official_chat_template(family))
-    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels or QWEN25VL_MIN_PIXELS,
-                                            max_pixels=max_pixels or QWEN25VL_MAX_PIXELS, patch_size=14,
-                                            temporal_patch_size=2, merge_size=2)
-    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+    return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**common), tokenizer=tokenizer,
                                video_processor=Qwen2VLVideoProcessor(), chat_template=official_chat_template(family))
 
 
@@ -135,7 +130,8 @@ def _qwen2_5_vl_config(ids, vocab, hidden, layers, vision_depth, vision_hidden, 
         vision_config=dict(
             depth=vision_depth, hidden_size=vision_hidden, num_heads=4, intermediate_size=4 * vision_hidden,
             out_hidden_size=hidden,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+            patch_size=FAMILY_FACTS["qwen2_5_vl"].patch_size, spatial_merge_size=FAMILY_FACTS["qwen2_5_vl"].merge_size,
+            temporal_patch_size=2, window_size=112,
             fullatt_block_indexes=[i for i in range(vision_depth) if i % 2 == 1], tokens_per_second=2,
         ),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -157,7 +153,8 @@ def _qwen3_vl_config(ids, vocab, hidden, layers, vision_depth, vision_hidden, ro
         ),
         vision_config=dict(
             depth=vision_depth, hidden_size=vision_hidden, num_heads=4, intermediate_size=4 * vision_hidden,
-            out_hidden_size=hidden, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+            out_hidden_size=hidden, patch_size=FAMILY_FACTS["qwen3_vl"].patch_size,
+            spatial_merge_size=FAMILY_FACTS["qwen3_vl"].merge_size, temporal_patch_size=2,
             # DeepStack: features of these vision layers are added to the first language-model layers.
             deepstack_visual_indexes=list(range(1, vision_depth))[:3], num_position_embeddings=256,
         ),

@@ -26,6 +26,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+from awares_lmms.core import family
 from awares_lmms.tools import tiny
 
 from . import endpoints
@@ -37,8 +38,8 @@ from .retry import Outcome, RetryPolicy, call_with_retries, map_concurrently
 logger = logging.getLogger(__name__)
 
 # The processor defaults of Qwen2.5-VL-7B-Instruct (what a vLLM server resizes with unless told).
-QWEN25_SERVER_MIN_PIXELS = 3136
-QWEN25_SERVER_MAX_PIXELS = 12845056
+QWEN25_SERVER_MIN_PIXELS = family.QWEN2_5_VL.min_pixels
+QWEN25_SERVER_MAX_PIXELS = family.QWEN2_5_VL.max_pixels
 _BOX_KEYS = ("bbox_2d", "bbox", "box", "bounding_box")
 
 
@@ -163,7 +164,7 @@ class OpenAIOracle:
         if self.args.oracle_coords != "qwen25_resized":
             return sent.size
 
-        h, w = smart_resize(sent.height, sent.width, factor=28,
+        h, w = smart_resize(sent.height, sent.width, factor=family.QWEN2_5_VL.pixels_per_token,
                             min_pixels=self.args.oracle_min_pixels or QWEN25_SERVER_MIN_PIXELS,
                             max_pixels=self.args.oracle_max_pixels or QWEN25_SERVER_MAX_PIXELS)
         return w, h
