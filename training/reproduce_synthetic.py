@@ -85,11 +85,15 @@ class ReproductionConfig:
     grpo_steps: int = 0         # 0: the recipe's max_steps
     eval_batch_size: int = 32
     export_assets: bool = False  # copy the checkpoints into awares_lmms/assets/synthetic[2]
+    family: str = "qwen2_5_vl"  # model family of the from-scratch base (v1): qwen2_5_vl | qwen3_vl
 
     def __post_init__(self):
         if self.benchmark not in BENCHMARKS:
             raise ValueError(f"benchmark must be one of {sorted(BENCHMARKS)}, got {self.benchmark!r}")
         spec = BENCHMARKS[self.benchmark]
+        if self.family != "qwen2_5_vl" and (spec.base_from_v1 or self.export_assets):
+            raise ValueError(f"family={self.family} trains its own base: v1 only, and not into the shipped "
+                             "(Qwen2.5-VL) assets")
         self.n_train = self.n_train or spec.n_train
         self.n_test = self.n_test or spec.n_test
         self.base_steps = self.base_steps or spec.base_steps
@@ -147,7 +151,7 @@ def stage_base(cfg: ReproductionConfig, root: Path) -> Path:
         init = str(assets.synthetic_checkpoint("init", "v2")) if cfg.spec.base_from_v1 else ""
         _log(f"training the base model ({cfg.base_steps} steps{', from the v1 base' if init else ''}) -> {out}")
         synthetic_base.train(synthetic_base.BaseConfig(output_dir=str(out), steps=cfg.base_steps, seed=cfg.seed,
-                                                       benchmark=cfg.benchmark, init_from=init))
+                                                       benchmark=cfg.benchmark, init_from=init, family=cfg.family))
     return out
 
 

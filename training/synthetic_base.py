@@ -52,6 +52,7 @@ class BaseConfig:
     # A checkpoint to start from instead of random weights (its tokenizer and processor are kept): v2's
     # base continues the v1 base, as the paper starts from a pretrained model rather than from scratch.
     init_from: str = ""
+    family: str = "qwen2_5_vl"  # the model family of a from-scratch base (family.FAMILIES)
 
 
 def benchmark_module(name: str):
@@ -123,16 +124,20 @@ def train(cfg: BaseConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     generator = benchmark_module(cfg.benchmark)
     if cfg.init_from:
-        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
         processor = AutoProcessor.from_pretrained(cfg.init_from)
         tokenizer = processor.tokenizer
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(cfg.init_from, dtype=torch.float32)
+        model = AutoModelForImageTextToText.from_pretrained(cfg.init_from, dtype=torch.float32)
     else:
         tokenizer = tiny.build_tokenizer()
-        processor = tiny.build_processor(tokenizer)
+        # A floor of 4 visual tokens in every family (Qwen3-VL's own floor, 64 tokens, would blow the
+        # 224-px images and their half-size views up to the same 256 px: no cheaper low-resolution view).
+        processor = tiny.build_processor(tokenizer, family=cfg.family,
+                                         min_pixels=4 * family.FAMILIES[cfg.family].pixels_per_token ** 2)
         model = tiny.build_model(tokenizer, hidden=cfg.hidden, layers=cfg.layers, vision_depth=cfg.vision_depth,
-                                 vision_hidden=cfg.vision_hidden, rope_theta=cfg.rope_theta, seed=cfg.seed)
+                                 vision_hidden=cfg.vision_hidden, rope_theta=cfg.rope_theta, seed=cfg.seed,
+                                 family=cfg.family)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps)
