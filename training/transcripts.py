@@ -35,14 +35,9 @@ from awares_lmms.core import images, protocol
 logger = logging.getLogger(__name__)
 
 
-def system_message() -> dict:
-    return {"role": "system", "content": [{"type": "text", "text": protocol.SYSTEM_PROMPT}]}
-
-
 def prompt_messages(question: str) -> list[dict]:
     """Turn 1 as the evaluator renders it: system prompt, then the LR view and the question."""
-    return [system_message(),
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return protocol.turn1_messages(question)
 
 
 def tool_call_text(crops, crop_all: bool) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from awares_lmms.core import protocol
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Row, TwoTurnProtocol
 from awares_lmms.core.family import END_OF_TURN, IMAGE_PAD
 
@@ -61,13 +62,8 @@ class ChatEngine(TwoTurnProtocol):
 
     # ------------------------------------------------------------------ conversations
     def _turn1_messages(self, row: Row) -> list[dict]:
-        messages = []
-        system = self._system_prompt()
-        if system is not None:
-            messages.append({"role": "system", "content": system})
-        content = [image_part(im) for im in row.turn1_images] + [{"type": "text", "text": row.req.question}]
-        messages.append({"role": "user", "content": content})
-        return messages
+        return protocol.turn1_messages(row.req.question, self._system_prompt(),
+                                       [image_part(im) for im in row.turn1_images])
 
     def _turn2_messages(self, row: Row) -> list[dict]:
         reply = row.turn2_reply if row.turn2_reply is not None else row.turn1_text

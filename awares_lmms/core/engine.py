@@ -142,12 +142,7 @@ class TwoTurnProtocol:
         return self.config.system_prompt
 
     def _turn1_text(self, n_images: int, question: str) -> str:
-        messages = []
-        system = self._system_prompt()
-        if system is not None:
-            messages.append({"role": "system", "content": system})
-        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
-        messages.append({"role": "user", "content": content})
+        messages = protocol.turn1_messages(question, self._system_prompt(), [{"type": "image"}] * n_images)
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def _crop_turn_text(self, n_images: int) -> str:

@@ -351,6 +351,17 @@ def decide(call: ToolCall, policy: str = "full", image_size: tuple[int, int] | N
     return CropDecision("full", status=status)
 
 
+def turn1_messages(question: str, system: str | None = SYSTEM_PROMPT, image_parts: list[dict] | None = None) -> list[dict]:
+    """Turn 1 as every stage writes it (evaluation, serving, curation transcripts, GRPO prompts): the
+    system prompt (``None``: none, the template's default applies), then one user message holding the
+    images (``image_parts``; default one ``{"type": "image"}`` placeholder for the LR view) and then
+    the question."""
+    parts = [{"type": "image"}] if image_parts is None else list(image_parts)
+    messages = [] if system is None else [{"role": "system", "content": [{"type": "text", "text": system}]}]
+    messages.append({"role": "user", "content": [*parts, {"type": "text", "text": question}]})
+    return messages
+
+
 def crop_turn_message(n_images: int) -> dict:
     """Turn 2's user message: the crops only, no text (as the released protocol)."""
     return {"role": "user", "content": [{"type": "image"} for _ in range(n_images)]}
