@@ -196,9 +196,9 @@ def declare_protocol(output_dir: str | Path, written_by: str, start_checkpoint: 
     pixel budget, GRPO's fallback policy) replace the rest. The evaluator reads it, so a trained model is
     evaluated the way it was trained.
     """
-    declared = presets.read_declaration(start_checkpoint) if start_checkpoint else None
-    base = presets.resolve(None, {}, declared).settings if declared else presets.PRESETS["awares"]
-    preset = declared["preset"] if declared else "awares"
+    declared = presets.resolve_declared(start_checkpoint) if start_checkpoint else None
+    base = declared.settings if declared else presets.PRESETS["awares"]
+    preset = declared.preset if declared else "awares"
     if transcripts is not None:
         lr_scale = curated_lr_scale(transcripts)
         if lr_scale is not None:

@@ -86,8 +86,8 @@ def check_arguments(script_args: GRPOScriptArguments, training_args: GRPOConfig,
 def resolve_pixel_budget(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_path: str) -> None:
     """This run's min/max_pixels, else what the starting checkpoint declares it was trained with
     (training.sft writes that), else (left None) the checkpoint processor's own."""
-    start = presets.read_declaration(model_path)
-    start_settings = presets.resolve(None, {}, start).settings if start else None
+    start = presets.resolve_declared(model_path)
+    start_settings = start.settings if start else None
     if start_settings is not None:
         if script_args.min_pixels is None:
             script_args.min_pixels = start_settings.min_pixels

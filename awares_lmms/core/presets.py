@@ -256,11 +256,17 @@ def resolve_checkpoint(pretrained: str | Path, adapter: str | Path | None = None
     """The protocol settings of a checkpoint (a local folder or a hub id): ``overrides`` > the
     checkpoint's declaration > the preset. A PEFT adapter's own declaration wins over its base model's
     (the adapter is what was trained). The one resolver the plugin, the client, the serving benchmark
-    and training use."""
+    and training (through ``resolve_declared``) use."""
     declared = read_declaration(adapter) if adapter else None
     if declared is None:
         declared = read_declaration(pretrained)
     return resolve(preset, overrides, declared, family.pixels_per_token(pretrained))
+
+
+def resolve_declared(checkpoint: str | Path) -> Resolved | None:
+    """``resolve_checkpoint`` for a checkpoint that declares a protocol; ``None`` when it declares none
+    (training then falls back to its own default rather than the evaluator's ``paper``)."""
+    return resolve_checkpoint(checkpoint) if read_declaration(checkpoint) is not None else None
 
 
 # ----------------------------------------------------------------------------- declarations
