@@ -121,10 +121,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig,
     if training_args.reward_weights is None:
         training_args.reward_weights = rewards.default_weights(script_args.reward_funcs)
 
-    reward_funcs = rewards.get_reward_funcs(
-        script_args.reward_funcs, similarity_model=script_args.similarity_model, alpha_miss=script_args.alpha_miss,
-        alpha_use=script_args.alpha_use, area_weight=script_args.area_weight,
-        fallback_policy=script_args.fallback_policy)
+    reward_funcs = rewards.get_reward_funcs(script_args.reward_funcs, **vars(script_args))
     dataset = transcripts.grpo_dataset(script_args.transcripts, script_args.max_samples)
 
     trainer = AwaResGRPOTrainer(

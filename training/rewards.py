@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from sentence_transformers import SentenceTransformer
@@ -161,32 +162,37 @@ def format_validity(completions, **kwargs) -> list[float | None]:
     return out
 
 
-REWARD_FUNCS: dict[str, Callable] = {
-    "answer_similarity": answer_similarity,
-    "tool_cost": tool_cost,
-    "area_penalty": area_penalty,
-    "format_validity": format_validity,
+@dataclass(frozen=True)
+class Reward:
+    """A registry entry: the function, the ``GRPOScriptArguments`` fields bound to its keyword
+    arguments of the same names, and its weight unless ``reward_weights`` says otherwise."""
+
+    func: Callable
+    params: tuple[str, ...] = ()
+    weight: float = 1.0
+
+
+# A new reward is a function above, an entry here and (for its parameters) fields in GRPOScriptArguments.
+REWARDS: dict[str, Reward] = {
+    "answer_similarity": Reward(answer_similarity, ("similarity_model",)),
+    "tool_cost": Reward(tool_cost, ("alpha_miss", "alpha_use")),
+    "area_penalty": Reward(area_penalty, ("area_weight", "fallback_policy")),
+    # A metric: weight 0 keeps it out of R(τ) while TRL still logs its mean.
+    "format_validity": Reward(format_validity, (), 0.0),
 }
-# format_validity is a metric: weight 0 keeps it out of R(τ) while TRL still logs its mean.
-DEFAULT_WEIGHTS: dict[str, float] = {"answer_similarity": 1.0, "tool_cost": 1.0, "area_penalty": 1.0,
-                                     "format_validity": 0.0}
+REWARD_FUNCS: dict[str, Callable] = {name: r.func for name, r in REWARDS.items()}
+DEFAULT_WEIGHTS: dict[str, float] = {name: r.weight for name, r in REWARDS.items()}
 
 
-def get_reward_funcs(names, similarity_model: str = DEFAULT_SIMILARITY_MODEL, alpha_miss: float = ALPHA_MISS,
-                     alpha_use: float = ALPHA_USE, area_weight: float = AREA_WEIGHT,
-                     fallback_policy: str = "full") -> list[Callable]:
-    """The named reward functions with their parameters bound (``functools.partial`` keeps each
-    function's name, which TRL uses for the ``rewards/<name>`` logs)."""
-    params = {
-        "answer_similarity": {"similarity_model": similarity_model},
-        "tool_cost": {"alpha_miss": alpha_miss, "alpha_use": alpha_use},
-        "area_penalty": {"area_weight": area_weight, "fallback_policy": fallback_policy},
-        "format_validity": {},
-    }
-    unknown = [n for n in names if n not in REWARD_FUNCS]
+def get_reward_funcs(names, **params) -> list[Callable]:
+    """The named reward functions, each with the ``params`` its entry declares bound (the others keep
+    the function's defaults). ``functools.partial`` keeps each function's name, which TRL uses for the
+    ``rewards/<name>`` logs."""
+    unknown = [n for n in names if n not in REWARDS]
     if unknown:
-        raise ValueError(f"unknown reward functions {unknown}; available: {sorted(REWARD_FUNCS)}")
-    return [functools.partial(REWARD_FUNCS[n], **params[n]) for n in names]
+        raise ValueError(f"unknown reward functions {unknown}; available: {sorted(REWARDS)}")
+    return [functools.partial(REWARDS[n].func, **{k: params[k] for k in REWARDS[n].params if k in params})
+            for n in names]
 
 
 def default_weights(names) -> list[float]:

@@ -119,3 +119,17 @@ def test_answer_similarity_with_real_minilm():
     assert scores[2] < scores[4] < scores[1]            # a paraphrase sits in between
     # Loaded once and reused.
     assert rewards.load_embedder("all-MiniLM-L6-v2") is rewards.load_embedder("all-MiniLM-L6-v2")
+
+
+def test_script_arguments_reach_each_reward_by_name():
+    """grpo passes every script argument; each reward gets exactly the fields its registry entry names."""
+    from training.grpo import GRPOScriptArguments
+
+    args = GRPOScriptArguments(transcripts="t.jsonl", alpha_miss=0.7, alpha_use=0.2, area_weight=0.3)
+    funcs = dict(zip(rewards.REWARDS, rewards.get_reward_funcs(list(rewards.REWARDS), **vars(args))))
+    assert funcs["tool_cost"].keywords == {"alpha_miss": 0.7, "alpha_use": 0.2}
+    assert funcs["area_penalty"].keywords == {"area_weight": 0.3, "fallback_policy": args.fallback_policy}
+    assert funcs["answer_similarity"].keywords == {"similarity_model": args.similarity_model}
+    assert funcs["format_validity"].keywords == {}
+    for name, entry in rewards.REWARDS.items():  # every declared parameter is a script argument
+        assert set(entry.params) <= set(vars(args)), name
