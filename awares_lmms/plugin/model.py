@@ -9,7 +9,7 @@ own Qwen models; the protocol lives in ``core/protocol.py``, the two-turn logic 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -82,6 +82,69 @@ def _batch_size(value) -> int:
     return arguments.integer("batch_size", value, minimum=1)
 
 
+@dataclass
+class ModelArguments:
+    """``--model_args`` of ``--model awares``, parsed and checked once, before anything is loaded (the
+    table with every argument is in docs/evaluation.md). Names that are not fields here are protocol
+    settings (``presets.SETTING_NAMES``) or serving options (``backends.ServingOptions``)."""
+
+    pretrained: str = "Kimhi/AWARES-Qwen2.5-VL-7B"
+    adapter: str | None = None
+    mode: str = "awares"
+    crops: tuple[int, ...] = ()
+    device: str | None = None
+    device_map: str | None = None
+    dtype: str = "auto"
+    batch_size: int = 1
+    system_prompt: str | None = None  # a key of _SYSTEM_PROMPTS
+    reuse_cache: bool = True
+    static_cache: bool = False
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+    max_batch_size: int | None = None  # lmms-eval passes it; unused
+    preset: str | None = None
+    on_error: str = "record"
+    backend: str = "hf"
+    save_images: Path | None = None
+    journal: str | None = None
+    protocol: dict = field(default_factory=dict)  # protocol settings given by name
+    serving: ServingOptions | None = None
+
+    @classmethod
+    def parse(cls, raw: dict) -> ModelArguments:
+        raw = dict(raw)
+        own = {f.name for f in fields(cls)} - {"protocol", "serving"}
+        serving = {k: raw.pop(k) for k in list(raw) if k in SERVING_ARG_NAMES}
+        settings = {k: raw.pop(k) for k in list(raw) if k not in own}
+        args = cls(**raw, protocol=settings)
+        if args.backend not in BACKENDS:
+            raise ArgumentError(f"backend must be one of {BACKENDS}, got {args.backend!r}")
+        args.static_cache = arguments.boolean("static_cache", args.static_cache)
+        if args.backend != "hf" and args.static_cache:
+            raise ArgumentError("static_cache applies to backend=hf (vLLM and servers manage their own caches)")
+        if serving and args.backend == "hf":
+            raise ArgumentError(f"{sorted(serving)} apply to backend=vllm|openai, not backend=hf")
+        unknown = sorted(set(settings) - set(presets.SETTING_NAMES))
+        if unknown:
+            raise ArgumentError(f"unknown --model_args for awares: {unknown}; see docs/evaluation.md for the list")
+        if args.on_error not in ON_ERROR:
+            raise ArgumentError(f"on_error must be one of {ON_ERROR}, got {args.on_error!r}")
+        _check_local(args.pretrained, "pretrained")
+        _check_local(args.adapter, "adapter")
+        args.batch_size = _batch_size(args.batch_size)
+        if args.system_prompt is not None and args.system_prompt not in _SYSTEM_PROMPTS:
+            raise ArgumentError(f"system_prompt must be one of {sorted(_SYSTEM_PROMPTS)}, got {args.system_prompt!r}")
+        args.reuse_cache = arguments.boolean("reuse_cache", args.reuse_cache)
+        args.trust_remote_code = arguments.boolean("trust_remote_code", args.trust_remote_code)
+        args.save_images = Path(args.save_images).expanduser().resolve() if args.save_images else None
+        try:
+            args.crops = protocol.parse_crop_spec(args.crops) if args.crops not in (None, "", ()) else ()
+            args.serving = serving_options(serving)
+        except (ValueError, TypeError) as exc:
+            raise ArgumentError(str(exc)) from None
+        return args
+
+
 class AwaresLMM(lmms):
     """AwaRes two-turn inference. ``--model_args`` (all optional); docs/evaluation.md has the table.
 
@@ -105,33 +168,15 @@ class AwaresLMM(lmms):
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
         return cls(**args, **extra)
 
-    def __init__(self, pretrained: str = "Kimhi/AWARES-Qwen2.5-VL-7B", adapter: str | None = None,
-                 mode: str = "awares", crops=None, device: str | None = None, device_map: str | None = None,
-                 dtype: str = "auto", batch_size=1, system_prompt: str | None = None, reuse_cache: bool = True,
-                 static_cache=False,
-                 attn_implementation: str | None = None, trust_remote_code: bool = False, max_batch_size=None,
-                 preset: str | None = None, on_error: str = "record", backend: str = "hf",
-                 save_images: str | None = None, journal: str | None = None, **protocol_args):
+    def __init__(self, **model_args):
         super().__init__()
-        serving_args = {k: protocol_args.pop(k) for k in list(protocol_args) if k in SERVING_ARG_NAMES}
-        unknown = sorted(set(protocol_args) - set(presets.SETTING_NAMES))
-        if backend not in BACKENDS:
-            raise ArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if backend != "hf" and arguments.boolean("static_cache", static_cache):
-            raise ArgumentError("static_cache applies to backend=hf (vLLM and servers manage their own caches)")
-        if serving_args and backend == "hf":
-            raise ArgumentError(f"{sorted(serving_args)} apply to backend=vllm|openai, not backend=hf")
-        if unknown:
-            raise ArgumentError(f"unknown --model_args for awares: {unknown}; see docs/evaluation.md for the list")
-        if on_error not in ON_ERROR:
-            raise ArgumentError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-        self.on_error = on_error
-        self.save_images = Path(save_images).expanduser().resolve() if save_images else None
-        _check_local(pretrained, "pretrained")
-        _check_local(adapter, "adapter")
-        self.batch_size_per_gpu = _batch_size(batch_size)
+        args = ModelArguments.parse(model_args)
+        self.args = args
+        self.on_error = args.on_error
+        self.save_images = args.save_images
+        self.batch_size_per_gpu = args.batch_size
         accelerator = Accelerator()
-        if accelerator.num_processes > 1 and backend == "vllm":
+        if accelerator.num_processes > 1 and args.backend == "vllm":
             raise ArgumentError("backend=vllm runs in one process and spreads a model over GPUs itself (tp=N); "
                                 "launch lmms_eval without accelerate")
         if accelerator.num_processes > 1:
@@ -140,51 +185,47 @@ class AwaresLMM(lmms):
             self._rank = accelerator.process_index
             self._world_size = accelerator.num_processes
         else:
+            device = args.device
             if device in (None, "auto"):
-                device = device_map if device_map not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
+                device = (args.device_map if args.device_map not in (None, "auto")
+                          else ("cuda" if torch.cuda.is_available() else "cpu"))
             self._device = torch.device(device)
         try:
-            torch_dtype = resolve_dtype(dtype, self._device)
+            torch_dtype = resolve_dtype(args.dtype, self._device)
         except ValueError as exc:
             raise ArgumentError(str(exc)) from None
-        if system_prompt is not None and system_prompt not in _SYSTEM_PROMPTS:
-            raise ArgumentError(f"system_prompt must be one of {sorted(_SYSTEM_PROMPTS)}, got {system_prompt!r}")
-        self.resolved = resolve_protocol(pretrained, adapter, preset, protocol_args)
+        self.resolved = resolve_protocol(args.pretrained, args.adapter, args.preset, args.protocol)
         self._overridden_max_new_tokens: set = set()
         settings = self.resolved.settings
         try:
-            fixed = protocol.parse_crop_spec(crops) if crops not in (None, "") else ()
             self.engine_config = EngineConfig(
-                mode=mode, fixed_crops=fixed,
-                system_prompt=_SYSTEM_PROMPTS[system_prompt] if system_prompt is not None else None,
-                reuse_cache=arguments.boolean("reuse_cache", reuse_cache),
-                static_cache=arguments.boolean("static_cache", static_cache), protocol=settings)
-        except ValueError as exc:
-            raise ArgumentError(str(exc)) from None
-        try:
-            opts = serving_options(serving_args)
-            self.engine = build_engine(backend, pretrained, self.engine_config, opts, adapter,
-                                       dtype if backend == "vllm" else torch_dtype, str(self._device),
-                                       attn_implementation, arguments.boolean("trust_remote_code", trust_remote_code))
+                mode=args.mode, fixed_crops=args.crops,
+                system_prompt=_SYSTEM_PROMPTS[args.system_prompt] if args.system_prompt is not None else None,
+                reuse_cache=args.reuse_cache, static_cache=args.static_cache, protocol=settings)
+            self.engine = build_engine(
+                args.backend, args.pretrained, self.engine_config, opts=args.serving, adapter=args.adapter,
+                dtype=args.dtype if args.backend == "vllm" else torch_dtype, device=str(self._device),
+                attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code)
         except (ValueError, TypeError) as exc:
             raise ArgumentError(str(exc)) from None
-        self.backend = backend
+        self.backend = args.backend
         self._model = getattr(self.engine, "model", None)
         self.processor = self.engine.processor
-        self.pretrained = pretrained
+        self.pretrained = args.pretrained
         self.protocol_summary = {**self.resolved.summary(), "min_pixels": self.engine.budget.min_pixels,
                                  "max_pixels": self.engine.budget.max_pixels}
         hooks.record_run_protocol(self.protocol_summary)
         self.journal = None
-        if journal:
+        if args.journal:
             # One file per process under accelerate: ranks answer disjoint shares of the documents.
-            path = f"{journal}.rank{self._rank}" if self._world_size > 1 else journal
-            self.journal = Journal(path, {"pretrained": str(pretrained), "adapter": adapter, "mode": mode,
-                                          "crops": list(fixed), "system_prompt": system_prompt, "backend": backend,
+            path = f"{args.journal}.rank{self._rank}" if self._world_size > 1 else args.journal
+            self.journal = Journal(path, {"pretrained": str(args.pretrained), "adapter": args.adapter,
+                                          "mode": args.mode, "crops": list(args.crops),
+                                          "system_prompt": args.system_prompt, "backend": args.backend,
                                           "protocol": self.protocol_summary})
         eval_logger.info(self.resolved.describe())
-        eval_logger.info(f"awares: mode={mode} pixels=[{self.engine.budget.min_pixels}, "
-                         f"{self.engine.budget.max_pixels}] backend={backend} dtype={torch_dtype} "
+        eval_logger.info(f"awares: mode={args.mode} pixels=[{self.engine.budget.min_pixels}, "
+                         f"{self.engine.budget.max_pixels}] backend={args.backend} dtype={torch_dtype} "
                          f"device={self._device} batch_size={self.batch_size_per_gpu}"
                          + (f" attention={attention_summary(self._model)}" if self._model is not None else ""))
 
