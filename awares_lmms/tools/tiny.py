@@ -117,51 +117,46 @@ def build_processor(tokenizer, min_pixels: int | None = None, max_pixels: int | 
                                video_processor=Qwen2VLVideoProcessor(), chat_template=official_chat_template(family))
 
 
-def _qwen2_5_vl_config(ids, vocab, hidden, layers, vision_depth, vision_hidden, rope_theta):
+def _text_config(ids, vocab, hidden, layers) -> dict:
+    """The language model's settings both families' tiny configs share."""
     heads = max(2, hidden // 32)
-    return Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": [4, 6, 6]},
-            use_sliding_window=False, tie_word_embeddings=False,
-            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=None,
-        ),
-        vision_config=dict(
-            depth=vision_depth, hidden_size=vision_hidden, num_heads=4, intermediate_size=4 * vision_hidden,
-            out_hidden_size=hidden,
-            patch_size=FAMILY_FACTS["qwen2_5_vl"].patch_size, spatial_merge_size=FAMILY_FACTS["qwen2_5_vl"].merge_size,
-            temporal_patch_size=2, window_size=112,
-            fullatt_block_indexes=[i for i in range(vision_depth) if i % 2 == 1], tokens_per_second=2,
-        ),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
+    return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=32768,
+                tie_word_embeddings=False, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+                bos_token_id=None)
+
+
+def _vision_config(family, hidden, vision_depth, vision_hidden) -> dict:
+    facts = FAMILY_FACTS[family]
+    return dict(depth=vision_depth, hidden_size=vision_hidden, num_heads=4, intermediate_size=4 * vision_hidden,
+                out_hidden_size=hidden, patch_size=facts.patch_size, spatial_merge_size=facts.merge_size,
+                temporal_patch_size=2)
+
+
+def _vision_token_ids(ids) -> dict:
+    return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+
+
+def _qwen2_5_vl_config(ids, vocab, hidden, layers, vision_depth, vision_hidden, rope_theta):
+    text = _text_config(ids, vocab, hidden, layers)
+    text.update(rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": [4, 6, 6]},
+                use_sliding_window=False)
+    vision = _vision_config("qwen2_5_vl", hidden, vision_depth, vision_hidden)
+    vision.update(window_size=112, fullatt_block_indexes=[i for i in range(vision_depth) if i % 2 == 1],
+                  tokens_per_second=2)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_vision_token_ids(ids))
 
 
 def _qwen3_vl_config(ids, vocab, hidden, layers, vision_depth, vision_hidden, rope_theta):
-    heads = max(2, hidden // 32)
-    return Qwen3VLConfig(
-        text_config=dict(
-            vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), head_dim=32,
-            max_position_embeddings=32768, tie_word_embeddings=False,
-            # Interleaved M-RoPE (t, h, w frequencies alternate), as the real Qwen3-VL.
-            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": [4, 6, 6],
-                             "mrope_interleaved": True},
-            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=None,
-        ),
-        vision_config=dict(
-            depth=vision_depth, hidden_size=vision_hidden, num_heads=4, intermediate_size=4 * vision_hidden,
-            out_hidden_size=hidden, patch_size=FAMILY_FACTS["qwen3_vl"].patch_size,
-            spatial_merge_size=FAMILY_FACTS["qwen3_vl"].merge_size, temporal_patch_size=2,
-            # DeepStack: features of these vision layers are added to the first language-model layers.
-            deepstack_visual_indexes=list(range(1, vision_depth))[:3], num_position_embeddings=256,
-        ),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
+    text = _text_config(ids, vocab, hidden, layers)
+    # Interleaved M-RoPE (t, h, w frequencies alternate), as the real Qwen3-VL.
+    text.update(head_dim=32, rope_parameters={"rope_type": "default", "rope_theta": rope_theta,
+                                              "mrope_section": [4, 6, 6], "mrope_interleaved": True})
+    vision = _vision_config("qwen3_vl", hidden, vision_depth, vision_hidden)
+    # DeepStack: features of these vision layers are added to the first language-model layers.
+    vision.update(deepstack_visual_indexes=list(range(1, vision_depth))[:3], num_position_embeddings=256)
+    return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **_vision_token_ids(ids))
 
 
 # One entry per supported family: its config builder and model class.
