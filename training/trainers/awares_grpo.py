@@ -42,7 +42,7 @@ from PIL import Image
 from trl import GRPOTrainer
 
 from awares_lmms.core import family, images, protocol
-from training import common, transcripts
+from training import common
 
 logger = logging.getLogger(__name__)
 
