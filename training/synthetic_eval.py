@@ -49,20 +49,19 @@ def evaluate_checkpoint(path: Path, mode: str, samples, batch_size: int = 32) ->
     model, processor = load_model_and_processor(str(path), dtype=torch.float32, device="cpu")
     engine = TwoTurnEngine(model, processor, EngineConfig(mode=mode))
     settings = GenerationSettings(max_new_tokens=16)
+    outs = engine.run_in_batches([Request(question=s.question, images=[s.image]) for s in samples], batch_size,
+                                 settings)
     records = []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
-        outs = engine.run([Request(question=s.question, images=[s.image]) for s in chunk], settings)
-        for s, o in zip(chunk, outs):
-            crops, target = o.stats.crops, target_of(s)
-            records.append({
-                "id": s.id, "kind": s.kind, "needs_hr": s.needs_hr, "answer": s.answer, "prediction": o.text,
-                "quadrant": target[0], "target": target, "target_area": protocol.names_area(target, *s.image.size),
-                "correct": synthetic.score(o.text, s.answer), "rtr": o.stats.rtr, "crops": crops,
-                "area": protocol.names_area(crops, *s.image.size),
-                "right_crop": request_holds_boxes(crops, evidence_boxes(s), s.image.size),
-                "tool_call_status": o.stats.tool_call_status,
-            })
+    for s, o in zip(samples, outs):
+        crops, target = o.stats.crops, target_of(s)
+        records.append({
+            "id": s.id, "kind": s.kind, "needs_hr": s.needs_hr, "answer": s.answer, "prediction": o.text,
+            "quadrant": target[0], "target": target, "target_area": protocol.names_area(target, *s.image.size),
+            "correct": synthetic.score(o.text, s.answer), "rtr": o.stats.rtr, "crops": crops,
+            "area": protocol.names_area(crops, *s.image.size),
+            "right_crop": request_holds_boxes(crops, evidence_boxes(s), s.image.size),
+            "tool_call_status": o.stats.tool_call_status,
+        })
     return summarise(records) | {"records": records}
 
 

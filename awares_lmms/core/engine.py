@@ -251,6 +251,20 @@ class TwoTurnProtocol:
         results = iter(answered)
         return [next(results) if isinstance(row, Row) else row for row in prepared]
 
+    def run_in_batches(self, requests: list[Request], batch_size: int, settings: GenerationSettings | None = None,
+                       by_cost: bool = False) -> list[Result]:
+        """``run`` over ``requests`` in batches of ``batch_size``, results in request order. ``by_cost``
+        batches them in order of ``turn1_cost`` first, as the lmms-eval model class does."""
+        order = list(range(len(requests)))
+        if by_cost and batch_size > 1:
+            order.sort(key=lambda i: self.turn1_cost(requests[i]))
+        results: list[Result | None] = [None] * len(requests)
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            for i, out in zip(chosen, self.run([requests[i] for i in chosen], settings)):
+                results[i] = out
+        return results
+
     def unanswered(self, exc: BaseException, stage: str) -> Result:
         """The result of a request that could not be answered: empty text, ``stats.error`` set."""
         message = f"{stage}: {type(exc).__name__}: {exc}"

@@ -245,17 +245,6 @@ def timed_run(setup: Setup, run, warm_up) -> dict:
             "peak_gib": torch.cuda.max_memory_allocated(setup.device) / 2**30 if cuda else None, "out": out}
 
 
-def in_batches(engine, reqs, batch: int, settings):
-    """As the lmms-eval model class batches: in order of turn-1 visual cost, answers in request order."""
-    order = sorted(range(len(reqs)), key=lambda i: engine.turn1_cost(reqs[i])) if batch > 1 else list(range(len(reqs)))
-    results = [None] * len(reqs)
-    for start in range(0, len(order), batch):
-        chosen = order[start:start + batch]
-        for i, out in zip(chosen, engine.run([reqs[i] for i in chosen], settings)):
-            results[i] = out
-    return results
-
-
 def phase_tracking(engine: TwoTurnEngine, meter: WorkMeter) -> TwoTurnEngine:
     """Make the meter attribute work to turn 1 and turn 2 of ``engine``."""
     turn1, turn2 = engine._turn1, engine._turn2
@@ -304,7 +293,8 @@ def mixed_section(setup: Setup, n: int, answer_ids: list[int], batches=(1, 8),
             work = reqs if mode == "awares" else [Request(r.question, r.images) for r in reqs]
             for batch in batches:
                 # The warm-up runs a whole batch (static caches: the first compilations happen there).
-                m = timed_run(setup, lambda: in_batches(engine, work, batch, setup.settings),
+                # Batched as the lmms-eval model class batches: in order of turn-1 visual cost.
+                m = timed_run(setup, lambda: engine.run_in_batches(work, batch, setup.settings, by_cost=True),
                               lambda: engine.run(work[:batch], setup.settings))
                 out = m.pop("out")
                 answers[(preset, mode, batch, cache)] = [o.text for o in out]

@@ -33,12 +33,8 @@ HELD_OUT_SEED = 9091
 def answers(path: str, samples, dtype: torch.dtype, reuse: bool, batch: int, static: bool, device: str) -> list[str]:
     model, processor = load_model_and_processor(path, dtype=dtype, device=device)
     engine = TwoTurnEngine(model, processor, EngineConfig(mode="awares", reuse_cache=reuse, static_cache=static))
-    settings = GenerationSettings(max_new_tokens=16)
-    out = []
-    for start in range(0, len(samples), batch):
-        chunk = samples[start:start + batch]
-        out += [r.text for r in engine.run([Request(s.question, [s.image]) for s in chunk], settings)]
-    return out
+    requests = [Request(s.question, [s.image]) for s in samples]
+    return [r.text for r in engine.run_in_batches(requests, batch, GenerationSettings(max_new_tokens=16))]
 
 
 def compare(path: str, samples, dtype: torch.dtype, device: str) -> dict:

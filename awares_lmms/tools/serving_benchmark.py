@@ -68,8 +68,7 @@ def measure(engine, passes: list[list[Request]], batch_size: int, settings: Gene
     for requests in passes:
         before_pass()
         start = time.perf_counter()
-        for i in range(0, len(requests), batch_size):
-            results += engine.run(requests[i:i + batch_size], settings)
+        results += engine.run_in_batches(requests, batch_size, settings)
         walls.append(time.perf_counter() - start)
     wall = statistics.median(walls)
     cached = sum(r.stats.cached_tokens_turn2 or 0 for r in results)
