@@ -125,9 +125,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """Tiny checkpoint with sharpened LM weights: peaked logits make position errors visible."""
-    from awares_lmms.tools import tiny
+    from awares_lmms.data import random_models
 
-    return tiny.build(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0, sharpen=3.0)
+    return random_models.build(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0, sharpen=3.0)
 
 
 @pytest.fixture(scope="session")
@@ -148,9 +148,9 @@ FAMILY_NAMES = ("qwen2_5_vl", "qwen3_vl")
 @pytest.fixture(scope="session")
 def tiny_qwen3_dir(tmp_path_factory) -> Path:
     """The tiny checkpoint's Qwen3-VL twin (16 px patches, interleaved M-RoPE, DeepStack), sharpened alike."""
-    from awares_lmms.tools import tiny
+    from awares_lmms.data import random_models
 
-    return tiny.build(tmp_path_factory.mktemp("tiny_qwen3") / "ckpt", seed=0, sharpen=3.0, family="qwen3_vl")
+    return random_models.build(tmp_path_factory.mktemp("tiny_qwen3") / "ckpt", seed=0, sharpen=3.0, family="qwen3_vl")
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,25 @@ def test_paper_budget_is_the_same_visual_tokens_in_both_families(tiny_dir, tiny_
     assert presets.resolve_checkpoint(tiny_qwen3_dir, preset="awares").settings.max_pixels is None
 
 
+def test_recipes_name_a_tiny_checkpoint_of_either_family(tmp_path):
+    """``tiny:DIR`` / ``tiny-qwen3_vl:DIR`` in a recipe build the checkpoint once; a folder holding the
+    other family, or an unknown family, is refused in one line; other names pass through."""
+    from awares_lmms.data import random_models
+
+    out = tmp_path / "q3"
+    assert random_models.resolve(f"tiny-qwen3_vl:{out}") == str(out)
+    assert json.loads((out / "config.json").read_text())["model_type"] == "qwen3_vl"
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    assert random_models.resolve(f"tiny-qwen3_vl:{out}") == str(out)
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp  # built once
+    with pytest.raises(ValueError, match="already holds a qwen3_vl checkpoint, not qwen2_5_vl"):
+        random_models.resolve(f"tiny:{out}")
+    with pytest.raises(ValueError, match="unknown tiny family 'llava'.*tiny-qwen3_vl:DIR"):
+        random_models.resolve(f"tiny-llava:{out}")
+    for name in ("Qwen/Qwen3-VL-8B-Instruct", str(out), "tinyllama/x"):
+        assert random_models.resolve(name) == name
+
+
 @pytest.mark.slow
 def test_qwen3_vl_runs_the_six_tasks_with_exact_accounting(tiny_qwen3_dir, tmp_path):
     from awares_lmms.data import quickstart_data

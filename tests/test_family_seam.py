@@ -13,7 +13,7 @@ SEAM = "awares_lmms/core/family.py"
 EXEMPT = {
     # Checkpoint builders: the per-family architecture and vocabulary of a synthetic checkpoint; what
     # the rest of the code reads about a family (patch, merge, budget, template) comes from the seam.
-    "awares_lmms/tools/tiny.py", "awares_lmms/tools/benchmark.py",
+    "awares_lmms/data/random_models.py",
     # The synthetic benchmarks draw their images on Qwen2.5-VL's 28-px token grid by design (a dataset fact).
     "awares_lmms/data/synthetic.py", "awares_lmms/data/synthetic2.py",
 }

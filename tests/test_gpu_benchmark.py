@@ -68,8 +68,8 @@ def test_numerics_compares_the_compute_paths_on_a_trained_checkpoint():
 
 def test_serving_benchmark_passes_are_cold_and_comparable():
     from awares_lmms.core.engine import GenerationSettings
+    from awares_lmms.data.shipped_checkpoints import synthetic_checkpoint
     from awares_lmms.tools import serving_benchmark as sb
-    from awares_lmms.tools.assets import synthetic_checkpoint
 
     passes = sb.pass_requests(4, seed=2, passes=3)
     questions = [(r.question, r.images[0].tobytes()) for p in passes for r in p]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from awares_lmms.tools import assets
+from awares_lmms.data import shipped_checkpoints
 from training.reproduce_synthetic import BENCHMARKS
 from training.synthetic_eval import format_table, readme_table
 
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("version", sorted(BENCHMARKS))
 @pytest.mark.parametrize("page,render", [("README.md", readme_table), ("docs/synthetic.md", format_table)])
 def test_readme_table_is_the_shipped_run(version, page, render):
-    table = json.loads((assets.ASSET_DIRS[version] / "table.json").read_text())
+    table = json.loads((shipped_checkpoints.ASSET_DIRS[version] / "table.json").read_text())
     rows = [name for name, _, _ in BENCHMARKS[version].rows]
     expected = render(table, rows)
     assert expected in (REPO / page).read_text(), f"{page} does not show the shipped {version} run:\n{expected}"

@@ -275,12 +275,12 @@ def test_rtr_and_rtr_paper_differ_under_the_released_budget(paper_lm):
 @pytest.fixture(scope="module")
 def merging_checkpoint(tmp_path_factory):
     """A tiny checkpoint whose tokenizer, like Qwen's real one, has one token for a blank line ("\\n\\n")."""
-    from awares_lmms.tools import tiny
+    from awares_lmms.data import random_models
 
     out = tmp_path_factory.mktemp("merging_tokenizer")
-    tokenizer = tiny.build_tokenizer(extra_corpus=tuple(["a\n\nb\n\nc"] * 50))
-    tiny.build_processor(tokenizer).save_pretrained(out)
-    tiny.build_model(tokenizer, hidden=64, layers=1, vision_depth=1, vision_hidden=32).save_pretrained(out)
+    tokenizer = random_models.build_tokenizer(extra_corpus=tuple(["a\n\nb\n\nc"] * 50))
+    random_models.build_processor(tokenizer).save_pretrained(out)
+    random_models.build_model(tokenizer, hidden=64, layers=1, vision_depth=1, vision_hidden=32).save_pretrained(out)
     return out
 
 

@@ -15,15 +15,13 @@ import pytest
 from PIL import Image
 
 from awares_lmms.core import protocol
-from awares_lmms.data import quickstart_data, synthetic
+from awares_lmms.data import quickstart_data, shipped_checkpoints, synthetic
 from awares_lmms.report import cli as report
-from awares_lmms.report import gallery
-from awares_lmms.report import paper_table
+from awares_lmms.report import gallery, paper_table
 from awares_lmms.report.runs import find_runs
-from awares_lmms.tools import assets
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKPOINT = str(assets.synthetic_checkpoint("awares"))
+CHECKPOINT = str(shipped_checkpoints.synthetic_checkpoint("awares"))
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 LIMIT = 6
 
@@ -198,3 +196,24 @@ def test_per_sample_score_and_decision_across_the_tasks_formats():
     assert gallery.decision({"crops": ["all"], "tool_call_status": "fallback:unparseable"}) == "fallback"
     assert gallery.decision({"crops": [], "tool_call_status": "none"}) == "direct"
     assert gallery.decision({"error": "server (turn 1): ...", "tool_call_status": "error"}) == "error"
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_synthetic_figures_are_redrawn_from_a_reproductions_table(tmp_path, version):
+    """``python -m awares_lmms.report.synthetic DIR``, the reproduction's last stage, on the table the
+    shipped checkpoints come from: one point per evaluated row, both figures written; no table, exit 2."""
+    from awares_lmms.report import synthetic as synthetic_report
+
+    table = json.loads((shipped_checkpoints.ASSET_DIRS[version] / "table.json").read_text())
+    shutil.copy2(shipped_checkpoints.ASSET_DIRS[version] / "table.json", tmp_path / "table.json")
+    assert synthetic_report.evaluated_rows(table)[:2] == ["full", "lr"] and "labels" not in synthetic_report.evaluated_rows(table)
+    proc = subprocess.run([sys.executable, "-m", "awares_lmms.report.synthetic", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("accuracy_vs_rtr.png", "fig5_crops.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.width > 300 and len(set(im.convert("L").getdata())) > 10  # drawn, not blank
+    assert not (tmp_path / "grpo_curves.png").exists()  # no trainer state copied: no curves, no crash
+    missing = subprocess.run([sys.executable, "-m", "awares_lmms.report.synthetic", str(tmp_path / "none")],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "table.json" in missing.stderr

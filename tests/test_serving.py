@@ -21,12 +21,11 @@ from awares_lmms.client import AwaResClient, AwaResRequestError
 from awares_lmms.core import presets
 from awares_lmms.core.backends import ServingOptions, build_engine
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
-from awares_lmms.data import synthetic
-from awares_lmms.tools import assets
+from awares_lmms.data import shipped_checkpoints, synthetic
 from awares_lmms.tools.serve import LocalServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKPOINT = str(assets.synthetic_checkpoint("awares"))
+CHECKPOINT = str(shipped_checkpoints.synthetic_checkpoint("awares"))
 SETTINGS = GenerationSettings(max_new_tokens=32)
 COMPARED = ("rtr", "rtr_paper", "crops", "tool_call", "tool_call_status", "visual_tokens_lr", "visual_tokens_crops",
             "visual_tokens_full", "input_tokens", "output_tokens")
@@ -213,3 +212,50 @@ def test_vllm_backend_matches_hf_and_reuses_the_lr_view(hf_results, tmp_path):
         if row["crops"]:
             # The turn-2 prompt's prefix came from the cache, past the LR view's tokens.
             assert row["cached_tokens_turn2"] > row["visual_tokens_lr"]
+
+
+_VLLM_FAMILY_SCRIPT = """
+import json, sys
+from awares_lmms.core import presets
+from awares_lmms.core.backends import ServingOptions, build_engine
+from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.data import synthetic
+if __name__ == "__main__":
+    ckpt = sys.argv[1]
+    engine = build_engine("vllm", ckpt, EngineConfig(protocol=presets.resolve_checkpoint(ckpt).settings), dtype="float32",
+                          opts=ServingOptions(enforce_eager=True, block_size=32))
+    requests = [Request(s.question, [s.image], forced_turn1=f"GET_CROPS: ['{i}']" if i % 2 else None)
+                for i, s in enumerate(synthetic.generate(6, seed=2))]
+    results = engine.run(requests, GenerationSettings(max_new_tokens=8))
+    with open(sys.argv[2], "w") as f:
+        json.dump([{"text": r.text, **r.stats.to_dict()} for r in results], f)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_vllm_python() is None, reason="vLLM is not importable here and AWARES_VLLM_PYTHON is unset "
+                                                  "(python -m awares_lmms.tools.vllm_cpu_env DIR builds one)")
+def test_vllm_backend_on_qwen3_vl_matches_hf(tiny_qwen3_dir, tmp_path):
+    """The second family through vLLM: a tiny Qwen3-VL under the `paper` preset (32-px tokens), half the
+    requests forced to a crop turn (random weights never ask). Texts, visual tokens and token counts
+    equal the hf backend's, request by request (hf at batch 1: in a batch, a row's closing end-of-turn
+    token can already be in the cache when turn 2 starts, one input token fewer), and vLLM's own
+    prompt counts equal ours in both turns."""
+    out = tmp_path / "vllm.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    proc = subprocess.run([_vllm_python(), "-c", _VLLM_FAMILY_SCRIPT, str(tiny_qwen3_dir), str(out)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads(out.read_text())
+    engine = build_engine("hf", str(tiny_qwen3_dir), EngineConfig(protocol=presets.resolve_checkpoint(
+        tiny_qwen3_dir).settings), dtype="float32")
+    requests = [Request(s.question, [s.image], forced_turn1=f"GET_CROPS: ['{i}']" if i % 2 else None)
+                for i, s in enumerate(synthetic.generate(6, seed=2))]
+    want = [engine.run([r], GenerationSettings(max_new_tokens=8))[0] for r in requests]
+    assert sum(bool(row["crops"]) for row in got) == 3
+    for row, ref in zip(got, want, strict=True):
+        assert row["error"] is None and row["backend"] == "vllm" and row["prompt_tokens_check"] == "ok"
+        # Random weights emit byte-level fragments: where a reply is cut (max_new_tokens) inside a UTF-8
+        # character, vLLM's incremental detokenizer withholds the partial bytes and hf decodes them as U+FFFD.
+        assert row["text"] == ref.text.rstrip("\ufffd")
+        assert {k: row[k] for k in COMPARED} == {k: getattr(ref.stats, k) for k in COMPARED}

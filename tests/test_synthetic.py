@@ -46,13 +46,13 @@ def test_shipped_awares_checkpoint_crops_only_when_needed_through_lmms_eval(tmp_
     import json
     import os
 
-    from awares_lmms.tools import assets
+    from awares_lmms.data import shipped_checkpoints
 
     synthetic.write_parquet(tmp_path / "awares_synth.parquet", 60, seed=2, prefix="test")
     env = dict(os.environ, AWARES_DATASETS_DIR=str(tmp_path), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     out = tmp_path / "results"
     proc = _lmms_eval(["--model", "awares", "--model_args",
-                       f"pretrained={assets.synthetic_checkpoint('awares')},device=cpu", "--tasks", "awares_synth",
+                       f"pretrained={shipped_checkpoints.synthetic_checkpoint('awares')},device=cpu", "--tasks", "awares_synth",
                        "--batch_size", "16", "--log_samples", "--output_path", str(out)], env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads(next(out.rglob("*_results.json")).read_text())["results"]["awares_synth"]
@@ -77,13 +77,13 @@ def test_model_args_preset_wins_over_the_declaration_and_says_so(tmp_path):
     import json
     import os
 
-    from awares_lmms.tools import assets
+    from awares_lmms.data import shipped_checkpoints
 
     synthetic.write_parquet(tmp_path / "awares_synth.parquet", 12, seed=2, prefix="test")
     env = dict(os.environ, AWARES_DATASETS_DIR=str(tmp_path), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     out = tmp_path / "results"
     proc = _lmms_eval(["--model", "awares", "--model_args",
-                       f"pretrained={assets.synthetic_checkpoint('awares')},device=cpu,preset=paper",
+                       f"pretrained={shipped_checkpoints.synthetic_checkpoint('awares')},device=cpu,preset=paper",
                        "--tasks", "awares_synth", "--batch_size", "12", "--log_samples", "--output_path", str(out)],
                       env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -100,10 +100,10 @@ def test_model_args_preset_wins_over_the_declaration_and_says_so(tmp_path):
 def test_awares_synth_without_its_data_exits_with_the_command_that_writes_it(tmp_path):
     import os
 
-    from awares_lmms.tools import assets
+    from awares_lmms.data import shipped_checkpoints
 
     env = {k: v for k, v in os.environ.items() if k != "AWARES_DATASETS_DIR"}
-    model = assets.synthetic_checkpoint("awares")
+    model = shipped_checkpoints.synthetic_checkpoint("awares")
     proc = _lmms_eval(["--model", "awares", "--model_args", f"pretrained={model},device=cpu", "--tasks", "awares_synth",
                        "--output_path", str(tmp_path / "out")], dict(env, HF_HUB_OFFLINE="1"), tmp_path)
     assert proc.returncode != 0

@@ -13,12 +13,12 @@ from awares_lmms.tools import table1
 
 @pytest.mark.slow
 def test_table1_runs_end_to_end_and_resumes(tmp_path, tiny_dir, capsys):
-    from awares_lmms.tools import assets
+    from awares_lmms.data import shipped_checkpoints
 
     data = tmp_path / "data"
     quickstart_data.write_sample_set(data, per_task=2)
     out = tmp_path / "table1"
-    argv = ["--out", str(out), "--base", str(tiny_dir), "--awares", str(assets.synthetic_checkpoint("awares")),
+    argv = ["--out", str(out), "--base", str(tiny_dir), "--awares", str(shipped_checkpoints.synthetic_checkpoint("awares")),
             "--device", "cpu", "--limit", "2", "--batch_size", "2", "--datasets", str(data)]
     assert table1.main(argv) == 0
     text = (out / "table.md").read_text()

@@ -17,7 +17,7 @@ from transformers import set_seed
 from trl import GRPOConfig, ModelConfig, TrlParser
 
 from awares_lmms.core import presets, protocol
-from awares_lmms.tools import tiny
+from awares_lmms.data import random_models
 from training import common, rewards, transcripts
 from training.trainers.awares_grpo import AwaResGRPOTrainer
 
@@ -106,7 +106,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig,
     """Rewards, data, processor, policy and trainer, ready to train (nothing trained yet)."""
     check_arguments(script_args, training_args, model_args)
     set_seed(training_args.seed)
-    model_path = tiny.resolve(model_args.model_name_or_path)
+    model_path = random_models.resolve(model_args.model_name_or_path)
     resolve_pixel_budget(script_args, training_args, model_path)
     processor = common.load_processor(model_path, model_args, False, script_args.min_pixels, script_args.max_pixels,
                                       padding_side="left")
@@ -147,7 +147,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig,
 def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig):
     common.setup_logging(training_args, logger)
     trainer = build_trainer(script_args, training_args, model_args)
-    model_path = tiny.resolve(model_args.model_name_or_path)
+    model_path = random_models.resolve(model_args.model_name_or_path)
     result = trainer.train(resume_from_checkpoint=common.resume_checkpoint(training_args))
     # A run in which no rollout called a tool has no valid-call fraction or mean area: those are None,
     # which the Trainer's table printer cannot format. They stay (as null) in the saved metrics.

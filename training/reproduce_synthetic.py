@@ -40,8 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from awares_lmms.report import figures
-from awares_lmms.tools import assets
+from awares_lmms.data import shipped_checkpoints
 from training import synthetic_base, synthetic_eval
 from training.synthetic_eval import evaluate_checkpoint, format_table, readme_table
 
@@ -148,7 +147,7 @@ def stage_data(cfg: ReproductionConfig, root: Path) -> dict[str, Path]:
 def stage_base(cfg: ReproductionConfig, root: Path) -> Path:
     out = root / "base"
     if not _finished_checkpoint(out):
-        init = str(assets.synthetic_checkpoint("init", "v2")) if cfg.spec.base_from_v1 else ""
+        init = str(shipped_checkpoints.synthetic_checkpoint("init", "v2")) if cfg.spec.base_from_v1 else ""
         _log(f"training the base model ({cfg.base_steps} steps{', from the v1 base' if init else ''}) -> {out}")
         synthetic_base.train(synthetic_base.BaseConfig(output_dir=str(out), steps=cfg.base_steps, seed=cfg.seed,
                                                        benchmark=cfg.benchmark, init_from=init, family=cfg.family))
@@ -183,20 +182,6 @@ def stage_grpo(cfg: ReproductionConfig, root: Path, sft: Path, transcripts: Path
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-
-def draw_figures(table: dict, rows, root: Path) -> None:
-    """accuracy_vs_rtr.png, fig5_crops.png (oracle labels, SFT, GRPO) and grpo_curves.png."""
-    points = [(name, table[name]["rtr"], table[name]["accuracy"]) for name in rows
-              if table.get(name) and table[name].get("accuracy") is not None and table[name].get("rtr") is not None]
-    figures.labelled_points(points, root / "accuracy_vs_rtr.png", "RTR (visual tokens / full-resolution tokens)",
-                            "accuracy on the held-out synthetic split", "Synthetic reproduction")
-    series = [("oracle labels (curated training set)", table["labels"]["crop_distribution"]),
-              ("SFT (held-out)", table["sft"]["crop_distribution"]), ("GRPO (held-out)", table["grpo"]["crop_distribution"])]
-    figures.crop_distribution(series, root / "fig5_crops.png", "Requested regions (the paper's Fig. 5)")
-    state = root / "grpo" / "trainer_state.json"
-    if state.exists():
-        figures.training_curves(json.loads(state.read_text())["log_history"], root / "grpo_curves.png")
 
 
 def targets(table: dict, benchmark: str) -> dict:
@@ -252,9 +237,9 @@ _RESULT_FILES = ("table.json", "table.md", "accuracy_vs_rtr.png", "fig5_crops.pn
 
 
 def export_assets(root: Path, benchmark: str = "v1") -> None:
-    """Copy the loadable files of the checkpoints into the package (``awares_lmms.tools.assets``)."""
+    """Copy the loadable files of the checkpoints into the package (``awares_lmms.data.shipped_checkpoints``)."""
     for name, stage in _EXPORTED[benchmark]:
-        src, dst = root / stage, assets.ASSET_DIRS[benchmark] / name
+        src, dst = root / stage, shipped_checkpoints.ASSET_DIRS[benchmark] / name
         if dst.exists():
             shutil.rmtree(dst)
         dst.mkdir(parents=True)
@@ -263,11 +248,11 @@ def export_assets(root: Path, benchmark: str = "v1") -> None:
             if f.is_file() and f.suffix in (".json", ".jinja", ".safetensors") and f.name not in (
                     "train_results.json", "all_results.json", "trainer_state.json"):
                 shutil.copy2(f, dst / f.name)
-        assets.synthetic_checkpoint(name, benchmark)
+        shipped_checkpoints.synthetic_checkpoint(name, benchmark)
         _log(f"exported {src} -> {dst}")
     for name in _RESULT_FILES:  # the run these checkpoints come from
         if (root / name).exists():
-            shutil.copy2(root / name, assets.ASSET_DIRS[benchmark] / name)
+            shutil.copy2(root / name, shipped_checkpoints.ASSET_DIRS[benchmark] / name)
 
 
 def run(cfg: ReproductionConfig) -> dict:
@@ -306,7 +291,8 @@ def run(cfg: ReproductionConfig) -> dict:
     (root / "table.json").write_text(json.dumps(table, indent=2))
     (root / "table.md").write_text(format_table(table, rows) + "\n\nAs the README shows it:\n\n"
                                    + readme_table(table, rows) + "\n")
-    draw_figures(table, rows, root)
+    # Figures are the report's job: drawn by its command, as a user would redraw them.
+    _run([sys.executable, "-m", "awares_lmms.report.synthetic", root], root / "figures.log")
     print(format_table(table, rows))
     print(json.dumps({"labels": {k: v for k, v in table["labels"].items() if k != "per_kind"},
                       "targets": table["targets"]}, indent=2))

@@ -2,7 +2,7 @@
 
     python -m training.sft --config training/recipes/tiny_cpu/sft.yaml [--learning_rate 1e-4 ...]
 
-    accelerate launch --config_file training/recipes/qwen2_5_vl_7b/zero2.yaml \\
+    accelerate launch --config_file training/recipes/accelerate_configs/zero2.yaml \\
         -m training.sft --config training/recipes/qwen2_5_vl_7b/sft.yaml
 
 A recipe over ``WeightedSFTTrainer`` (``training/trainers/weighted_sft.py``: TRL's SFTTrainer with the
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from accelerate.utils import is_peft_model
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from awares_lmms.tools import tiny
+from awares_lmms.data import random_models
 from training import common, transcripts
 from training.trainers.weighted_sft import WeightedSFTTrainer
 
@@ -73,7 +73,7 @@ def build_trainer(script_args: SFTScriptArguments, training_args: SFTConfig,
     if training_args.max_length is not None:
         logger.warning("max_length=%d: a transcript cut inside an image fails, one cut after it loses its answer; "
                        "prefer max_length: null and bound the length with max_pixels", training_args.max_length)
-    base_path = tiny.resolve(model_args.model_name_or_path)
+    base_path = random_models.resolve(model_args.model_name_or_path)
     train_dataset = transcripts.sft_dataset(script_args.transcripts)
     eval_dataset = transcripts.sft_dataset(script_args.eval_transcripts) if script_args.eval_transcripts else None
     logger.info("%d training transcripts from %s", len(train_dataset), script_args.transcripts)
@@ -105,7 +105,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     common.save_trained(
-        trainer, tiny.resolve(model_args.model_name_or_path), "training.sft",
+        trainer, random_models.resolve(model_args.model_name_or_path), "training.sft",
         {"transcripts": script_args.transcripts, "min_pixels": script_args.min_pixels,
          "max_pixels": script_args.max_pixels},
         merge_lora=script_args.save_merged, revision=model_args.model_revision,

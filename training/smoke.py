@@ -1,10 +1,12 @@
 """One weighted-SFT step and one multi-turn GRPO step through the real recipes, on random weights.
 
-    python -m training.smoke --shape 7b --device cuda        # Qwen2.5-VL-7B-shaped, bf16, LoRA, checkpointing
-    python -m training.smoke                                 # tiny, CPU (CI runs this)
+    python -m training.smoke --shape full --device cuda                     # Qwen2.5-VL-7B-shaped, bf16, LoRA
+    python -m training.smoke --shape full --device cuda --family qwen3_vl   # Qwen3-VL-8B-shaped
+    python -m training.smoke                                                # tiny, CPU (CI runs this)
 
-What it proves on a machine: the 7B recipes (``training/recipes/qwen2_5_vl_7b/{sft,grpo}.yaml``,
-parsed by ``TrlParser`` as ``python -m training.sft|grpo`` parse them) build and take a step there:
+What it proves on a machine: the family's full-size recipes (``training/recipes/qwen2_5_vl_7b`` or
+``qwen3_vl_8b``, ``{sft,grpo}.yaml``, parsed by ``TrlParser`` as ``python -m training.sft|grpo`` parse
+them) build and take a step there, on random weights in the released model's architecture:
 bf16, LoRA, gradient checkpointing, the crop turn's pixel values placed on the device, memory. Each
 step prints its time and peak memory, and the smoke asserts a finite loss and changed adapter weights.
 Overrides for a smoke step: one step, G = 4 (one prompt's group per step), LoRA in GRPO too (the
@@ -32,17 +34,24 @@ from pathlib import Path
 import torch
 from trl import GRPOConfig, ModelConfig, SFTConfig, TrlParser
 
-from awares_lmms.tools import benchmark, tiny
+from awares_lmms.data import drawing, random_models
 from training import grpo, sft, transcripts
 from training.curation.store import save_png
 from training.trainers.awares_grpo import AwaResGRPOTrainer
 
-RECIPES = {"7b": Path(__file__).parent / "recipes" / "qwen2_5_vl_7b", "tiny": Path(__file__).parent / "recipes" / "tiny_cpu"}
+RECIPE_DIR = Path(__file__).parent / "recipes"
+# The recipes a shape runs: tiny for every family; full size, the family's released model's recipes.
+TINY_RECIPES = RECIPE_DIR / "tiny_cpu"
+FULL_SIZE_RECIPES = {"qwen2_5_vl": RECIPE_DIR / "qwen2_5_vl_7b", "qwen3_vl": RECIPE_DIR / "qwen3_vl_8b"}
+
+
+def recipes_for(shape: str, family: str) -> Path:
+    return TINY_RECIPES if shape == "tiny" else FULL_SIZE_RECIPES[family]
 
 
 def write_transcripts(out: Path) -> Path:
     """Two curated samples of real geometry: the page answered from the LR view, the chart through region 1."""
-    page, chart = (r.images[0] for r in benchmark.document_inputs())
+    page, chart = drawing.ruled_page(), drawing.bar_chart()
     lines = []
     for sid, image, question, answer, crops in (("page", page, "What is the date of the memo?", "March 3", []),
                                                 ("chart", chart, "What is the value of the tallest bar?", "800", [1])):
@@ -65,10 +74,8 @@ def write_transcripts(out: Path) -> Path:
 def base_checkpoint(shape: str, device: str, dtype: torch.dtype, out: Path, family: str = "qwen2_5_vl") -> Path:
     """Random weights in the shape's architecture, saved where the recipes' loading code reads them."""
     if shape == "tiny":
-        return tiny.build(out, family=family)
-    if family != "qwen2_5_vl":
-        raise ValueError("--shape 7b builds Qwen2.5-VL-7B; other families run at --shape tiny")
-    model, processor = benchmark.seven_b_shaped_model(dtype, device)
+        return random_models.build(out, family=family)
+    model, processor = random_models.full_size_model(family, dtype, device)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     del model
@@ -136,12 +143,13 @@ def run_grpo(recipe: Path, base: Path, data: Path, out: Path, device: str, dtype
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=sorted(RECIPES), default="tiny")
+    parser.add_argument("--shape", choices=["tiny", "full"], default="tiny",
+                        help="full: the family's released architecture (Qwen2.5-VL-7B, Qwen3-VL-8B) and recipes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
                         help="default: bfloat16 on a GPU, float32 on CPU")
-    parser.add_argument("--family", choices=sorted(tiny.FAMILIES), default="qwen2_5_vl",
-                        help="model family of the tiny base (the 7b shape is Qwen2.5-VL)")
+    parser.add_argument("--family", choices=sorted(random_models.FAMILIES), default="qwen2_5_vl",
+                        help="model family of the base")
     parser.add_argument("--out", help="work folder (default: a temporary one)")
     args = parser.parse_args(argv)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -152,10 +160,10 @@ def main(argv=None) -> dict:
     data = write_transcripts(out / "curated")
     build_s = time.perf_counter() - start
     report = {"shape": args.shape, "family": args.family, "device": args.device, "dtype": dtype, "base_build_s": build_s,
-              "sft": run_sft(RECIPES[args.shape], base, data, out, args.device, dtype)}
+              "sft": run_sft(recipes_for(args.shape, args.family), base, data, out, args.device, dtype)}
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
-    report["grpo"] = run_grpo(RECIPES[args.shape], base, data, out, args.device, dtype)
+    report["grpo"] = run_grpo(recipes_for(args.shape, args.family), base, data, out, args.device, dtype)
     for stage in ("sft", "grpo"):
         r = report[stage]
         peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f} GiB"

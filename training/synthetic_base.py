@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 
 from awares_lmms.core import family, images
-from awares_lmms.data import synthetic, synthetic2
-from awares_lmms.tools import tiny
+from awares_lmms.data import random_models, synthetic, synthetic2
 
 
 @dataclass
@@ -130,12 +129,12 @@ def train(cfg: BaseConfig) -> Path:
         tokenizer = processor.tokenizer
         model = AutoModelForImageTextToText.from_pretrained(cfg.init_from, dtype=torch.float32)
     else:
-        tokenizer = tiny.build_tokenizer()
+        tokenizer = random_models.build_tokenizer()
         # A floor of 4 visual tokens in every family (Qwen3-VL's own floor, 64 tokens, would blow the
         # 224-px images and their half-size views up to the same 256 px: no cheaper low-resolution view).
-        processor = tiny.build_processor(tokenizer, family=cfg.family,
+        processor = random_models.build_processor(tokenizer, family=cfg.family,
                                          min_pixels=4 * family.FAMILIES[cfg.family].pixels_per_token ** 2)
-        model = tiny.build_model(tokenizer, hidden=cfg.hidden, layers=cfg.layers, vision_depth=cfg.vision_depth,
+        model = random_models.build_model(tokenizer, hidden=cfg.hidden, layers=cfg.layers, vision_depth=cfg.vision_depth,
                                  vision_hidden=cfg.vision_hidden, rope_theta=cfg.rope_theta, seed=cfg.seed,
                                  family=cfg.family)
     model.train()

@@ -22,7 +22,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from awares_lmms.core import protocol
-from awares_lmms.core.engine import EngineConfig, GenerationSettings, Row, TwoTurnProtocol
+from awares_lmms.core.engine import (
+    EngineConfig,
+    GenerationSettings,
+    Row,
+    TwoTurnProtocol,
+)
 from awares_lmms.core.family import END_OF_TURN, IMAGE_PAD
 
 
@@ -114,7 +119,8 @@ class ChatEngine(TwoTurnProtocol):
             if forced is not None:
                 # A forced reply is not generated: it is written into the conversation as is.
                 row.turn1_text = forced if isinstance(forced, str) else self._decode(forced)
-                row.stats.output_tokens = len(self.tokenizer(row.turn1_text, add_special_tokens=False)["input_ids"])
+                # Counted as the hf backend counts a forced reply: its tokens and the end of turn closing it.
+                row.stats.output_tokens = len(self.tokenizer(row.turn1_text, add_special_tokens=False)["input_ids"]) + 1
                 continue
             asked.append(i)
             conversations.append(self._turn1_messages(row))

@@ -18,59 +18,26 @@ import tempfile
 import time
 
 import torch
-from PIL import Image, ImageDraw
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.hf_engine import TwoTurnEngine
 from awares_lmms.core.loading import load_model_and_processor
-from awares_lmms.tools import tiny
+from awares_lmms.data import drawing, random_models
 
 
 def document_inputs() -> list[Request]:
-    page = Image.new("RGB", (1700, 2200), "white")
-    d = ImageDraw.Draw(page)
-    for y in range(150, 2100, 40):
-        d.line([(150, y), (1550, y)], fill=(40, 40, 40), width=3)
-    chart = Image.new("RGB", (1920, 1080), "white")
-    d = ImageDraw.Draw(chart)
-    for i, h in enumerate([300, 620, 450, 800, 520, 700]):
-        d.rectangle([200 + i * 260, 1000 - h, 380 + i * 260, 1000], fill=(60, 90 + 20 * i, 200))
-    return [Request("What is the date of the memo?", [page], forced_turn1="GET_CROPS: ['0']"),
-            Request("What is the value of the tallest bar?", [chart], forced_turn1="GET_CROPS: ['1']")]
-
-
-def seven_b_shaped_model(dtype, device):
-    """Random weights in Qwen2.5-VL-7B's exact architecture (tiny tokenizer; vocab size is irrelevant here)."""
-
-    tok = tiny.build_tokenizer()
-    ids = {t: tok.convert_tokens_to_ids(t) for t in tiny.QWEN_SPECIAL_TOKENS}
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                         num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-                         use_sliding_window=False, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=32, hidden_size=1280, num_heads=16, intermediate_size=3420, out_hidden_size=3584,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
-    with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration(config).to(dtype).eval()
-    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    return model, tiny.build_processor(tok)
+    return [Request("What is the date of the memo?", [drawing.ruled_page()], forced_turn1="GET_CROPS: ['0']"),
+            Request("What is the value of the tallest bar?", [drawing.bar_chart()], forced_turn1="GET_CROPS: ['1']")]
 
 
 def load(args):
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     if args.shape == "7b":
-        return seven_b_shaped_model(dtype, args.device)
+        return random_models.full_size_model("qwen2_5_vl", dtype, args.device)
     path = args.model
     if path is None:
 
-        path = tiny.build(tempfile.mkdtemp(prefix="awares-bench-"))
+        path = random_models.build(tempfile.mkdtemp(prefix="awares-bench-"))
     return load_model_and_processor(str(path), dtype=dtype, device=args.device,
                                     attn_implementation=args.attn_implementation)
 

@@ -47,7 +47,11 @@ from PIL import Image, ImageDraw
 from awares_lmms.core import accounting, presets, protocol
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.hf_engine import TwoTurnEngine
-from awares_lmms.core.vision_attention import attention_summary, speed_up_vision_attention
+from awares_lmms.core.vision_attention import (
+    attention_summary,
+    speed_up_vision_attention,
+)
+from awares_lmms.data import random_models
 from awares_lmms.tools import benchmark
 
 # (benchmark, width, height): sizes of the six benchmarks' images (DocVQA scans, V* 4K photos,
@@ -438,11 +442,9 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     checkpoint = tempfile.mkdtemp(prefix="awares-gpu-bench-")
     if args.shape == "7b":
-        model, processor = benchmark.seven_b_shaped_model(dtype, device)
+        model, processor = random_models.full_size_model("qwen2_5_vl", dtype, device)
     else:
-        from awares_lmms.tools import tiny
-
-        tiny.build(checkpoint)
+        random_models.build(checkpoint)
         model, processor = benchmark.load(argparse.Namespace(shape="tiny", model=checkpoint, dtype=dtype_name,
                                                              device=args.device, attn_implementation=None))
     speed_up_vision_attention(model)

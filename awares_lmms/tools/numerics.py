@@ -23,7 +23,7 @@ from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.hf_engine import TwoTurnEngine
 from awares_lmms.core.loading import load_model_and_processor
 from awares_lmms.data import synthetic, synthetic2
-from awares_lmms.tools.assets import synthetic_checkpoint
+from awares_lmms.data.shipped_checkpoints import synthetic_checkpoint
 
 GENERATORS = {"v1": synthetic.generate, "v2": synthetic2.generate}
 # Questions no shipped checkpoint was trained or selected on.

@@ -3,12 +3,12 @@ small generated sample set of the six paper benchmarks plus the synthetic benchm
 
     awares-quickstart [--out DIR] [--model awares|tiny|PATH] [--mode awares]
 
-The default model is the shipped synthetic AwaRes checkpoint (``awares_lmms.tools.assets``, trained by
+The default model is the shipped synthetic AwaRes checkpoint (``awares_lmms.data.shipped_checkpoints``, trained by
 ``training.reproduce_synthetic``): on ``awares_synth`` it answers colour and quadrant questions from the
 low-resolution view and asks for the right quadrant on texture questions, so the table shows accuracy
 with an RTR well below 1. It has only ever seen synthetic images: its answers on the six paper
 benchmarks are meaningless, but every stage of the real pipeline runs on them. ``--model tiny`` builds
-the tiny random Qwen2.5-VL instead (``awares_lmms.tools.tiny``). The samples are written in the offline
+the tiny random Qwen2.5-VL instead (``awares_lmms.data.random_models``). The samples are written in the offline
 parquet layout (``AWARES_DATASETS_DIR``), then the same command a GPU user runs prints lmms-eval's
 table with ``rtr`` beside every metric, and ``awares-report`` writes the tables, figures and the
 sample gallery (``<out>/report/index.html``).
@@ -22,9 +22,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from awares_lmms.data import quickstart_data, synthetic
+from awares_lmms.data import (
+    quickstart_data,
+    random_models,
+    shipped_checkpoints,
+    synthetic,
+)
 from awares_lmms.report import cli as report
-from awares_lmms.tools import assets, tiny
 
 TASKS = "chartqa,docvqa,ocrbench,pope,vstar,realworldqa,awares_synth"
 SYNTH_SAMPLES, SYNTH_SEED = 60, 2  # seed 2: never used for training (the reproduction trains on seed 1)
@@ -45,11 +49,11 @@ def main(argv=None) -> int:
 
     out = Path(args.out).resolve()
     if args.model == "awares":
-        model_dir = assets.synthetic_checkpoint("awares")
+        model_dir = shipped_checkpoints.synthetic_checkpoint("awares")
     elif args.model == "tiny":
         model_dir = out / "tiny-qwen2_5-vl"
         if not (model_dir / "config.json").exists():
-            tiny.build(model_dir)
+            random_models.build(model_dir)
     else:
         model_dir = Path(args.model)
     print(f"[quickstart] checkpoint: {model_dir}")

@@ -41,8 +41,7 @@ from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.loading import load_processor
 from awares_lmms.core.vllm_backend import VLLMTransport
 from awares_lmms.data import synthetic
-from awares_lmms.tools.assets import synthetic_checkpoint
-
+from awares_lmms.data.shipped_checkpoints import synthetic_checkpoint
 
 BATCHES = (1, 8)
 

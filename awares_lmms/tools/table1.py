@@ -22,8 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from awares_lmms.data import random_models
 from awares_lmms.report import paper_table, runs
-from awares_lmms.tools import tiny
 
 ROWS = {
     # row: (checkpoint option, mode, the paper's row it reproduces)
@@ -36,7 +36,7 @@ ROWS = {
 
 def row_command(row: str, args) -> list[str]:
     checkpoint_option, mode, _ = ROWS[row]
-    checkpoint = tiny.resolve(getattr(args, checkpoint_option))
+    checkpoint = random_models.resolve(getattr(args, checkpoint_option))
     model_args = [f"pretrained={checkpoint}", f"mode={mode}", f"device={args.device}", f"dtype={args.dtype}"]
     if mode == "fixed":
         model_args.append(f"crops={args.crops}")

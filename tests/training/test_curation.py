@@ -512,9 +512,9 @@ def test_store_drops_a_torn_last_line_and_never_duplicates(tmp_path):
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory) -> Path:
     """The recipe's base model (the default tiny checkpoint), built once into a temp dir."""
-    from awares_lmms.tools import tiny
+    from awares_lmms.data import random_models
 
-    return tiny.build(tmp_path_factory.mktemp("curate_base") / "base")
+    return random_models.build(tmp_path_factory.mktemp("curate_base") / "base")
 
 
 def _curate_cmd(out: Path, base: Path, *extra: str) -> list[str]:
@@ -645,7 +645,7 @@ def test_resume_refuses_another_labelling_configuration(tmp_path):
         curator(judge_scorer="exact")
 
 
-@pytest.mark.parametrize("recipe", ["tiny_cpu", "qwen2_5_vl_7b"])
+@pytest.mark.parametrize("recipe", ["tiny_cpu", "qwen2_5_vl_7b", "qwen3_vl_8b"])
 def test_recipes_parse(recipe):
     from trl import TrlParser
 
@@ -660,9 +660,10 @@ def test_recipes_parse(recipe):
         os.environ.clear()
         os.environ.update(env_before)  # the tiny recipe's env: block must not leak into other tests
     assert judge.judge_batch_size == 3  # the command line overrides the recipe
-    if recipe == "qwen2_5_vl_7b":
+    if recipe != "tiny_cpu":
         assert (answerer.answerer, judge.judge, oracle.oracle_coords, run.both_wrong) == \
             ("openai", "openai", "norm1000", "lr")
+        assert {"qwen2_5_vl_7b": "Qwen2.5-VL-7B", "qwen3_vl_8b": "Qwen3-VL-8B"}[recipe] in answerer.model_name_or_path
     else:
         assert (inputs.source, judge.judge, run.both_wrong, mapping.no_box) == ("synthetic", "rule", "hr", "lr")
 
@@ -675,12 +676,12 @@ def test_sampled_lr_answers_relabel_lucky_guesses_on_the_synthetic_benchmark(tmp
     """The shipped synthetic base model cannot see the texture at LR and answers it with one constant
     guess. Greedy-only curation labels every sample of that class LR-sufficient; with sampled LR
     answers those become HR-needed (lr_correct_by_chance) while colour and quadrant stay LR."""
+    from awares_lmms.data import shipped_checkpoints
     from awares_lmms.data import synthetic as synth
-    from awares_lmms.tools import assets
 
     source = synth.write_parquet(tmp_path / "train.parquet", 60, seed=21, prefix="s")
     recipe = REPO / "training" / "recipes" / "synthetic" / "curate.yaml"
-    base = assets.synthetic_checkpoint("base")
+    base = shipped_checkpoints.synthetic_checkpoint("base")
     logs = {}
     for run, k in (("k0", 0), ("k4", 4), ("k4_again", 4)):
         out = tmp_path / run

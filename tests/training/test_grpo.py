@@ -53,9 +53,9 @@ def write_transcripts(root: Path, size: int = 224) -> Path:
 @pytest.fixture(scope="module", params=FAMILY_NAMES)
 def tiny_ckpt(request, tmp_path_factory) -> Path:
     """The tiny base of each supported family: every GRPO invariant below is checked on both."""
-    from awares_lmms.tools import tiny
+    from awares_lmms.data import random_models
 
-    return tiny.build(tmp_path_factory.mktemp(f"grpo_tiny_{request.param}") / "ckpt", sharpen=1.0,
+    return random_models.build(tmp_path_factory.mktemp(f"grpo_tiny_{request.param}") / "ckpt", sharpen=1.0,
                       family=request.param)
 
 

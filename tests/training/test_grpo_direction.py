@@ -30,11 +30,10 @@ def _run(cmd, env):
 
 @pytest.mark.slow
 def test_grpo_raises_the_no_crop_share_on_lr_sufficient_questions_without_losing_accuracy(tmp_path):
-    from awares_lmms.data import synthetic2
-    from awares_lmms.tools import assets
+    from awares_lmms.data import shipped_checkpoints, synthetic2
     from training.synthetic_eval import evaluate_checkpoint
 
-    base, sft = assets.synthetic_checkpoint("base", "v2"), assets.synthetic_checkpoint("sft", "v2")
+    base, sft = shipped_checkpoints.synthetic_checkpoint("base", "v2"), shipped_checkpoints.synthetic_checkpoint("sft", "v2")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     train = synthetic2.write_parquet(tmp_path / "train.parquet", N_TRAIN, seed=21, prefix="direction")

@@ -66,9 +66,9 @@ def parse_recipe(*overrides: str):
 @pytest.fixture(scope="module", params=FAMILY_NAMES)
 def base_dir(request, tmp_path_factory) -> Path:
     """The tiny base of each supported family: the weighting, the loss and the round trip on both."""
-    from awares_lmms.tools import tiny
+    from awares_lmms.data import random_models
 
-    return tiny.build(tmp_path_factory.mktemp(f"sft_base_{request.param}") / "tiny", sharpen=1.0, family=request.param)
+    return random_models.build(tmp_path_factory.mktemp(f"sft_base_{request.param}") / "tiny", sharpen=1.0, family=request.param)
 
 
 @pytest.fixture(scope="module")

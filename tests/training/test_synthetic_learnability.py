@@ -29,11 +29,10 @@ def _run(cmd, env):
 
 @pytest.mark.slow
 def test_short_sft_from_the_base_model_learns_when_and_where_to_crop(tmp_path):
-    from awares_lmms.data import synthetic
-    from awares_lmms.tools import assets
+    from awares_lmms.data import shipped_checkpoints, synthetic
     from training.reproduce_synthetic import evaluate_checkpoint
 
-    base = assets.synthetic_checkpoint("base")
+    base = shipped_checkpoints.synthetic_checkpoint("base")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     train = synthetic.write_parquet(tmp_path / "train.parquet", 600, seed=11, prefix="learn")

@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from awares_lmms.data import synthetic
-from awares_lmms.tools import tiny
+from awares_lmms.data import random_models, synthetic
 from training import synthetic_base
 from training import transcripts as tr
 
@@ -80,8 +79,8 @@ def _compare(name: str, got: dict) -> None:
 
 def test_the_synthetic_base_model_is_fed_the_pinned_batches():
     cfg = synthetic_base.BaseConfig(output_dir="unused")
-    tokenizer = tiny.build_tokenizer()
-    processor = tiny.build_processor(tokenizer)
+    tokenizer = random_models.build_tokenizer()
+    processor = random_models.build_processor(tokenizer)
     pool = synthetic_base.training_pool(cfg)
     header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     for step in (0, 1, 777):
@@ -116,7 +115,7 @@ def test_weighted_sft_is_fed_the_pinned_batch(tmp_path):
     from training.sft import SFTScriptArguments, build_trainer
 
     recipe = Path(__file__).resolve().parents[2] / "training" / "recipes" / "synthetic" / "sft.yaml"
-    base = tiny.build(tmp_path / "base", hidden=64, layers=1, vision_depth=1, vision_hidden=32)
+    base = random_models.build(tmp_path / "base", hidden=64, layers=1, vision_depth=1, vision_hidden=32)
     args = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig)).parse_args_and_config(
         ["--config", str(recipe), "--model_name_or_path", str(base), "--transcripts", str(_transcripts(tmp_path)),
          "--output_dir", str(tmp_path / "sft")])

@@ -17,7 +17,7 @@ from awares_lmms.core import images, presets
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.hf_engine import TwoTurnEngine
 from awares_lmms.core.loading import DTYPES, load_model_and_processor
-from awares_lmms.tools import tiny
+from awares_lmms.data import random_models
 
 from . import endpoints
 from .config import AnswererArguments
@@ -39,7 +39,7 @@ class LocalAnswerer:
             logger.info("dtype %s on CPU is slow and lossy; using float32", args.dtype)
             dtype = torch.float32
         model, processor = load_model_and_processor(
-            tiny.resolve(args.model_name_or_path), dtype=dtype, device=device,
+            random_models.resolve(args.model_name_or_path), dtype=dtype, device=device,
             attn_implementation=args.attn_implementation, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
         # system_prompt=None: the template's default prompt, i.e. the base model answering plainly.
         settings = dataclasses.replace(presets.PRESETS["awares"], lr_scale=args.lr_scale)

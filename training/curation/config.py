@@ -60,7 +60,7 @@ class AnswererArguments:
     answerer: str = field(default="local", metadata={"help": "'local' (TwoTurnEngine) or 'openai' (any "
                                                              "OpenAI-compatible server, e.g. vLLM)."})
     model_name_or_path: str = field(default="Qwen/Qwen2.5-VL-7B-Instruct", metadata={
-        "help": "Local: a hub id, a folder or 'tiny:DIR'. openai: the served model name."})
+        "help": "Local: a hub id, a folder or 'tiny:DIR' / 'tiny-qwen3_vl:DIR'. openai: the served model name."})
     answerer_base_url: str | None = field(default=None, metadata={"help": "e.g. http://HOST:8000/v1"})
     answerer_api_key_env: str = field(default="ANSWERER_API_KEY", metadata={
         "help": "Environment variable holding the key ('EMPTY' when unset, as vLLM expects)."})

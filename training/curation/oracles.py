@@ -27,7 +27,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from awares_lmms.core import family
-from awares_lmms.tools import tiny
+from awares_lmms.data import random_models
 
 from . import endpoints
 from .config import ORACLE_BACKENDS, ORACLE_COORDS, OracleArguments
@@ -199,7 +199,7 @@ class HFOracle:
         if not args.oracle_model:
             raise ValueError("oracle=hf needs oracle_model (a local path or hub id)")
 
-        path = tiny.resolve(args.oracle_model)
+        path = random_models.resolve(args.oracle_model)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device).eval()

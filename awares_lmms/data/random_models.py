@@ -1,15 +1,24 @@
-"""Build a small, randomly initialised Qwen-VL checkpoint offline, of either supported family.
+"""Qwen-VL checkpoints with random weights, built offline, for either supported family.
 
-Real classes (``Qwen2_5_VLForConditionalGeneration`` / ``Qwen3VLForConditionalGeneration`` and
-their processors), the real checkpoints' image-processor settings (14 px patches for Qwen2.5-VL, 16 px
-and mean/std 0.5 for Qwen3-VL; 2x2 merge in both), a byte-level BPE tokenizer carrying every Qwen
-special token in Qwen's order, and the official chat template of the family (TRL's copies: no
-network). ``from_pretrained(out)`` loads it offline. Only the sizes differ from the 7B/8B models:
-Qwen3-VL's DeepStack (vision features injected at several language-model layers) and interleaved
-M-RoPE are there.
+Two sizes:
 
-    python -m awares_lmms.tools.tiny --out ./tiny-qwen2_5-vl
-    python -m awares_lmms.tools.tiny --out ./tiny-qwen3-vl --family qwen3_vl
+* **tiny** (``build``): a few layers of 128 wide, small enough for CPU tests and the offline quick
+  start. ``from_pretrained(out)`` loads it offline.
+* **full** (``full_size_model``): the released model's exact architecture (Qwen2.5-VL-7B,
+  Qwen3-VL-8B) with random weights, for GPU timings and training smoke runs where only the shapes matter.
+
+Both use the real classes (``Qwen2_5_VLForConditionalGeneration`` / ``Qwen3VLForConditionalGeneration``
+and their processors), the released checkpoints' image-processor settings (14 px patches for
+Qwen2.5-VL, 16 px and mean/std 0.5 for Qwen3-VL; 2x2 merge in both), a byte-level BPE tokenizer
+carrying every Qwen special token in Qwen's order, and the official chat template of the family (TRL's
+copies: no network). Qwen3-VL's DeepStack (vision features injected at several language-model layers)
+and interleaved M-RoPE are there at both sizes.
+
+    python -m awares_lmms.data.random_models --out ./tiny-qwen2_5-vl
+    python -m awares_lmms.data.random_models --out ./tiny-qwen3-vl --family qwen3_vl
+
+Recipes and model arguments name a tiny checkpoint as ``tiny:DIR`` (Qwen2.5-VL) or
+``tiny-qwen3_vl:DIR``; ``resolve`` builds it there on first use.
 """
 
 from __future__ import annotations
@@ -32,8 +41,8 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
     Qwen3VLProcessor,
 )
-from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
 from awares_lmms.core import protocol
 from awares_lmms.core.family import FAMILIES as FAMILY_FACTS
@@ -183,12 +192,16 @@ def build_model(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int
             for name, p in model.named_parameters():
                 if p.ndim == 2 and "visual" not in name:
                     p.mul_(sharpen)
+    _set_generation_ids(model, ids)
+    return model
+
+
+def _set_generation_ids(model, ids) -> None:
     gen = model.generation_config
     gen.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     gen.pad_token_id = ids["<|endoftext|>"]
     gen.bos_token_id = None
     gen.do_sample = False
-    return model
 
 
 def build(out: str | Path, seed: int = 0, sharpen: float = 1.0, family: str = "qwen2_5_vl", **model_kwargs) -> Path:
@@ -202,16 +215,76 @@ def build(out: str | Path, seed: int = 0, sharpen: float = 1.0, family: str = "q
     return out
 
 
+TINY_SCHEME = "tiny"
+
+
 def resolve(spec: str | Path) -> str:
-    """Model path for configs: ``tiny:DIR`` builds the tiny checkpoint in DIR once, anything else
-    (a hub id or a local path) is returned unchanged. Lets offline recipes name a base model."""
+    """Model path for configs: ``tiny:DIR`` (Qwen2.5-VL) or ``tiny-<family>:DIR`` builds the tiny
+    checkpoint in DIR once; anything else (a hub id or a local path) is returned unchanged. Lets offline
+    recipes name a base model."""
     spec = str(spec)
-    if not spec.startswith("tiny:"):
+    scheme, sep, rest = spec.partition(":")
+    if not sep or not (scheme == TINY_SCHEME or scheme.startswith(TINY_SCHEME + "-")):
         return spec
-    out = Path(spec[len("tiny:"):])
-    if not (out / "config.json").exists():
-        build(out)
+    family = scheme[len(TINY_SCHEME) + 1:] or "qwen2_5_vl"
+    if family not in FAMILIES:
+        raise ValueError(f"{spec!r}: unknown tiny family {family!r}; use tiny:DIR or one of "
+                         f"{', '.join(f'tiny-{f}:DIR' for f in sorted(FAMILIES))}")
+    out = Path(rest)
+    config = out / "config.json"
+    if not config.exists():
+        build(out, family=family)
+    elif (found := json.loads(config.read_text()).get("model_type")) != family:
+        raise ValueError(f"{spec!r}: {out} already holds a {found} checkpoint, not {family}")
     return str(out)
+
+
+# The released models' architectures, per family: what ``full_size_model`` builds.
+FULL_SIZE = {
+    "qwen2_5_vl": dict(
+        name="Qwen2.5-VL-7B",
+        text=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                  num_key_value_heads=4, max_position_embeddings=128000, use_sliding_window=False,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
+        vision=dict(depth=32, hidden_size=1280, num_heads=16, intermediate_size=3420, window_size=112,
+                    fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
+    ),
+    "qwen3_vl": dict(
+        name="Qwen3-VL-8B",
+        text=dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                  num_key_value_heads=8, head_dim=128, max_position_embeddings=262144,
+                  rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
+                                   "mrope_interleaved": True}),
+        vision=dict(depth=27, hidden_size=1152, num_heads=16, intermediate_size=4304, num_position_embeddings=2304,
+                    deepstack_visual_indexes=[8, 16, 24]),
+    ),
+}
+
+
+def full_size_config(family: str = "qwen2_5_vl", tokenizer=None):
+    """The config of the family's released model (``FULL_SIZE``), with this module's tokenizer's ids.
+    The vocabulary is the tiny tokenizer's: its size does not change the timings that matter here."""
+    if family not in FULL_SIZE:
+        raise ValueError(f"family must be one of {sorted(FULL_SIZE)}, got {family!r}")
+    tokenizer = tokenizer or build_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    shape, facts = FULL_SIZE[family], FAMILY_FACTS[family]
+    text = dict(vocab_size=len(tokenizer), tie_word_embeddings=False, eos_token_id=ids["<|im_end|>"],
+                pad_token_id=ids["<|endoftext|>"], bos_token_id=None) | shape["text"]
+    vision = dict(out_hidden_size=shape["text"]["hidden_size"], patch_size=facts.patch_size,
+                  spatial_merge_size=facts.merge_size, temporal_patch_size=2) | shape["vision"]
+    config_class = FAMILIES[family][1].config_class
+    return config_class(text_config=text, vision_config=vision, tie_word_embeddings=False, **_vision_token_ids(ids))
+
+
+def full_size_model(family: str = "qwen2_5_vl", dtype=torch.bfloat16, device="cuda"):
+    """(model, processor): random weights in the family's released architecture, built on ``device``."""
+    tokenizer = build_tokenizer()
+    config = full_size_config(family, tokenizer)
+    with torch.device(device):
+        model = FAMILIES[family][1](config).to(dtype).eval()
+    _set_generation_ids(model, {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS})
+    return model, build_processor(tokenizer, family=family)
 
 
 def main(argv=None) -> None:
