@@ -79,3 +79,26 @@ def test_serving_benchmark_passes_are_cold_and_comparable():
                       "cpu", "float32", repeats=2)
     assert [(r["batch"], len(r["answers"])) for r in rows] == [(1, 8), (8, 8)]
     assert rows[0]["answers"] == rows[1]["answers"] and rows[0]["errors"] == 0
+
+
+def test_presets_budgets_are_the_families_visual_tokens(tiny_qwen3_model):
+    """The benchmark's engines apply a preset as the plugin does: `paper` on Qwen3-VL is 32 to 2048
+    visual tokens of 32 px, not Qwen2.5-VL's pixel numbers."""
+    model, processor = tiny_qwen3_model
+    setup = gpu_benchmark.Setup(model, processor, torch.device("cpu"), None, None)
+    size = gpu_benchmark.preset_engine(setup, "paper", "awares").processor.image_processor.size
+    assert (size["shortest_edge"], size["longest_edge"]) == (32 * 32 * 32, 2048 * 32 * 32)
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_on_the_second_family(tmp_path):
+    """--family qwen3_vl: the tiny Qwen3-VL through the mixed set, lmms-eval's own qwen3_vl class and the
+    exactness check; the roofline reads Qwen3-VL's config (no vision windows, explicit head_dim)."""
+    report = gpu_benchmark.main(["--family", "qwen3_vl", "--device", "cpu", "--sections", "mixed,stock,exactness",
+                                 "--n-mixed", "2", "--n-exact", "2", "--out", str(tmp_path)])
+    assert report["family"] == "qwen3_vl" and "shape tiny qwen3_vl" in (tmp_path / "gpu_benchmark.md").read_text()
+    assert len(report["mixed"]) == 8 and [r["model"] for r in report["stock"]] == ["lmms-eval qwen3_vl"] * 2
+    for row in report["mixed"] + report["stock"]:
+        assert row["x_roof"] > 1.0 and row.get("errors", 0) == 0, row
+    fp32 = report["exactness"][0]
+    assert fp32["same_answer"] == fp32["rows"] == 2 and fp32["first_step_logit_gap_max"] < 1e-4

@@ -1,7 +1,7 @@
 """Turn-2 KV reuse vs re-prefill, and AwaRes vs the full-resolution pass, measured in one run.
 
     python -m awares_lmms.tools.benchmark                       # tiny random model, CPU
-    python -m awares_lmms.tools.benchmark --shape 7b --device cuda --dtype bfloat16
+    python -m awares_lmms.tools.benchmark --shape full --device cuda --dtype bfloat16   # Qwen2.5-VL-7B-shaped
     python -m awares_lmms.tools.benchmark --model Kimhi/AWARES-Qwen2.5-VL-7B --device cuda --dtype bfloat16
 
 Inputs are document geometry (a 1700x2200 page and a 1920x1080 chart, drawn here). Every
@@ -32,12 +32,13 @@ def document_inputs() -> list[Request]:
 
 def load(args):
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    if args.shape == "7b":
-        return random_models.full_size_model("qwen2_5_vl", dtype, args.device)
+    family = getattr(args, "family", "qwen2_5_vl")
+    if args.shape == "full":
+        return random_models.full_size_model(family, dtype, args.device)
     path = args.model
     if path is None:
 
-        path = random_models.build(tempfile.mkdtemp(prefix="awares-bench-"))
+        path = random_models.build(tempfile.mkdtemp(prefix="awares-bench-"), family=family)
     return load_model_and_processor(str(path), dtype=dtype, device=args.device,
                                     attn_implementation=args.attn_implementation)
 
@@ -62,7 +63,9 @@ def timed(engine: TwoTurnEngine, reqs, settings, repeats: int):
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="hub id or local path (default: build the tiny random checkpoint)")
-    parser.add_argument("--shape", choices=["tiny", "7b"], default="tiny", help="7b: random Qwen2.5-VL-7B-shaped weights")
+    parser.add_argument("--shape", choices=["tiny", "full"], default="tiny",
+                        help="full: random weights in the family's released architecture (Qwen2.5-VL-7B, Qwen3-VL-8B)")
+    parser.add_argument("--family", choices=sorted(random_models.FULL_SIZE), default="qwen2_5_vl")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--attn-implementation", default=None)

@@ -1,7 +1,11 @@
 """The hf path's speed and numerics in one run, each time beside its roofline estimate.
 
-    python -m awares_lmms.tools.gpu_benchmark --shape 7b --device cuda --dtype bfloat16 --out gpu-bench
+    python -m awares_lmms.tools.gpu_benchmark --shape full --device cuda --out gpu-bench   # Qwen2.5-VL-7B-shaped
+    python -m awares_lmms.tools.gpu_benchmark --shape full --device cuda --family qwen3_vl --out gpu-bench3
     python -m awares_lmms.tools.gpu_benchmark                      # tiny random model, CPU (under 2 minutes)
+
+``--shape full`` is random weights in the family's released architecture (Qwen2.5-VL-7B, Qwen3-VL-8B);
+the presets' budgets are in the family's visual tokens, as the plugin applies them.
 
 Sections (``--sections``, all by default):
 
@@ -12,8 +16,8 @@ Sections (``--sections``, all by default):
   quadrants), in the ``awares`` and ``paper`` presets, full and awares modes, batch 1 and 8:
   samples/s, peak memory, RTR; with ``--static-cache`` each row again with static caches (the
   compiled decode step on a GPU), and their answers against the dynamic cache's;
-* ``stock``: lmms-eval's own ``qwen2_5_vl`` model class on the same images at full resolution (its
-  defaults): what a user would otherwise run;
+* ``stock``: lmms-eval's own model class of the family (``qwen2_5_vl``, ``qwen3_vl``) on the same
+  images at full resolution (its defaults): what a user would otherwise run;
 * ``exactness``: turn-2 reuse vs re-prefill in fp32 and in bf16 (answers equal, greedy steps that
   agree, first-step logit gap), and batch 8 vs batch 1 answers from the ``mixed`` section.
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import statistics
 import tempfile
@@ -44,7 +49,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from awares_lmms.core import accounting, presets, protocol
+from awares_lmms.core import accounting, family, presets, protocol
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.hf_engine import TwoTurnEngine
 from awares_lmms.core.vision_attention import (
@@ -118,13 +123,16 @@ class WorkMeter:
         embed = lm.embed_tokens.weight.numel()
         self.lm_params = sum(p.numel() for p in lm.parameters()) - embed + model.lm_head.weight.numel()
         self.lm_bytes = self.lm_params * element
-        self.kv_bytes_per_token = (2 * text.num_hidden_layers * text.num_key_value_heads
-                                   * (text.hidden_size // text.num_attention_heads) * element)
-        self.attn_flops_per_pair = 4 * text.num_hidden_layers * text.hidden_size
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.kv_bytes_per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * element
+        self.attn_flops_per_pair = 4 * text.num_hidden_layers * text.num_attention_heads * head_dim
         self.vision_params = sum(p.numel() for p in visual.parameters())
         self.vision_bytes = self.vision_params * element
-        window = (vision.window_size // vision.patch_size) ** 2
-        full_layers = len(getattr(vision, "fullatt_block_indexes", ()) or ())
+        # Qwen2.5-VL's vision tower attends within windows but in its full-attention blocks; Qwen3-VL's
+        # attends over the whole image in every block.
+        windowed = getattr(vision, "window_size", None)
+        window = (windowed // vision.patch_size) ** 2 if windowed else 0
+        full_layers = len(getattr(vision, "fullatt_block_indexes", ()) or ()) if windowed else vision.depth
         self.vision_attn = (4 * vision.hidden_size, window, vision.depth - full_layers, full_layers)
         self.work = Work()
         self.phase = "run"
@@ -222,8 +230,10 @@ class Setup:
 
 def preset_engine(setup: Setup, preset: str, mode: str, reuse: bool = True, model=None,
                   static: bool = False) -> TwoTurnEngine:
-    """An engine in a preset, with the preset's pixel budget on its own copy of the processor."""
-    settings = presets.PRESETS[preset]
+    """An engine in a preset, with the preset's pixel budget (in the model family's visual tokens) on
+    its own copy of the processor."""
+    model_type = family.model_type_of(setup.model.config)
+    settings = presets.resolve(preset, pixels_per_token=family.FAMILIES[model_type].pixels_per_token).settings
     processor = copy.deepcopy(setup.processor)
     accounting.set_pixel_budget(processor, settings.min_pixels, settings.max_pixels)
     return TwoTurnEngine(model or setup.model, processor,
@@ -312,16 +322,24 @@ def mixed_section(setup: Setup, n: int, answer_ids: list[int], batches=(1, 8),
     return rows, answers
 
 
+# lmms-eval's own model class per family: (module, class).
+STOCK_CLASSES = {"qwen2_5_vl": ("lmms_eval.models.simple.qwen2_5_vl", "Qwen2_5_VL"),
+                 "qwen3_vl": ("lmms_eval.models.simple.qwen3_vl", "Qwen3_VL")}
+
+
 def stock_section(setup: Setup, checkpoint: str, n: int, batches=(1, 8)) -> list[dict]:
-    """lmms-eval's ``qwen2_5_vl`` class (its defaults: bf16, its pixel budget) on the mixed images."""
+    """lmms-eval's class of the model's family (its defaults: bf16, its pixel budget) on the mixed images."""
     from lmms_eval.api.instance import Instance
-    from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL
+
+    model_type = family.model_type_of(setup.model.config)
+    module, name = STOCK_CLASSES[model_type]
+    stock_class = getattr(importlib.import_module(module), name)
 
     docs = [{"image": r.images[0], "question": r.question} for r in mixed_requests(n, "robust", [0])]
     gen = {"max_new_tokens": setup.settings.max_new_tokens, "temperature": 0}  # until: the class's own default
     rows = []
     for batch in batches:
-        lm = Qwen2_5_VL(pretrained=checkpoint, device=str(setup.device), device_map=str(setup.device),
+        lm = stock_class(pretrained=checkpoint, device=str(setup.device), device_map=str(setup.device),
                         batch_size=batch, attn_implementation="sdpa")
         lm.task_dict = {"mixed": {"test": docs}}
         meter = WorkMeter(lm.model, setup.meter.flops, setup.meter.bandwidth)
@@ -336,7 +354,7 @@ def stock_section(setup: Setup, checkpoint: str, n: int, batches=(1, 8)) -> list
                       lambda: lm.generate_until(instances(range(min(batch, 2)))))
         m.pop("out")
         meter.close()
-        rows.append({"model": "lmms-eval qwen2_5_vl", "batch": batch, "samples": n, "samples_per_s": n / m["wall_s"],
+        rows.append({"model": f"lmms-eval {model_type}", "batch": batch, "samples": n, "samples_per_s": n / m["wall_s"],
                      "max_pixels": lm.max_pixels, "dtype": str(lm.model.dtype).replace("torch.", ""), **m})
         del lm
     return rows
@@ -375,7 +393,7 @@ def _f(x, spec=".3f"):
 
 
 def markdown(report: dict) -> str:
-    lines = [f"device {report['device']} ({report['device_name']}), dtype {report['dtype']}, shape {report['shape']}, "
+    lines = [f"device {report['device']} ({report['device_name']}), dtype {report['dtype']}, shape {report['shape']} {report['family']}, "
              f"attention {report['attention']}; peak {report['peak_tflops']:.1f} TFLOP/s, "
              f"{report['bandwidth_gbs']:.0f} GB/s ({report['figures']}); {report['max_new_tokens']} new tokens",
              ""]
@@ -415,14 +433,16 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=["tiny", "7b"], default="tiny")
+    parser.add_argument("--shape", choices=["tiny", "full"], default="tiny",
+                        help="full: random weights in the family's released architecture (Qwen2.5-VL-7B, Qwen3-VL-8B)")
+    parser.add_argument("--family", choices=sorted(random_models.FULL_SIZE), default="qwen2_5_vl")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="default: bfloat16 on a GPU, float32 on CPU")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
-    parser.add_argument("--n-mixed", type=int, default=None, help="images in the mixed set (7b: 16, tiny: 6)")
-    parser.add_argument("--n-exact", type=int, default=None, help="images in the exactness check (7b: 8, tiny: 4)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="7b: 16, tiny: 8")
+    parser.add_argument("--n-mixed", type=int, default=None, help="images in the mixed set (full: 16, tiny: 6)")
+    parser.add_argument("--n-exact", type=int, default=None, help="images in the exactness check (full: 8, tiny: 4)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="full: 16, tiny: 8")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak FLOP/s in TFLOP/s (default: measured)")
     parser.add_argument("--bandwidth-gbs", type=float, help="the device's memory bandwidth in GB/s (default: measured)")
     parser.add_argument("--static-cache", action="store_true",
@@ -437,16 +457,17 @@ def main(argv=None) -> dict:
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
-    args.max_new_tokens = args.max_new_tokens or (16 if args.shape == "7b" else 8)
+    args.max_new_tokens = args.max_new_tokens or (16 if args.shape == "full" else 8)
 
     start = time.perf_counter()
     checkpoint = tempfile.mkdtemp(prefix="awares-gpu-bench-")
-    if args.shape == "7b":
-        model, processor = random_models.full_size_model("qwen2_5_vl", dtype, device)
+    if args.shape == "full":
+        model, processor = random_models.full_size_model(args.family, dtype, device)
     else:
-        random_models.build(checkpoint)
-        model, processor = benchmark.load(argparse.Namespace(shape="tiny", model=checkpoint, dtype=dtype_name,
-                                                             device=args.device, attn_implementation=None))
+        random_models.build(checkpoint, family=args.family)
+        model, processor = benchmark.load(argparse.Namespace(shape="tiny", family=args.family, model=checkpoint,
+                                                             dtype=dtype_name, device=args.device,
+                                                             attn_implementation=None))
     speed_up_vision_attention(model)
     measured = measure_device(device, dtype)
     flops = args.peak_tflops * 1e12 if args.peak_tflops else measured[0]
@@ -456,10 +477,10 @@ def main(argv=None) -> dict:
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     setup = Setup(model, processor, device, meter, settings)
     answer_ids = processor.tokenizer(" yes", add_special_tokens=False)["input_ids"] * (args.max_new_tokens - 1)
-    n_mixed = args.n_mixed or (16 if args.shape == "7b" else 6)
+    n_mixed = args.n_mixed or (16 if args.shape == "full" else 6)
 
     report = {"device": args.device, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "dtype": dtype_name, "shape": args.shape, "attention": attention_summary(model),
+              "dtype": dtype_name, "shape": args.shape, "family": args.family, "attention": attention_summary(model),
               "peak_tflops": flops / 1e12, "bandwidth_gbs": bandwidth / 1e9, "figures": figures,
               "measured_tflops": measured[0] / 1e12, "measured_bandwidth_gbs": measured[1] / 1e9,
               "max_new_tokens": args.max_new_tokens,
@@ -480,12 +501,12 @@ def main(argv=None) -> dict:
                 f"{p} {m} batch {b} static vs dynamic": same((p, m, b, "dynamic"), (p, m, b, "static"))
                 for p in ("awares", "paper") for m in ("full", "awares") for b in (1, 8)})
     if "stock" in sections:
-        if args.shape == "7b":
+        if args.shape == "full":
             model.save_pretrained(checkpoint)
             processor.save_pretrained(checkpoint)
         report["stock"] = stock_section(setup, checkpoint, n_mixed)
     if "exactness" in sections:
-        report["exactness"] = exactness_section(setup, args.n_exact or (8 if args.shape == "7b" else 4),
+        report["exactness"] = exactness_section(setup, args.n_exact or (8 if args.shape == "full" else 4),
                                                 args.max_new_tokens)
     report["total_s"] = time.perf_counter() - start
     meter.close()
