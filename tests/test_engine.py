@@ -140,6 +140,24 @@ def test_reuse_and_reprefill_agree(family_model, mixed_batch):
     assert (la - lb).abs().max().item() <= 1e-4
 
 
+def test_per_row_accounting_does_not_depend_on_the_batch(family_model, mixed_batch):
+    """Each row's answer and token counts are the same in a batch as alone. In a batch, a row whose
+    turn 1 ends before the others' has its closing token fed back during turn 1 (it is already cached
+    when turn 2 starts); alone, turn 2 feeds it. Input counts it once either way."""
+    model, processor = family_model
+    engine = TwoTurnEngine(model, processor, EngineConfig(mode="awares"))
+    settings = GenerationSettings(max_new_tokens=6)
+    together = engine.run(mixed_batch, settings)
+    alone = [engine.run([r], settings)[0] for r in mixed_batch]
+    keys = ("input_tokens", "output_tokens", "visual_tokens_lr", "visual_tokens_crops", "visual_tokens_full",
+            "rtr", "rtr_paper", "crops", "tool_call_status")
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert [{k: getattr(r.stats, k) for k in keys} for r in together] == \
+        [{k: getattr(r.stats, k) for k in keys} for r in alone]
+    # The batch does differ in what turn 2 computes: some rows' closing tokens were already cached.
+    assert sum(r.stats.prefill_tokens_turn2 for r in together) < sum(r.stats.prefill_tokens_turn2 for r in alone)
+
+
 @pytest.mark.parametrize("mode", ["full", "lr", "fixed", "lr_then_full"])
 def test_modes_account_tokens(family_model, mode):
     model, processor = family_model

@@ -238,9 +238,8 @@ if __name__ == "__main__":
 def test_vllm_backend_on_qwen3_vl_matches_hf(tiny_qwen3_dir, tmp_path):
     """The second family through vLLM: a tiny Qwen3-VL under the `paper` preset (32-px tokens), half the
     requests forced to a crop turn (random weights never ask). Texts, visual tokens and token counts
-    equal the hf backend's, request by request (hf at batch 1: in a batch, a row's closing end-of-turn
-    token can already be in the cache when turn 2 starts, one input token fewer), and vLLM's own
-    prompt counts equal ours in both turns."""
+    equal the hf backend's (same batch), request by request, and vLLM's own prompt counts equal ours
+    in both turns."""
     out = tmp_path / "vllm.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
     proc = subprocess.run([_vllm_python(), "-c", _VLLM_FAMILY_SCRIPT, str(tiny_qwen3_dir), str(out)], cwd=REPO,
@@ -251,7 +250,7 @@ def test_vllm_backend_on_qwen3_vl_matches_hf(tiny_qwen3_dir, tmp_path):
         tiny_qwen3_dir).settings), dtype="float32")
     requests = [Request(s.question, [s.image], forced_turn1=f"GET_CROPS: ['{i}']" if i % 2 else None)
                 for i, s in enumerate(synthetic.generate(6, seed=2))]
-    want = [engine.run([r], GenerationSettings(max_new_tokens=8))[0] for r in requests]
+    want = engine.run(requests, GenerationSettings(max_new_tokens=8))
     assert sum(bool(row["crops"]) for row in got) == 3
     for row, ref in zip(got, want, strict=True):
         assert row["error"] is None and row["backend"] == "vllm" and row["prompt_tokens_check"] == "ok"

@@ -161,7 +161,9 @@ class TwoTurnEngine(TwoTurnProtocol):
         generated = out.sequences[:, prompt_len:]
         lengths = []
         for i, r in enumerate(rows):
-            ids = generated[i].tolist()
+            # A forced reply longer than max_new_tokens lengthens the batch's generation; the other rows
+            # still stop at max_new_tokens, as they would alone (their extra tokens are masked in turn 2).
+            ids = generated[i].tolist()[:None if i in forced else settings.max_new_tokens]
             n = next((j + 1 for j, t in enumerate(ids) if t in self.stop_ids), len(ids))
             lengths.append(n)
             r.stats.output_tokens = n
@@ -228,9 +230,14 @@ class TwoTurnEngine(TwoTurnProtocol):
             replacement, dropped, how = self._reply_ids(row, generated, header)
             row.stats.turn2_reply = how
             prompt_drops.append(dropped)
+            # Turn 2 reads the token closing turn 1 as input. A row that finished turn 1 before the rest
+            # of its batch already had it fed back there (it is in the cache, not in the segment): counted
+            # here all the same, so that a row's input does not depend on its batch.
+            closed_in_cache = 0
             if replacement is None:
                 gen_mask[:in_cache] = 1
                 tail = generated[in_cache:]
+                closed_in_cache = int(not tail and in_cache > 0 and generated[in_cache - 1] == end_id)
                 if tail and tail[-1] in self.stop_ids:
                     tail[-1] = end_id  # close the turn canonically even if it ended on <|endoftext|>
                 last = tail[-1] if tail else (generated[in_cache - 1] if in_cache else None)
@@ -250,7 +257,7 @@ class TwoTurnEngine(TwoTurnProtocol):
             row.stats.visual_tokens_crops = sum(
                 accounting.tokens_from_grid(g, self.family.merge_size) for g in enc["image_grid_thw"])
             row.stats.prefill_tokens_turn2 = len(segments[-1])
-            row.stats.input_tokens += len(segments[-1])
+            row.stats.input_tokens += len(segments[-1]) + closed_in_cache
         width = max(len(s) for s in segments)
         new_ids = torch.full((len(todo), width), self.family.pad_id, dtype=torch.long)
         new_mask = torch.zeros((len(todo), width), dtype=torch.long)
