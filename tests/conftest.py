@@ -141,7 +141,7 @@ def tiny_model(tiny_dir):
     return model, processor
 
 
-# The model families every family-sensitive test runs on (awares_lmms.core.family.SUPPORTED_MODEL_TYPES).
+# The model families every family-sensitive test runs on (awares_lmms.core.family.FAMILIES).
 FAMILY_NAMES = ("qwen2_5_vl", "qwen3_vl")
 
 

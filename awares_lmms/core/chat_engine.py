@@ -22,12 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from awares_lmms.core import protocol
-from awares_lmms.core.engine import (
-    EngineConfig,
-    GenerationSettings,
-    Row,
-    TwoTurnProtocol,
-)
+from awares_lmms.core.engine import EngineConfig, GenerationSettings, Row, TwoTurnProtocol
 from awares_lmms.core.family import END_OF_TURN, IMAGE_PAD
 
 

@@ -50,7 +50,6 @@ FAMILIES = {f.model_type: f for f in (
     FamilyFacts("qwen2_5_vl", 14, 2, 3136, 12845056, "qwen2_5_vl"),
     FamilyFacts("qwen3_vl", 16, 2, 65536, 16777216, "qwen3_vl"),
 )}
-SUPPORTED_MODEL_TYPES = {name: f.pixels_per_token for name, f in FAMILIES.items()}
 QWEN2_5_VL = FAMILIES["qwen2_5_vl"]
 # Presets state pixel budgets for Qwen2.5-VL's 28-px visual tokens (the released evaluation's numbers).
 PRESET_PIXELS_PER_TOKEN = QWEN2_5_VL.pixels_per_token
@@ -69,14 +68,14 @@ def pixels_per_token(pretrained) -> int:
         model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
     except Exception:  # noqa: BLE001 - offline, missing or not a checkpoint: the default, see above
         return PRESET_PIXELS_PER_TOKEN
-    return SUPPORTED_MODEL_TYPES.get(model_type, PRESET_PIXELS_PER_TOKEN)
+    return FAMILIES[model_type].pixels_per_token if model_type in FAMILIES else PRESET_PIXELS_PER_TOKEN
 
 
 def model_type_of(config) -> str:
     """The checkpoint's family, checked: an unsupported one fails here, in one line."""
     model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"unsupported model family {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    if model_type not in FAMILIES:
+        raise ValueError(f"unsupported model family {model_type!r}; supported: {', '.join(FAMILIES)}")
     return model_type
 
 

@@ -10,10 +10,7 @@ from peft import PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from awares_lmms.core import accounting
-from awares_lmms.core.vision_attention import (
-    choose_attention,
-    speed_up_vision_attention,
-)
+from awares_lmms.core.vision_attention import choose_attention, speed_up_vision_attention
 
 logger = logging.getLogger(__name__)
 

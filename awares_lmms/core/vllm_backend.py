@@ -39,10 +39,7 @@ class VLLMTransport:
                  max_model_len: int | None = None, enable_prefix_caching: bool = True, dtype: str = "auto",
                  seed: int = 0, engine_kwargs: dict | None = None):
         try:
-            from vllm import (  # lazy: optional dependency (see the module docstring)
-                LLM,
-                SamplingParams,
-            )
+            from vllm import LLM, SamplingParams  # lazy: optional dependency (see the module docstring)
         except ImportError as exc:
             raise ImportError("backend=vllm needs vLLM in this environment (pip install vllm; on CPU see "
                               "docs/serving.md)") from exc

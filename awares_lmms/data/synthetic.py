@@ -177,9 +177,7 @@ def probe_information_gap(n_train: int = 600, n_test: int = 300, seed: int = 123
     The LR cut-outs come from ``images.low_res_view`` (the plugin's own LR path). A probe at
     chance (1/3) at LR and near 1.0 at full resolution is the information gap the benchmark needs.
     """
-    from sklearn.linear_model import (
-        LogisticRegression,  # only the probe needs it (seconds to import)
-    )
+    from sklearn.linear_model import LogisticRegression  # only the probe needs it (seconds to import)
 
 
     samples = generate(n_train + n_test, seed=seed, mix={"texture": 1.0})

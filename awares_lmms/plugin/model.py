@@ -23,12 +23,7 @@ from tqdm import tqdm
 
 from awares_lmms.core import arguments, presets, protocol
 from awares_lmms.core.arguments import ArgumentError
-from awares_lmms.core.backends import (
-    BACKENDS,
-    ServingOptions,
-    build_engine,
-    serving_options,
-)
+from awares_lmms.core.backends import BACKENDS, ServingOptions, build_engine, serving_options
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.loading import resolve_dtype
 from awares_lmms.core.vision_attention import attention_summary

@@ -52,10 +52,7 @@ from PIL import Image, ImageDraw
 from awares_lmms.core import accounting, family, presets, protocol
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.hf_engine import TwoTurnEngine
-from awares_lmms.core.vision_attention import (
-    attention_summary,
-    speed_up_vision_attention,
-)
+from awares_lmms.core.vision_attention import attention_summary, speed_up_vision_attention
 from awares_lmms.data import random_models
 from awares_lmms.tools import benchmark
 
@@ -393,8 +390,8 @@ def _f(x, spec=".3f"):
 
 
 def markdown(report: dict) -> str:
-    lines = [f"device {report['device']} ({report['device_name']}), dtype {report['dtype']}, shape {report['shape']} {report['family']}, "
-             f"attention {report['attention']}; peak {report['peak_tflops']:.1f} TFLOP/s, "
+    lines = [f"device {report['device']} ({report['device_name']}), dtype {report['dtype']}, "
+             f"shape {report['shape']} {report['family']}, attention {report['attention']}; peak {report['peak_tflops']:.1f} TFLOP/s, "
              f"{report['bandwidth_gbs']:.0f} GB/s ({report['figures']}); {report['max_new_tokens']} new tokens",
              ""]
     if report.get("bench"):

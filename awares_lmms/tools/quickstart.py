@@ -22,12 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from awares_lmms.data import (
-    quickstart_data,
-    random_models,
-    shipped_checkpoints,
-    synthetic,
-)
+from awares_lmms.data import quickstart_data, random_models, shipped_checkpoints, synthetic
 from awares_lmms.report import cli as report
 
 TASKS = "chartqa,docvqa,ocrbench,pope,vstar,realworldqa,awares_synth"
