@@ -58,6 +58,7 @@ class ChatEngine(TwoTurnProtocol):
         super().__init__(processor, config)
         self.transport = transport
         self.backend_name = transport.name
+        self.context_window = getattr(transport, "context_window", None)
         self.image_pad_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
 
     # ------------------------------------------------------------------ conversations

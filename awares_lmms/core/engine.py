@@ -122,6 +122,9 @@ class TwoTurnProtocol:
     """
 
     backend_name = ""  # recorded per sample: hf | vllm | openai
+    # Tokens the model can attend to (its context window), where the backend knows it: a prompt longer
+    # than this is refused before prefill (``_check_length``). None: the backend's server decides.
+    context_window: int | None = None
 
     def __init__(self, processor, config: EngineConfig | None = None):
         self.processor = processor
@@ -173,8 +176,25 @@ class TwoTurnProtocol:
         if found:
             raise ValueError(f"the question contains the chat template's special token(s) {found}")
 
+    def _check_length(self, req: Request) -> None:
+        """A turn-1 prompt longer than the context window is the document's failure before any prefill
+        (a 1,000,000-character question would otherwise sit in prefill for many minutes before the model
+        fails on it). Byte-level BPE never makes more tokens than UTF-8 bytes, so the question is only
+        tokenized when its bytes could exceed the window."""
+        window = self.context_window
+        if not window:
+            return
+        visual = self.turn1_cost(req)
+        if len(req.question.encode("utf-8", "replace")) + visual < window:
+            return
+        text = len(self.tokenizer(req.question, add_special_tokens=False)["input_ids"])
+        if text + visual >= window:
+            raise ValueError(f"the prompt is over the model's context window: {text} question tokens + {visual} "
+                             f"visual tokens >= {window} ({len(req.question)} characters); refused before prefill")
+
     def _prepare(self, req: Request) -> Row:
         self._check_question(req.question)
+        self._check_length(req)
         budget = self.budget
         stats = SampleStats(mode=self.config.mode, backend=self.backend_name, min_pixels=budget.min_pixels,
                             max_pixels=budget.max_pixels)

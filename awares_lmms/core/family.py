@@ -96,6 +96,10 @@ class QwenVLFamily:
         self.suppressed_ids = sorted({tokenizer.convert_tokens_to_ids(t) for t in VISION_SPECIAL_TOKENS}
                                      - {None, tokenizer.unk_token_id})
         self.merge_size = int(getattr(processor.image_processor, "merge_size", 2))
+        # The language model's context window (Qwen-VL configs keep it on the text sub-config).
+        text_config = getattr(model.config, "text_config", None) or model.config
+        window = getattr(text_config, "max_position_embeddings", None)
+        self.context_window = int(window) if window else None
 
     def stop_ids(self, tokenizer, source: str) -> set[int]:
         """Token ids that end a reply: ``tokenizer_eos`` (the tokenizer's eos alone, as the released

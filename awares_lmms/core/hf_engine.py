@@ -101,6 +101,7 @@ class TwoTurnEngine(TwoTurnProtocol):
         super().__init__(processor, config)
         self.model = model
         self.family = QwenVLFamily(model, processor)
+        self.context_window = self.family.context_window
         self.stop_ids = self.family.stop_ids(self.tokenizer, self.protocol.stop_tokens)
         self.suppressed_ids = self.family.suppressed_ids if self.protocol.suppress_vision_tokens else None
         # Tokens of the assistant header every turn-1 prompt ends with (re-tokenized with the reply in turn 2).

@@ -11,7 +11,8 @@ Two presets exist:
     did before the released file saw the image), no ``until`` stop strings, turn 2 built from the
     re-tokenized reply (the released code re-renders the conversation as text), generation stopped by
     the tokenizer's eos token only and never kept from any token, the first image of a multi-image
-    document, and ``top_p`` 0.9 when a task samples without one.
+    document, ``top_p`` 0.9 when a task samples without one, and sampling whenever a task's temperature is
+    above 0 (its ``do_sample`` is not read).
 ``awares``
     Our protocol, the one our training writes transcripts in: the checkpoint's own pixel budget, the
     processor alone resizes, the robust parser (``GET_CROPS: ['0', '5']`` and its variants), EXIF
@@ -95,6 +96,9 @@ class ProtocolSettings:
     multi_image: str = "full_pass"
     # top_p when a task samples (temperature > 0) and sets none; the released file defaults it to 0.9.
     sampling_top_p: float | None = None
+    # Whether a task's ``do_sample: false`` makes decoding greedy whatever its temperature. The released
+    # file decides by temperature alone (temperature > 0 samples), so ``paper`` ignores ``do_sample``.
+    respect_do_sample: bool = True
 
     def __post_init__(self):
         for name, allowed in (("parser", PARSERS), ("image_path", IMAGE_PATHS), ("small_image", SMALL_IMAGE_POLICIES),
@@ -129,12 +133,12 @@ PRESETS: dict[str, ProtocolSettings] = {
         parser="released", image_path="qwen_vl_utils", min_pixels=RELEASED_MIN_PIXELS,
         max_pixels=RELEASED_MAX_PIXELS, exif_transpose=True, apply_until=False, small_image="rewrite",
         stop_tokens="tokenizer_eos", turn2_reply="retokenized", max_new_tokens=4096, color_conversion="pil",
-        suppress_vision_tokens=False, multi_image="first", sampling_top_p=0.9),
+        suppress_vision_tokens=False, multi_image="first", sampling_top_p=0.9, respect_do_sample=False),
     "awares": ProtocolSettings(),
 }
 DEFAULT_PRESET = "paper"
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(ProtocolSettings))
-_BOOL_SETTINGS = {"exif_transpose", "apply_until", "suppress_vision_tokens"}
+_BOOL_SETTINGS = {"exif_transpose", "apply_until", "suppress_vision_tokens", "respect_do_sample"}
 _INT_SETTINGS = {"min_pixels", "max_pixels", "max_new_tokens", "max_image_pixels"}
 _FRACTION_SETTINGS = {"lr_scale", "sampling_top_p"}  # in (0, 1]
 

@@ -51,6 +51,8 @@ class VLLMTransport:
         if max_model_len is not None:
             kwargs["max_model_len"] = int(max_model_len)
         self.llm = LLM(**kwargs)
+        # The engine's max_model_len (the checkpoint's window unless max_model_len lowered it).
+        self.context_window = getattr(getattr(self.llm.llm_engine, "model_config", None), "max_model_len", None)
         # Benchmarks only: empty the prefix cache before every call, so turn 2 cannot reuse turn 1.
         self.reset_before_each_call = False
 

@@ -16,7 +16,8 @@ Same arguments and subcommands as ``lmms-eval`` (it runs lmms-eval's own dispatc
   reported in one line (``lmms_eval: evaluation failed: bad --model_args: ...``) instead of
   lmms-eval's traceback (``--verbosity DEBUG`` keeps it).
 * a finished run in which some documents could not be answered (``on_error=record``, the default:
-  each such document is scored as an empty prediction and its cause logged) exits 3, after every
+  each such document is scored as an empty prediction and its cause logged) or scored (left out of
+  its task's metrics, ``scoring_error`` in its sample; see ``task_layer.py``) exits 3, after every
   file is written; 4 when no document at all could be answered (a server that was down, say).
 * output that is written or fails loudly: ``--output_path`` is checked for writing before the model
   loads (exit 1 at once), every results and samples file is read back after it is written (a file
@@ -201,7 +202,8 @@ def main(argv=None) -> int:
         return _ALL_DOCUMENTS_FAILED
     if watcher.document_errors:
         print(f"lmms_eval: evaluation finished, but {watcher.document_errors} document(s) could not be answered "
-              "(scored as empty predictions; causes in the samples' 'error' field and in the results' "
+              "or scored (an unanswered one is scored as an empty prediction, an unscorable one is left out of "
+              "its task's metrics; causes in the samples' 'error' / 'scoring_error' fields and in the results' "
               "config.awares_document_errors)", file=sys.stderr)
         return _DOCUMENT_ERRORS
     return status

@@ -1,6 +1,6 @@
-"""Small, documented patches of lmms-eval 0.7.3's private API.
+"""Small, documented patches of lmms-eval 0.7.3's private API (the one place that touches it).
 
-The first two patch ``TaskManager`` for the AwaRes task suite.
+The first two patch ``TaskManager`` for the AwaRes task suite and for local data.
 
 lmms-eval has no entry-point group for tasks, and when an ``--include_path`` task has the same
 name as a built-in one the built-in wins (``tasks/__init__.py``: ``{**tasks, **task_index}``).
@@ -21,11 +21,28 @@ the paper's. ``install()`` therefore patches two methods of ``lmms_eval.tasks.Ta
     one-path-only limit for this package.
 
 ``_get_config``
-    For a task whose YAML lives in ``tasks_config``, when the environment variable
-    ``AWARES_DATASETS_DIR`` is set, the hub dataset is replaced by ``$AWARES_DATASETS_DIR/<task>.parquet``
-    (``dataset_path: parquet``, ``data_files: {<split>: file}``, no ``dataset_name``). The
-    variable is read every time a task config is loaded, not at install time. A missing file
-    raises ``FileNotFoundError`` naming the path before any download is attempted.
+    The local-data switch, for any task: when the environment variable ``AWARES_DATASETS_DIR`` is set
+    and ``$AWARES_DATASETS_DIR/<task>.parquet`` exists, the task reads that file instead of its hub
+    dataset (``dataset_path: parquet``, ``data_files: {<test split>: file}``, no ``dataset_name``),
+    whatever its YAML says and for every model. The variable is read every time a task config is
+    loaded, not at install time. For a task of ``tasks_config`` a missing file raises
+    ``FileNotFoundError`` naming the path before any download is attempted; any other task without a
+    file keeps its hub dataset (logged).
+
+Three more put the task layer (``task_layer.py``) over every task an ``awares`` run loads:
+
+``ConfigurableTask.download``
+    When the task is built for a model that declares ``awares_task_layer`` (``TaskManager(model_name=
+    "awares")``, as every lmms-eval entry point builds it for ``--model awares``), the task's output type
+    is checked before its data is read, and the task is layered right after (uids stamped, ``rtr`` and
+    ``rtr_paper`` declared), so that even the one document lmms-eval's constructor tries is isolated.
+``ConfigurableTask.doc_to_text`` / ``doc_to_visual`` / ``doc_to_target`` / ``process_results`` / ``apply_filters``
+    On a layered task, each runs through ``task_layer``'s guard (the document's failure recorded, never
+    raised); on any other task, the original runs untouched.
+``lmms_eval.evaluator.evaluate``
+    With a model that declares ``awares_task_layer``: the failure ledger is cleared and every task and
+    group in the task dict is layered (tasks built by another ``TaskManager``, the Python API) before any
+    request is built.
 
 Two more patch how results are written (``_patch_evaluation_tracker``):
 
@@ -134,10 +151,12 @@ def offline_parquet(task_name: str) -> Path | None:
     return Path(root).expanduser().resolve() / f"{task_name}.parquet"
 
 
-def apply_offline_dataset(config: dict) -> dict:
-    """Point an AwaRes task config at its local parquet file when ``AWARES_DATASETS_DIR`` is set."""
+def apply_offline_dataset(config: dict, required: bool = True) -> dict:
+    """Point a task config at ``$AWARES_DATASETS_DIR/<task>.parquet`` when the variable is set. A missing
+    file is an error when ``required`` (the tasks of ``tasks_config``); otherwise the task keeps its hub
+    dataset, said in the log."""
     name = config.get("task")
-    if not isinstance(name, str):
+    if not isinstance(name, str):  # a group's config lists its tasks
         return config
     path = offline_parquet(name)
     if path is None:
@@ -147,6 +166,11 @@ def apply_offline_dataset(config: dict) -> dict:
                 f"and set {DATASETS_ENV}=DIR")
         return config
     if not path.is_file():
+        if not required:
+            from loguru import logger
+
+            logger.info(f"awares: {DATASETS_ENV} has no {path.name}: task '{name}' reads its hub dataset")
+            return config
         raise FileNotFoundError(
             f"{DATASETS_ENV} is set, but the data file for task '{name}' does not exist: {path} "
             f"(write it with `python -m awares_lmms.data.export_datasets --out {path.parent}`, "
@@ -190,8 +214,8 @@ def _patch_task_manager(task_manager_cls) -> None:
         config = original_get_config(self, name)
         entry = self.task_index.get(name) if isinstance(self.task_index, dict) else None
         yaml_path = entry.get("yaml_path", -1) if entry else -1
-        if isinstance(config, dict) and yaml_path != -1 and _inside_tasks_dir(yaml_path):
-            config = apply_offline_dataset(config)
+        if isinstance(config, dict) and yaml_path != -1:
+            config = apply_offline_dataset(config, required=_inside_tasks_dir(yaml_path))
         return config
 
     initialize_tasks.__wrapped__ = original_initialize
@@ -199,6 +223,96 @@ def _patch_task_manager(task_manager_cls) -> None:
     task_manager_cls.initialize_tasks = initialize_tasks
     task_manager_cls._get_config = _get_config
     setattr(task_manager_cls, _MARK, True)
+
+
+# ----------------------------------------------------------------------------- the task layer
+
+
+def _patch_configurable_task(task_cls) -> None:
+    """The task layer's entry points on ``ConfigurableTask`` (see the module docstring). Each wrapper
+    defers to the original on a task that is not layered."""
+    if getattr(task_cls, _MARK, False):
+        return
+    from awares_lmms.plugin import task_layer
+
+    originals = {name: getattr(task_cls, name) for name in
+                 ("download", "doc_to_text", "doc_to_visual", "doc_to_target", "process_results", "apply_filters")}
+
+    def download(self, *args, **kwargs):
+        wanted = task_layer.model_wants_layer(getattr(self, "model_name", None))
+        if wanted:
+            task_layer.check_output_type(self)  # before any data is read
+            _patch_evaluate()  # tasks are built inside simple_evaluate: the evaluator is loaded
+        outcome = originals["download"](self, *args, **kwargs)
+        if wanted:
+            task_layer.layer_task(self)
+        return outcome
+
+    def guard(name, guarded):
+        original = originals[name]
+
+        def method(self, *args, **kwargs):
+            if not task_layer.is_layered(self):
+                return original(self, *args, **kwargs)
+            return guarded(original, self, *args, **kwargs)
+
+        method.__name__ = name
+        method.__wrapped__ = original
+        return method
+
+    def apply_filters(self):
+        if not task_layer.is_layered(self) or not hasattr(self, "_filters"):
+            return originals["apply_filters"](self)
+        for ensemble in self._filters:
+            task_layer.guarded_filter(type(ensemble).apply, ensemble, self, self._instances, self.task_docs)
+        return None
+
+    download.__wrapped__ = originals["download"]
+    apply_filters.__wrapped__ = originals["apply_filters"]
+    task_cls.download = download
+    task_cls.apply_filters = apply_filters
+    task_cls.doc_to_text = guard("doc_to_text", task_layer.guarded_doc_to_text)
+    task_cls.doc_to_visual = guard("doc_to_visual", task_layer.guarded_doc_to_visual)
+    task_cls.doc_to_target = guard("doc_to_target", task_layer.guarded_doc_to_target)
+    task_cls.process_results = guard("process_results", task_layer.guarded_process_results)
+    setattr(task_cls, _MARK, True)
+
+
+def _patch_evaluate() -> None:
+    """``lmms_eval.evaluator.evaluate``: layer the task dict when the model declares the layer. Called
+    once the evaluator is fully imported; while it is still being imported (``evaluate`` not defined
+    yet) this waits for the next call."""
+    evaluator_module = sys.modules.get("lmms_eval.evaluator")
+    if evaluator_module is None:
+        import lmms_eval.evaluator as evaluator_module
+    if getattr(evaluator_module, "evaluate", None) is None or getattr(evaluator_module.evaluate, _MARK, False):
+        return
+    from awares_lmms.plugin import task_layer
+
+    original = evaluator_module.evaluate
+
+    def evaluate(*args, **kwargs):
+        lm = kwargs.get("lm", args[0] if args else None)
+        task_dict = kwargs.get("task_dict", args[1] if len(args) > 1 else None)
+        if task_layer.model_wants_layer(lm) and isinstance(task_dict, dict):
+            task_layer.clear()
+            task_layer.layer_groups(task_dict)
+        return original(*args, **kwargs)
+
+    evaluate.__wrapped__ = original
+    setattr(evaluate, _MARK, True)
+    evaluator_module.evaluate = evaluate
+
+
+def install_task_layer(evaluator: bool = True) -> None:
+    """Install the task layer's patches now. ``evaluator=False`` leaves ``evaluate`` to the first layered
+    task build (used while ``lmms_eval.tasks`` itself is being imported, possibly from inside the
+    evaluator's own import). The model class calls this when it is built. Idempotent."""
+    from lmms_eval.api.task import ConfigurableTask
+
+    _patch_configurable_task(ConfigurableTask)
+    if evaluator:
+        _patch_evaluate()
 
 
 class _PatchAfterExec(importlib.abc.Loader):
@@ -217,6 +331,7 @@ class _PatchAfterExec(importlib.abc.Loader):
             module.__spec__.loader = self._inner
         self._inner.exec_module(module)
         _patch_task_manager(module.TaskManager)
+        install_task_layer(evaluator=False)
 
     def __getattr__(self, item):
         return getattr(self._inner, item)
@@ -390,6 +505,7 @@ def install() -> None:
     module = sys.modules.get(_TARGET_MODULE)
     if module is not None and hasattr(module, "TaskManager"):
         _patch_task_manager(module.TaskManager)
+        install_task_layer(evaluator="lmms_eval.evaluator" in sys.modules)  # never imports it from here
         return
     if not any(isinstance(f, _DeferredPatchFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _DeferredPatchFinder())

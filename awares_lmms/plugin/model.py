@@ -27,15 +27,13 @@ from awares_lmms.core.backends import BACKENDS, ServingOptions, build_engine, se
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.loading import resolve_dtype
 from awares_lmms.core.vision_attention import attention_summary
-from awares_lmms.plugin import handoff, hooks
+from awares_lmms.plugin import handoff, hooks, task_layer
 from awares_lmms.plugin.journal import Journal, request_key
 
 # on_error: "record" answers a document that cannot be read or processed with an empty prediction,
 # records why in its sample, and the lmms_eval command exits 3 after writing everything; "fail" stops
 # the run at the first such document.
 ON_ERROR = ("record", "fail")
-# The question columns of the benchmark datasets (vstar calls it "text").
-QUESTION_COLUMNS = ("question", "text")
 
 # Batches are ordered by visual-token cost within windows of this many batches: a larger window pads
 # less but holds more decoded images in memory at once.
@@ -159,6 +157,9 @@ class AwaresLMM(lmms):
     """
 
     is_simple = False
+    # Every task this model answers gets the task layer (plugin/task_layer.py): uids, the per-sample
+    # fields, rtr/rtr_paper beside its metrics, and per-document isolation of its functions.
+    awares_task_layer = True
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
@@ -170,6 +171,7 @@ class AwaresLMM(lmms):
 
     def __init__(self, **model_args):
         super().__init__()
+        hooks.install_task_layer()
         args = ModelArguments.parse(model_args)
         self.args = args
         self.on_error = args.on_error
@@ -266,8 +268,8 @@ class AwaresLMM(lmms):
             raise ValueError("awares decodes greedily or by sampling; num_beams > 1 is not supported")
         do_sample = gen_kwargs.get("do_sample", False)
         temperature = float(gen_kwargs.get("temperature", 0) or 0)
-        if not do_sample and "do_sample" in gen_kwargs:
-            temperature = 0.0
+        if not do_sample and "do_sample" in gen_kwargs and self.resolved.settings.respect_do_sample:
+            temperature = 0.0  # paper: the released file reads the temperature alone
         max_new_tokens = self._max_new_tokens(gen_kwargs.get("max_new_tokens"))
         top_p = gen_kwargs.get("top_p")
         if temperature > 0 and top_p is None:
@@ -291,14 +293,17 @@ class AwaresLMM(lmms):
 
     def _read_document(self, ctx, to_messages, doc_id, task, split) -> Request:
         doc = self.task_dict[task][split][doc_id]
-        for column in QUESTION_COLUMNS:
-            # Prompt builders format a missing question as the text "None": refuse it instead.
-            if column in doc and (not isinstance(doc[column], str) or not doc[column].strip()):
-                raise ValueError(f"the document's question ({column}) is missing or empty: {doc[column]!r}")
-        messages = ChatMessages(messages=to_messages(doc))
+        messages = to_messages(doc)
+        # The task layer recorded why this document cannot be asked (a bad question, a task function
+        # that raised while the request was built): it is answered empty, the cause in its sample.
+        failure = task_layer.request_failure(f"{task}:{doc_id}")
+        if failure is not None:
+            raise ValueError(f"task {task}, doc {doc_id}: {failure}")
+        messages = ChatMessages(messages=messages)
         imgs, videos, audios = messages.extract_media()
         if videos or audios:
-            raise ValueError("awares handles images only, got video/audio input")
+            raise ValueError(f"task {task}, doc {doc_id}: awares answers image documents only, got "
+                             f"{len(videos)} video(s) and {len(audios)} audio input(s)")
         text = "\n".join(c.text for m in messages.messages if m.role == "user"
                          for c in m.content if c.type == "text")
         if not text.strip():
