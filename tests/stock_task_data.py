@@ -124,6 +124,7 @@ def mmerealworld(out: Path, faults: bool = False) -> Path:
                      "bytes": base64.b64encode(buf.getvalue()).decode()})
     if faults:
         rows[1]["question"] = None  # a question that is None
+        rows.append(dict(rows[0], index=2, bytes="this is not base64 image data"))  # doc_to_visual raises
     return _write(rows, Features({"index": Value("int64"), "question": S, "multi-choice options": List(S), "answer": S,
                                   "category": S, "l2-category": S, "bytes": S}), out / "mmerealworld.parquet")
 
@@ -135,6 +136,15 @@ BUILDERS = {"textvqa_val": textvqa_val, "infovqa_val": infovqa_val, "infovqa_tes
 def write_stock_tasks(out, faults: bool = False) -> dict[str, Path]:
     out = Path(out)
     return {name: build(out, faults) for name, build in BUILDERS.items()}
+
+
+def empty_first_answers(path) -> None:
+    """Rewrite a docvqa parquet with the first document's answers list emptied."""
+    dataset = datasets.load_dataset("parquet", data_files={"x": str(path)}, split="x")
+    rows = [dict(r, answers=[] if i == 0 else r["answers"]) for i, r in enumerate(dataset.cast_column(
+        "image", HFImage(decode=False)))]
+    features = dataset.features.copy()
+    _write(rows, features, Path(path))
 
 
 # ----------------------------------------------------------------------------- a user's own task

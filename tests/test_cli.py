@@ -46,6 +46,7 @@ PLUGIN = textwrap.dedent(
 
     class ScriptedLMM(lmms):
         is_simple = True
+        awares_task_layer = True  # its tasks get the task layer, as the awares model's do
 
         def __init__(self, crash=False, rtr=0.25, **kwargs):
             super().__init__()
@@ -204,7 +205,10 @@ def test_lmms_eval_suite_with_user_include_path(runs):
             assert set(STAT_KEYS) <= set(s), name
             assert s["rtr"] == 0.25 and s["mode"] == "scripted"
     assert res["awares_cli_extra"]["relaxed_overall,none"] == 1.0
-    assert "rtr,none" not in res["awares_cli_extra"]
+    # The user's own YAML declares no ratio: the task layer adds both, and the per-sample fields.
+    assert res["awares_cli_extra"]["rtr,none"] == pytest.approx(0.25)
+    assert res["awares_cli_extra"]["rtr_paper,none"] == pytest.approx(0.25)
+    assert all(set(STAT_KEYS) <= set(s) for s in _samples(out, "awares_cli_extra"))
     table = log.replace(" ", "")
     assert "|rtr|↓|0.25" in table and "|rtr_paper|↓|0.25" in table and "|visual_tokens_lr|" not in table
 
