@@ -33,13 +33,14 @@ PRIMARY = {"textvqa_val": "exact_match", "infovqa_val": "anls", "ai2d": "exact_m
 
 @pytest.fixture(scope="module")
 def clean_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("stock_clean")
+    out = tmp_path_factory.mktemp("stock_clean")
+    data.write_stock_tasks(out)
+    return out
 
 
 @pytest.fixture(scope="module")
 def tasks(clean_dir):
     """(layered, stock): the five stock tasks built for the awares model and for another model."""
-    data.write_stock_tasks(clean_dir)
     old = os.environ.get(hooks.DATASETS_ENV)
     os.environ[hooks.DATASETS_ENV] = str(clean_dir)
     try:
@@ -283,3 +284,55 @@ def test_lmms_eval_awares_on_stock_tasks_a_group_and_a_users_yaml(tmp_path, tiny
     assert "pope_accuracy" in samples[1] and samples[1]["rtr"] is not None
     assert samples[2]["image_notes"] == ["multi_image_first_of_2"]  # paper preset: the first image, noted
     assert "lmms_eval: evaluation finished, but 13 document(s) could not be answered or scored" in log
+
+
+# ----------------------------------------------------------------------------- the Python API
+
+
+def _scripted_model(layered: bool):
+    """A stand-in chat model for lmms-eval's evaluator (the real one is tested above and in test_cli): it
+    answers each document with its gold letter and records accounting under ``<task>:<doc_id>``."""
+    from lmms_eval.api.model import lmms
+
+    from awares_lmms.core import stats
+
+    class Scripted(lmms):
+        is_simple = False
+        awares_task_layer = layered
+
+        def generate_until(self, requests):
+            out = []
+            for req in requests:
+                _ctx, _messages, _gen, doc_id, task, split = req.args
+                handoff.record(f"{task}:{doc_id}", stats.SampleStats(rtr=0.5, rtr_paper=0.25, mode="scripted"))
+                out.append(self.task_dict[task][split][doc_id]["answer"])
+            return out
+
+        def loglikelihood(self, requests):
+            raise NotImplementedError
+
+        def generate_until_multi_round(self, requests):
+            raise NotImplementedError
+
+    return Scripted()
+
+
+def test_simple_evaluate_layers_tasks_of_an_unnamed_task_manager_and_leaves_baselines_alone(clean_dir, tmp_path,
+                                                                                          monkeypatch):
+    """The Python API: tasks built by a TaskManager that names no model are layered by ``evaluate`` when
+    the model declares the layer; a model that does not gets the stock task, untouched."""
+    from lmms_eval.evaluator import simple_evaluate
+
+    monkeypatch.setenv(hooks.DATASETS_ENV, str(clean_dir))
+    monkeypatch.chdir(tmp_path)
+    hooks.install_task_layer()
+    outcome = {}
+    for layered in (True, False):
+        outcome[layered] = simple_evaluate(model=_scripted_model(layered), tasks=["mmstar"],
+                                           task_manager=TaskManager("WARNING"), log_samples=True, bootstrap_iters=0)
+    ours, stock = outcome[True], outcome[False]
+    assert ours["results"]["mmstar"]["average,none"] == stock["results"]["mmstar"]["average,none"] == 1.0
+    assert ours["results"]["mmstar"]["rtr,none"] == 0.5 and ours["results"]["mmstar"]["rtr_paper,none"] == 0.25
+    assert "rtr,none" not in stock["results"]["mmstar"]
+    assert all(s["rtr"] == 0.5 and set(STAT_KEYS) <= set(s) for s in ours["samples"]["mmstar"])
+    assert not any("rtr" in s for s in stock["samples"]["mmstar"])

@@ -525,6 +525,12 @@ def test_export_reads_hub_sources_from_our_yamls():
     assert hub_source("chartqa") == {"path": "lmms-lab-encoder/ChartQA", "name": None, "split": "test"}
     assert hub_source("docvqa") == {"path": "lmms-lab-encoder/DocVQA", "name": "DocVQA", "split": "validation"}
     assert hub_source("vstar")["path"] == "lmms-lab-encoder/vstar-bench"
+    # Any lmms-eval task: its own YAML (includes resolved); a group is no single dataset.
+    assert hub_source("textvqa_val") == {"path": "lmms-lab-encoder/textvqa", "name": None, "split": "validation"}
+    assert hub_source("infovqa_val") == {"path": "lmms-lab-encoder/DocVQA", "name": "InfographicVQA",
+                                         "split": "validation"}
+    with pytest.raises(ValueError, match="'infovqa' is not a task"):
+        hub_source("infovqa")
     assert set(REQUIRED_COLUMNS) == set(TASK_NAMES)
     from awares_lmms.data import export_datasets
 

@@ -1,4 +1,5 @@
-"""Write the hub datasets of the six AwaRes benchmarks as ``<out>/<task>.parquet`` for offline runs.
+"""Write the hub datasets of the six AwaRes benchmarks (or of any lmms-eval task) as ``<out>/<task>.parquet``
+for offline runs.
 
     python -m awares_lmms.data.export_datasets --out DIR [--tasks chartqa,docvqa,...] [--limit N] [--token T]
 
@@ -78,12 +79,27 @@ def _yaml_loader():
 
 
 def hub_source(task: str) -> dict:
-    """``{path, name, split}`` of ``task``'s hub dataset, read from ``tasks_config/<task>.yaml``."""
+    """``{path, name, split}`` of ``task``'s hub dataset: from ``tasks_config/<task>.yaml`` for the six,
+    else from the YAML lmms-eval indexes under that task name (any built-in task; its includes
+    resolved). A name lmms-eval does not know raises ``ValueError`` naming it."""
 
     yaml_path = tasks_dir() / f"{task}.yaml"
-    with open(yaml_path, encoding="utf-8") as f:
-        config = yaml.load(f, Loader=_yaml_loader())
+    if yaml_path.is_file():
+        with open(yaml_path, encoding="utf-8") as f:
+            config = yaml.load(f, Loader=_yaml_loader())
+    else:
+        config = _lmms_eval_config(task)
     return {"path": config["dataset_path"], "name": config.get("dataset_name"), "split": config["test_split"]}
+
+
+def _lmms_eval_config(task: str) -> dict:
+    from lmms_eval import utils
+    from lmms_eval.tasks import TaskManager
+
+    entry = TaskManager("ERROR").task_index.get(task)
+    if not entry or entry.get("type") != "task" or entry.get("yaml_path", -1) == -1:
+        raise ValueError(f"'{task}' is not a task lmms-eval knows (a group or tag: name its tasks)")
+    return utils.load_yaml_config(entry["yaml_path"], mode="simple")
 
 
 def check_layout(dataset, task: str) -> None:
@@ -136,13 +152,14 @@ def _quiet_progress(quiet: bool):
 
 
 def export_task(task: str, out_dir, limit: int | None = None, token=None) -> Path:
-    """Download ``task``'s hub split and write ``<out_dir>/<task>.parquet``."""
+    """Download ``task``'s hub split and write ``<out_dir>/<task>.parquet`` (the six are checked for the
+    columns their stock code reads; any other task is written as the hub has it)."""
 
     src = hub_source(task)
     dataset = datasets.load_dataset(src["path"], name=src["name"], split=src["split"], token=token)
     if limit is not None and limit >= 0:
         dataset = dataset.select(range(min(int(limit), len(dataset))))
-    return write_dataset(dataset, Path(out_dir) / f"{task}.parquet", task=task)
+    return write_dataset(dataset, Path(out_dir) / f"{task}.parquet", task=task if task in TASK_NAMES else None)
 
 
 def _parse_tasks(values) -> list[str]:
@@ -151,9 +168,6 @@ def _parse_tasks(values) -> list[str]:
         names.extend(v.strip() for v in value.split(",") if v.strip())
     if not names:
         return list(TASK_NAMES)
-    unknown = [n for n in names if n not in TASK_NAMES]
-    if unknown:
-        raise SystemExit(f"unknown task(s) {unknown}; choose from {', '.join(TASK_NAMES)}")
     return list(dict.fromkeys(names))
 
 
@@ -163,7 +177,8 @@ def main(argv=None) -> int:
         description="Write the AwaRes benchmarks' hub datasets as <out>/<task>.parquet (for AWARES_DATASETS_DIR).",
     )
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--tasks", action="append", help=f"comma-separated subset of {','.join(TASK_NAMES)} (default: all)")
+    parser.add_argument("--tasks", action="append", help=f"comma-separated task names: the six ({','.join(TASK_NAMES)}, "
+                        "the default) or any lmms-eval task (e.g. textvqa_val,ai2d)")
     parser.add_argument("--limit", type=int, default=None, help="keep only the first N rows of each split")
     parser.add_argument(
         "--token",
