@@ -272,22 +272,24 @@ def guarded_doc_to_text(original, task, doc):
         return ""
 
 
-def guarded_doc_to_visual(original, task, doc):
-    uid = handoff.doc_uid(doc)
+def _isolated(original, task, doc, function: str, ledger: dict, fallback):
+    """``original(task, doc)``; an exception is recorded on the document in ``ledger`` and ``fallback``
+    returned instead."""
     try:
         return original(task, doc)
-    except Exception as exc:  # noqa: BLE001
-        _record(_REQUEST_FAILURES, uid, _describe("doc_to_visual", exc))
-        return []
+    except Exception as exc:  # noqa: BLE001 - the document's own problem, not the run's
+        _record(ledger, handoff.doc_uid(doc), _describe(function, exc))
+        return fallback
+
+
+def guarded_doc_to_visual(original, task, doc):
+    """A failure makes the document unaskable; no visual is handed on."""
+    return _isolated(original, task, doc, "doc_to_visual", _REQUEST_FAILURES, [])
 
 
 def guarded_doc_to_target(original, task, doc):
-    uid = handoff.doc_uid(doc)
-    try:
-        return original(task, doc)
-    except Exception as exc:  # noqa: BLE001
-        _record(_SCORING_FAILURES, uid, _describe("doc_to_target", exc))
-        return ""
+    """A failure makes the document unscorable (``guarded_process_results`` reads the ledger)."""
+    return _isolated(original, task, doc, "doc_to_target", _SCORING_FAILURES, "")
 
 
 # Option letters a prompt lists: "(A) ...", "A. ...", "A: ...", "A) ..." at a line start or after ", ",
