@@ -217,3 +217,62 @@ def test_synthetic_figures_are_redrawn_from_a_reproductions_table(tmp_path, vers
     missing = subprocess.run([sys.executable, "-m", "awares_lmms.report.synthetic", str(tmp_path / "none")],
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "table.json" in missing.stderr
+
+
+# ----------------------------------------------------------------------------- escaped output
+
+# Script and attribute payloads: each sets window.__pwned if it ever runs.
+PAYLOADS = ['<script>window.__pwned = "script"</script>', '"><img src=x onerror="window.__pwned=\'attr\'">',
+            "'><svg onload=\"window.__pwned='svg'\">", "</dd></dl><script>window.__pwned='close'</script>"]
+
+
+def _hostile_run(root: Path) -> Path:
+    """An lmms-eval output directory whose every text field, label source, error and image name is a payload."""
+    run = root / "hostile" / PAYLOADS[1].replace("/", "_")[:40]
+    run.mkdir(parents=True)
+    image = root / "page.png"
+    Image.new("RGB", (320, 240), (200, 180, 90)).save(image)
+    stamp = "20261207_000000"
+    samples = []
+    for i, payload in enumerate(PAYLOADS):
+        samples.append({"doc_id": i, "input": payload, "target": payload, "filtered_resps": [payload],
+                        "resps": [[payload]], "tool_call": payload, "error": payload if i % 2 else None,
+                        "crops": ["top-left"], "tool_call_status": "valid", "rtr": 0.3, "rtr_paper": 0.25,
+                        "image_size": [320, 240], "image_file": str(image), "pope_accuracy": {"score": 1.0}})
+    (run / f"{stamp}_samples_{PAYLOADS[0]}.jsonl".replace("/", "_")).write_text(
+        "".join(json.dumps(s) + "\n" for s in samples))
+    results = {"results": {PAYLOADS[0].replace("/", "_"): {"pope_accuracy,none": 1.0, "rtr,none": 0.3}},
+               "n-samples": {PAYLOADS[0].replace("/", "_"): {"original": 4, "effective": 4}},
+               "config": {"model": "awares", "model_args": f"pretrained={PAYLOADS[2]},mode={PAYLOADS[3]}",
+                          "awares_protocol": {"preset": PAYLOADS[0]},
+                          "awares_document_errors": {PAYLOADS[0].replace("/", "_"): [{"doc_id": 1, "error": PAYLOADS[1]}]}}}
+    (run / f"{stamp}_results.json").write_text(json.dumps(results))
+    return run
+
+
+@pytest.fixture(scope="module")
+def hostile_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    run = _hostile_run(root)
+    index = report.build([run, run], root / "out", labels=[PAYLOADS[1], None])
+    return index
+
+
+def test_every_rendered_text_is_escaped(hostile_report):
+    html = Path(hostile_report).read_text()
+    for payload in PAYLOADS:
+        for live in ("<script>window.__pwned", "onerror=\"window", "<svg onload", "<img src=x"):
+            assert live not in html
+    assert "&lt;script&gt;window.__pwned" in html and html.count("<script>") == 1  # the page's own script
+
+
+def test_no_injected_script_runs_in_a_real_browser(hostile_report, browser):
+    browser.get(Path(hostile_report).as_uri())
+    assert browser.execute_script("return window.__pwned === undefined")
+    cards = browser.find_elements("css selector", ".card")
+    assert len(cards) == 2 * len(PAYLOADS)
+    # The payloads show as text, character for character.
+    shown = {dd.text for card in cards for dd in card.find_elements("css selector", "dd")}
+    assert set(PAYLOADS) <= shown
+    assert browser.execute_script("return document.querySelectorAll('script').length") == 1
+    assert PAYLOADS[1] in browser.execute_script("return document.body.innerText")  # the label, as text

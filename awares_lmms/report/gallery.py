@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader
 from PIL import Image
 
 from awares_lmms.core import protocol
@@ -145,8 +145,14 @@ def cards(runs: list[Run], out_dir: Path, max_per_task: int | None = None) -> li
 
 def render(cards_: list[Card], title: str, tables: list[dict], figures: list[str]) -> str:
     """The page: each table is ``{"header": [...], "rows": [[...], ...]}`` (formatted cells); empty
-    tables are left out."""
-    env = Environment(loader=PackageLoader("awares_lmms.report", "templates"), autoescape=select_autoescape())
+    tables are left out.
+
+    Every value is HTML-escaped, whatever the template's file name: questions, answers, targets,
+    replies, errors, labels and file names come from model output and datasets, and the page is shared.
+    ``select_autoescape()`` matched only ``*.html``/``*.xml`` names, so ``gallery.html.j2`` was rendered raw
+    (a script injection). Markup the page means to emit would be wrapped in ``markupsafe.Markup`` here,
+    in this one place; today there is none."""
+    env = Environment(loader=PackageLoader("awares_lmms.report", "templates"), autoescape=True)
     template = env.get_template("gallery.html.j2")
     return template.render(title=title, cards=cards_, tables=[t for t in tables if t["rows"]], figures=figures,
                            tasks=sorted({c.task for c in cards_}), runs=sorted({c.run for c in cards_}))
