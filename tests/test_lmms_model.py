@@ -47,6 +47,26 @@ def test_unknown_and_invalid_model_args_fail_clearly(tiny_dir):
         AwaresLMM(pretrained=str(tiny_dir), device="cpu", dtype="int3")
 
 
+@pytest.mark.parametrize("arg_string, message", [
+    ("mode=lr,mode=full", "gives mode more than once"),  # lmms-eval kept the last one silently
+    ("max_pixels=200704,preset=awares,max_pixels=401408", "gives max_pixels more than once"),
+    ("crops=0;5", "crops=0;5 applies to mode=fixed only (mode is awares)"),  # silently ignored before
+    ("mode=lr,crops=top", "applies to mode=fixed only (mode is lr)"),
+])
+def test_repeated_or_ineffective_model_args_are_errors(tiny_dir, arg_string, message):
+    from awares_lmms.core.arguments import ArgumentError
+
+    with pytest.raises(ArgumentError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        AwaresLMM.create_from_arg_string(f"pretrained={tiny_dir},device=cpu,{arg_string}")
+
+
+def test_a_comma_inside_a_json_value_is_no_second_key():
+    from awares_lmms.plugin import hooks
+
+    assert hooks.repeated_model_args('pretrained=x,system_prompt=none,extra={"a":1,"pretrained":2}') == []
+    assert hooks.repeated_model_args("pretrained=x,device=cpu,device=cuda") == ["device"]
+
+
 def test_peft_adapter_is_merged(tiny_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2_5_VLForConditionalGeneration

@@ -56,6 +56,10 @@ Two more patch how results are written (``_patch_evaluation_tracker``):
 ``EvaluationTracker.save_results_samples``
     Reads the written samples file back: one parseable line per document, else an output problem.
 
+``repeated_model_args`` splits ``--model_args`` with ``lmms_eval.utils._smart_comma_split``, so that a key
+given twice (which lmms-eval's parser resolves silently, the last one winning) is found exactly as
+lmms-eval splits the string.
+
 Installed when an ``awares`` model is built, and by the ``lmms_eval`` command for every model (which
 then exits 1 on any output problem: stock lmms-eval only logs a warning).
 
@@ -493,6 +497,17 @@ def _patch_evaluation_tracker() -> None:
     EvaluationTracker.save_results_aggregated = save_results_aggregated
     EvaluationTracker.save_results_samples = save_results_samples
     setattr(EvaluationTracker, _TRACKER_MARK, True)
+
+
+def repeated_model_args(arg_string) -> list[str]:
+    """The keys a ``--model_args`` string names more than once, split exactly as lmms-eval splits it
+    (``lmms_eval.utils._smart_comma_split``: commas inside quotes or braces do not separate)."""
+    from lmms_eval.utils import _smart_comma_split
+
+    if not isinstance(arg_string, str) or not arg_string.strip():
+        return []
+    keys = [item.split("=", 1)[0].strip() for item in _smart_comma_split(arg_string.strip()) if "=" in item]
+    return sorted({k for k in keys if keys.count(k) > 1})
 
 
 def install_output_checks() -> None:

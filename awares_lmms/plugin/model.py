@@ -135,6 +135,10 @@ class ModelArguments:
         args.reuse_cache = arguments.boolean("reuse_cache", args.reuse_cache)
         args.trust_remote_code = arguments.boolean("trust_remote_code", args.trust_remote_code)
         args.save_images = Path(args.save_images).expanduser().resolve() if args.save_images else None
+        if args.crops not in (None, "", ()) and args.mode != "fixed":
+            # Only mode=fixed sends the given regions; in any other mode they would be ignored.
+            raise ArgumentError(f"crops={args.crops} applies to mode=fixed only (mode is {args.mode}); "
+                                "add mode=fixed or drop crops")
         try:
             args.crops = protocol.parse_crop_spec(args.crops) if args.crops not in (None, "", ()) else ()
             args.serving = serving_options(serving)
@@ -164,7 +168,11 @@ class AwaresLMM(lmms):
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
         """As lmms-eval's, except that ``batch_size`` may be given in ``--model_args`` too: there it
-        wins over ``--batch_size`` (which lmms-eval always passes, 1 by default)."""
+        wins over ``--batch_size`` (which lmms-eval always passes, 1 by default), and that a key given
+        twice is an error (lmms-eval keeps the last one silently)."""
+        repeated = hooks.repeated_model_args(arg_string)
+        if repeated:
+            raise ArgumentError(f"--model_args gives {', '.join(repeated)} more than once; give each once")
         args = utils.simple_parse_args_string(arg_string)
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
         return cls(**args, **extra)
