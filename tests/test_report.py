@@ -276,3 +276,61 @@ def test_no_injected_script_runs_in_a_real_browser(hostile_report, browser):
     assert set(PAYLOADS) <= shown
     assert browser.execute_script("return document.querySelectorAll('script').length") == 1
     assert PAYLOADS[1] in browser.execute_script("return document.body.innerText")  # the label, as text
+
+
+# ----------------------------------------------------------------------------- one-line errors
+
+
+def _one_sample_run(root: Path, sample) -> Path:
+    run = root / "run"
+    run.mkdir(parents=True)
+    (run / "20261207_000000_samples_pope.jsonl").write_text(json.dumps(sample) + "\n")
+    (run / "20261207_000000_results.json").write_text(json.dumps(
+        {"results": {"pope": {"pope_accuracy,none": 1.0}}, "config": {"model": "awares", "model_args": "pretrained=x"}}))
+    return run
+
+
+def _sample(**fields) -> dict:
+    return {"doc_id": 0, "input": "q", "target": "yes", "filtered_resps": ["yes"], "crops": ["top-left"],
+            "tool_call_status": "valid", "image_size": [320, 240], **fields}
+
+
+@pytest.mark.parametrize("case", ["not_an_object", "out_is_a_file", "missing_run"])
+def test_report_input_problems_end_in_one_line(tmp_path, capsys, case):
+    """Before: tracebacks (AttributeError on a line that is a JSON list, FileExistsError for --out)."""
+    run = _one_sample_run(tmp_path, ["a", "list"] if case == "not_an_object" else _sample())
+    out = tmp_path / "out"
+    if case == "out_is_a_file":
+        out.write_text("a file")
+    target = tmp_path / "nowhere" if case == "missing_run" else run
+    assert report.main([str(target), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("awares-report: ") and "Traceback" not in err
+    expected = {"not_an_object": "_samples_pope.jsonl:1: not a sample record (a JSON list)",
+                "out_is_a_file": str(out), "missing_run": "no lmms-eval results"}[case]
+    assert expected in err
+
+
+@pytest.mark.parametrize("case", ["unknown_region", "not_an_image", "image_is_a_directory"])
+def test_a_sample_the_report_cannot_draw_is_noted_on_its_card(tmp_path, capsys, case):
+    """Before: ``tuple.index(x): x not in tuple`` for a region name, ``UnidentifiedImageError`` for a
+    non-image: the whole report lost. Now the card says what it could not show, and so does stderr."""
+    fake = tmp_path / "image.png"
+    if case == "image_is_a_directory":
+        fake.mkdir()
+    else:
+        fake.write_bytes(b"not an image at all" if case == "not_an_image" else b"")
+        if case == "unknown_region":
+            Image.new("RGB", (320, 240)).save(fake)
+    sample = _sample(image_file=str(fake), crops=["top-left", "upper-middle"] if case == "unknown_region" else ["top-left"])
+    run = _one_sample_run(tmp_path, sample)
+    assert report.main([str(run), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    fragment = {"unknown_region": "unknown region name(s) ['upper-middle'] not drawn",
+                "not_an_image": "is not a readable image (UnidentifiedImageError)",
+                "image_is_a_directory": "is not a file"}[case]
+    assert fragment in err
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert fragment.replace("'", "&#39;") in html
+    if case == "unknown_region":
+        assert html.count('class="box"') == 1  # the known region is still drawn

@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     try:
         index = build(args.runs, args.out, args.label, paper_table.PAPER_ROWS if args.paper_rows else (),
                       args.ratio, args.max_samples)
-    except (FileNotFoundError, ValueError) as exc:  # a missing run, or a cut/unreadable file (named)
+    except (OSError, ValueError) as exc:  # a missing run, a cut/unreadable file, an --out that cannot be written
         print(f"awares-report: {exc}", file=sys.stderr)
         return 2
     print(f"[awares-report] open {index}")

@@ -11,6 +11,7 @@ and nothing but a browser.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,11 @@ class Card:
     original: str | None = None  # relative paths of the thumbnails
     lr_view: str | None = None
     crop_images: list = field(default_factory=list)
+
+    def note(self, problem: str) -> None:
+        """What the report could not show for this sample: on the card (with its error) and on stderr."""
+        self.error = f"{self.error}; report: {problem}" if self.error else f"report: {problem}"
+        print(f"awares-report: {self.run} {self.task} #{self.doc_id}: {problem}", file=sys.stderr)
 
 
 def sample_score(sample: dict, task: str) -> float | None:
@@ -107,11 +113,18 @@ def _save(image: Image.Image, out_dir: Path, name: str) -> str:
 
 def _images(card: Card, sample: dict, out_dir: Path) -> None:
     source = sample.get("image_file")
-    if not source or not Path(source).is_file():
+    if not source:
+        return
+    if not Path(source).is_file():
+        card.note(f"image_file {source} is not a file; no image shown")
         return
     key = hashlib.sha1(f"{card.run}|{card.task}|{card.doc_id}".encode()).hexdigest()[:12]
-    with Image.open(source) as img:
-        img.load()
+    try:
+        with Image.open(source) as img:
+            img.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        card.note(f"image_file {source} is not a readable image ({type(exc).__name__}); no image shown")
+        return
     card.original = _save(img, out_dir, f"{key}-original")
     lr = img.resize((max(1, img.width // 2), max(1, img.height // 2)), Image.Resampling.LANCZOS)
     card.lr_view = _save(lr, out_dir, f"{key}-lr")
@@ -137,7 +150,10 @@ def cards(runs: list[Run], out_dir: Path, max_per_task: int | None = None) -> li
                     tokens={k: sample.get(k) for k in ("visual_tokens_lr", "visual_tokens_crops",
                                                        "visual_tokens_full", "input_tokens", "output_tokens")},
                     error=sample.get("error"))
-                card.boxes = region_boxes(card.crops, sample.get("image_size"))
+                unknown = [c for c in card.crops if c != "all" and c not in protocol.REGION_NAMES]
+                if unknown:
+                    card.note(f"unknown region name(s) {unknown} not drawn")
+                card.boxes = region_boxes([c for c in card.crops if c not in unknown], sample.get("image_size"))
                 _images(card, sample, out_dir)
                 out.append(card)
     return out

@@ -60,7 +60,10 @@ def read_jsonl(path: Path) -> list[dict]:
             try:
                 line = raw.decode("utf-8")
                 if line.strip():
-                    records.append(json.loads(line))
+                    record = json.loads(line)
+                    if not isinstance(record, dict):
+                        raise ValueError(f"{path}:{lineno}: not a sample record (a JSON {type(record).__name__})")
+                    records.append(record)
             except UnicodeDecodeError as exc:
                 raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start})") from None
             except json.JSONDecodeError as exc:
