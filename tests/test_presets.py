@@ -67,6 +67,27 @@ def test_bad_declarations_fail_clearly(tmp_path):
     assert presets.read_declaration("no-such-org/no-such-model-xyz") is None  # offline or missing: none
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"max_new_tokens": 1e30}, "max_new_tokens must be <= 1048576"),  # accepted (and logged as 10^30) before
+    ({"max_pixels": 2 ** 40}, "max_pixels must be <= 2147483648"),
+    ({"max_new_tokens": "12x"}, "max_new_tokens must be an integer"),
+])
+def test_declared_numbers_are_checked_where_they_enter(tmp_path, settings, message):
+    (tmp_path / presets.DECLARATION_FILE).write_text(json.dumps({"awares_protocol": 1, "preset": "awares",
+                                                                 "settings": settings}))
+    with pytest.raises(ValueError, match=message):
+        presets.resolve(None, {}, presets.read_declaration(tmp_path))
+    with pytest.raises(ValueError, match=message):  # the same bound for --model_args
+        presets.resolve(None, {k: str(v) for k, v in settings.items()})
+
+
+def test_a_declaration_that_is_a_directory_is_an_error_not_no_declaration(tmp_path):
+    """Before: ignored, and the ``paper`` preset ran with no word."""
+    (tmp_path / presets.DECLARATION_FILE).mkdir()
+    with pytest.raises(presets.DeclarationError, match="is not a file"):
+        presets.read_declaration(tmp_path)
+
+
 def test_adapter_declaration_wins_over_its_base(tiny_dir, tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -34,8 +34,9 @@ def boolean(name: str, value) -> bool:
     raise ArgumentError(f"{name} must be one of {'/'.join(TRUE_WORDS + FALSE_WORDS)}, got {value!r}")
 
 
-def integer(name: str, value, minimum: int | None = None) -> int:
-    """A whole number (``8``, ``"8"``, ``8.0``); ``1.5``, ``"abc"`` and bools are errors."""
+def integer(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
+    """A whole number (``8``, ``"8"``, ``8.0``) within ``[minimum, maximum]``; ``1.5``, ``"abc"`` and bools
+    are errors."""
     if isinstance(value, bool):
         raise ArgumentError(f"{name} must be an integer, got {value!r}")
     try:
@@ -47,6 +48,8 @@ def integer(name: str, value, minimum: int | None = None) -> int:
     result = int(number)
     if minimum is not None and result < minimum:
         raise ArgumentError(f"{name} must be >= {minimum}, got {value!r}")
+    if maximum is not None and result > maximum:
+        raise ArgumentError(f"{name} must be <= {maximum}, got {value!r}")
     return result
 
 

@@ -140,6 +140,12 @@ DEFAULT_PRESET = "paper"
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(ProtocolSettings))
 _BOOL_SETTINGS = {"exif_transpose", "apply_until", "suppress_vision_tokens", "respect_do_sample"}
 _INT_SETTINGS = {"min_pixels", "max_pixels", "max_new_tokens", "max_image_pixels"}
+# Upper bounds of the integer settings: far above any real use, low enough that a typo or a float such
+# as 1e30 in a declaration is an error rather than a run that never ends (no Qwen-VL context holds 2^20
+# tokens; 2^31 pixels is a 46k x 46k image).
+MAX_NEW_TOKENS_LIMIT = 1 << 20
+_INT_MAXIMA = {"max_new_tokens": MAX_NEW_TOKENS_LIMIT, "min_pixels": 1 << 31, "max_pixels": 1 << 31,
+               "max_image_pixels": 1 << 31}
 _FRACTION_SETTINGS = {"lr_scale", "sampling_top_p"}  # in (0, 1]
 
 
@@ -153,7 +159,7 @@ def _coerce(name: str, value):
     if name in _BOOL_SETTINGS:
         return arguments.boolean(name, value)
     if name in _INT_SETTINGS:
-        return arguments.integer(name, value, minimum=1)
+        return arguments.integer(name, value, minimum=1, maximum=_INT_MAXIMA[name])
     if name in _FRACTION_SETTINGS:
         return arguments.number(name, value, minimum=0.0, exclusive=True, maximum=1.0)
     if not isinstance(value, str):
@@ -320,6 +326,9 @@ def read_declaration(pretrained: str | Path) -> dict | None:
     local = Path(str(pretrained)).expanduser()
     if local.is_dir():
         path = local / DECLARATION_FILE
+        if path.exists() and not path.is_file():
+            # A directory (or device) of that name is a broken checkpoint, not one that declares nothing.
+            raise DeclarationError(f"{path}: is not a file (a checkpoint's {DECLARATION_FILE} must be a JSON file)")
         if not path.is_file():
             return None
         return _load_declaration(path, str(path))

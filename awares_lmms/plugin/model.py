@@ -297,7 +297,7 @@ class AwaresLMM(lmms):
             return setting
         if task_value in (None, ""):
             return setting
-        return arguments.integer("the task's max_new_tokens", task_value, minimum=1)
+        return arguments.integer("the task's max_new_tokens", task_value, minimum=1, maximum=presets.MAX_NEW_TOKENS_LIMIT)
 
     def _read_document(self, ctx, to_messages, doc_id, task, split) -> Request:
         doc = self.task_dict[task][split][doc_id]
