@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from awares_lmms.core import images, presets
+from awares_lmms.core import arguments, images, presets
+from awares_lmms.core.backends import serving_options
 from awares_lmms.core.chat_engine import ChatEngine
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.loading import load_processor
@@ -48,6 +49,9 @@ class AwaResClient:
     def __init__(self, base_url: str, model: str, processor=None, preset: str | None = None,
                  api_key: str | None = None, mode: str = "awares", max_concurrency: int = 8, timeout: float = 600.0,
                  max_retries: int = 3, send_budget: str = "auto", **settings):
+        # Read as strictly as the plugin reads its --model_args (one reader: backends.serving_options).
+        opts = serving_options({"max_concurrency": max_concurrency, "timeout": timeout, "max_retries": max_retries,
+                                "send_budget": send_budget})
         source = processor if processor is None or isinstance(processor, (str, Path)) else None
         source = str(source or model)
         # A local folder or a hub id, read as the plugin reads it (the client once read folders only).
@@ -55,12 +59,19 @@ class AwaResClient:
         protocol = self.resolved.settings
         if processor is None or isinstance(processor, (str, Path)):
             processor = load_processor(source, protocol.min_pixels, protocol.max_pixels)
-        transport = OpenAITransport(base_url, model, api_key, max_concurrency, timeout, max_retries, send_budget)
+        transport = OpenAITransport(base_url, model, api_key, opts.max_concurrency, opts.timeout, opts.max_retries,
+                                    opts.send_budget)
         self.engine = ChatEngine(transport, processor, EngineConfig(mode=mode, protocol=protocol))
 
     def _settings(self, max_new_tokens: int | None, temperature: float) -> GenerationSettings:
-        return GenerationSettings(max_new_tokens=max_new_tokens or self.resolved.settings.max_new_tokens,
-                                  temperature=temperature)
+        """``max_new_tokens`` (None: the protocol's) and ``temperature`` checked as the plugin checks a task's:
+        0, negatives and non-numbers are errors, never a silent default or greedy decoding."""
+        if max_new_tokens is None:
+            max_new_tokens = self.resolved.settings.max_new_tokens
+        return GenerationSettings(
+            max_new_tokens=arguments.integer("max_new_tokens", max_new_tokens, minimum=1,
+                                             maximum=presets.MAX_NEW_TOKENS_LIMIT),
+            temperature=arguments.number("temperature", temperature, minimum=0.0))
 
     def ask(self, image, question: str, max_new_tokens: int | None = None,
             temperature: float = 0.0) -> tuple[str, SampleStats]:

@@ -108,6 +108,33 @@ def test_client_reports_an_unreachable_server_and_an_unreadable_image():
     assert answer == "" and trace.error.startswith("input: ValueError")
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"timeout": -1}, "timeout must be > 0.0"), ({"timeout": 0}, "timeout must be > 0.0"),
+    ({"max_concurrency": 0}, "max_concurrency must be >= 1"), ({"max_retries": -2}, "max_retries must be >= 0"),
+])
+def test_client_arguments_are_read_as_strictly_as_the_plugins(kwargs, message):
+    """Before: accepted, then every ask failed with 'Timeout value out of range' / 'Connection error.'."""
+    from awares_lmms.core.arguments import ArgumentError
+
+    with pytest.raises(ArgumentError, match=message):
+        AwaResClient(f"http://127.0.0.1:{free_port()}/v1", CHECKPOINT, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),  # silently became the default before
+    ({"max_new_tokens": -5}, "max_new_tokens must be >= 1"),  # sent to the server as is before
+    ({"max_new_tokens": 1.5}, "max_new_tokens must be an integer"),
+    ({"temperature": -1}, "temperature must be >= 0.0"),  # silently greedy before
+    ({"temperature": float("nan")}, "temperature must be a finite number"),
+])
+def test_client_ask_settings_are_checked_before_anything_is_sent(kwargs, message):
+    from awares_lmms.core.arguments import ArgumentError
+
+    client = AwaResClient(f"http://127.0.0.1:{free_port()}/v1", CHECKPOINT, max_retries=0, timeout=5)
+    with pytest.raises(ArgumentError, match=message):
+        client.ask(synthetic.generate(1, seed=0)[0].image, "What colour is the big shape?", **kwargs)
+
+
 # ----------------------------------------------------------------------------- the lmms_eval command
 
 
