@@ -199,8 +199,17 @@ def test_a_run_where_every_document_failed_has_its_own_exit_status(tiny_dir, tmp
 # ----------------------------------------------------------------------------- servers that answer nonsense
 
 
+# /<kind>/ answers "ok" with these usage blocks (None: no usage at all).
+USAGES = {"nousage": None, "emptyusage": {}, "strusage": {"prompt_tokens": 3, "completion_tokens": "3"},
+          "negusage": {"prompt_tokens": 3, "completion_tokens": -10}, "boolusage": {"prompt_tokens": True,
+          "completion_tokens": 1}, "hugeusage": {"prompt_tokens": 3, "completion_tokens": 10 ** 6},
+          "cachedover": {"prompt_tokens": 3, "completion_tokens": 1,
+                         "prompt_tokens_details": {"cached_tokens": 99501}}}
+
+
 class _FaultyServer(BaseHTTPRequestHandler):
-    """A loopback stub: /null/ answers content null, /html/ an HTML page with status 200, /text/ 'ok'."""
+    """A loopback stub: /null/ answers content null, /html/ an HTML page with status 200, /text/ 'ok', and
+    each kind of ``USAGES`` 'ok' with that usage block."""
 
     def do_POST(self):  # noqa: N802 - http.server's name
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -209,10 +218,13 @@ class _FaultyServer(BaseHTTPRequestHandler):
             body, ctype = b"<html><body>502 Bad Gateway (proxy)</body></html>", "text/html"
         else:
             content = None if kind == "null" else "ok"
-            body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                               "choices": [{"index": 0, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": content}}],
-                               "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}).encode()
+            reply = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": content}}],
+                     "usage": USAGES.get(kind, {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4})}
+            if reply["usage"] is None:
+                del reply["usage"]
+            body = json.dumps(reply).encode()
             ctype = "application/json"
         self.send_response(200)
         self.send_header("Content-Type", ctype)
@@ -259,6 +271,28 @@ def test_client_raises_on_a_null_answer_and_on_a_missing_question(faulty_server,
         client.ask(image, None)
     (answer, trace), = client.ask_many([(image, None)])
     assert answer == "" and "question must be a non-empty string" in trace.error
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("nousage", None), ("emptyusage", None),  # unknown counts: recorded as None, not 0
+    ("strusage", "usage.completion_tokens='3' is not a non-negative integer"),  # was recorded as "3"
+    ("negusage", "usage.completion_tokens=-10 is not a non-negative integer"),  # was -10
+    ("boolusage", "usage.prompt_tokens=True is not a non-negative integer"),
+    ("hugeusage", "usage.completion_tokens=1000000 is more than the request allowed (max_tokens 8)"),
+    ("cachedover", "cached_tokens=99501 is more than usage.prompt_tokens=3"),  # prefill_tokens_turn2 was -99498
+])
+def test_server_counts_are_checked_where_they_enter(faulty_server, tiny_dir, kind, message):
+    from awares_lmms.client import AwaResClient, AwaResRequestError
+
+    client = AwaResClient(f"{faulty_server}/{kind}/v1", "m", processor=str(tiny_dir), preset="awares", max_retries=0,
+                          timeout=10, send_budget="none")
+    if message is None:
+        answer, trace = client.ask(_noise(200, 150), "What is it?", max_new_tokens=8)
+        assert answer == "ok" and trace.output_tokens is None and trace.error is None
+    else:
+        with pytest.raises(AwaResRequestError) as err:
+            client.ask(_noise(200, 150), "What is it?", max_new_tokens=8)
+        assert message in err.value.trace.error and err.value.trace.error.startswith("server (turn 1): ")
 
 
 def test_a_turn2_failure_keeps_the_turn1_request(faulty_server, tiny_dir):

@@ -94,6 +94,26 @@ class ChatEngine(TwoTurnProtocol):
             row.stats.prompt_tokens_check = "ok"
 
     @staticmethod
+    def _usage_problem(completion: Completion, settings: GenerationSettings) -> str | None:
+        """What is wrong with the counts a server reported, or None. Checked where they enter: a count must
+        be a non-negative integer (not a string, not a bool), the completion no longer than the request
+        allowed (``max_new_tokens``, plus the stop token some servers count), and the cached prefix no
+        longer than the prompt. Missing counts are fine: they are recorded as unknown (None)."""
+        fields = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+                  "prompt_tokens_details.cached_tokens": completion.cached_tokens}
+        for name, value in fields.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                return f"usage.{name}={value!r} is not a non-negative integer"
+        if completion.completion_tokens is not None and completion.completion_tokens > settings.max_new_tokens + 1:
+            return (f"usage.completion_tokens={completion.completion_tokens} is more than the request allowed "
+                    f"(max_tokens {settings.max_new_tokens})")
+        if None not in (completion.cached_tokens, completion.prompt_tokens) and \
+                completion.cached_tokens > completion.prompt_tokens:
+            return (f"usage.prompt_tokens_details.cached_tokens={completion.cached_tokens} is more than "
+                    f"usage.prompt_tokens={completion.prompt_tokens}")
+        return None
+
+    @staticmethod
     def _fail(row: Row, turn: int, error: str) -> None:
         row.stats.error = f"server (turn {turn}): {error}"
         row.stats.tool_call_status = "error"
@@ -123,11 +143,12 @@ class ChatEngine(TwoTurnProtocol):
         completions = self.transport.complete(conversations, settings, self._pixel_budget()) if asked else []
         for i, completion in zip(asked, completions):
             row = rows[i]
-            if completion.error is not None:
-                self._fail(row, 1, completion.error)
+            problem = completion.error or self._usage_problem(completion, settings)
+            if problem is not None:
+                self._fail(row, 1, problem)
                 continue
             row.turn1_text = completion.text
-            row.stats.output_tokens = completion.completion_tokens or 0
+            row.stats.output_tokens = completion.completion_tokens  # None: the server did not say
             row.stats.cached_tokens_turn1 = completion.cached_tokens
             self._check(row, 1, row.stats.input_tokens, completion)
         return None
@@ -142,8 +163,9 @@ class ChatEngine(TwoTurnProtocol):
         for i, completion in zip(todo, completions):
             row = rows[i]
             row.stats.visual_tokens_crops = sum(self.budget.tokens(*im.size) for im in row.turn2_images)
-            if completion.error is not None:
-                self._fail(row, 2, completion.error)
+            problem = completion.error or self._usage_problem(completion, settings)
+            if problem is not None:
+                self._fail(row, 2, problem)
                 continue
             reply = row.turn2_reply if row.turn2_reply is not None else row.turn1_text
             text = (self._turn1_text(len(row.turn1_images), row.req.question) + reply + END_OF_TURN
@@ -155,5 +177,7 @@ class ChatEngine(TwoTurnProtocol):
             row.stats.prefill_tokens_turn2 = prompt - (completion.cached_tokens or 0)
             # As the hf backend counts it: the model's own turn-1 reply is output, not input.
             row.stats.input_tokens = prompt - len(self.tokenizer(reply, add_special_tokens=False)["input_ids"])
-            row.stats.output_tokens += completion.completion_tokens or 0
+            if row.stats.output_tokens is not None:
+                row.stats.output_tokens = (None if completion.completion_tokens is None
+                                           else row.stats.output_tokens + completion.completion_tokens)
             row.answer = completion.text

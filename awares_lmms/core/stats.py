@@ -21,7 +21,7 @@ class SampleStats:
     min_pixels: int | None = None
     max_pixels: int | None = None
     input_tokens: int = 0
-    output_tokens: int = 0
+    output_tokens: int | None = 0  # None: a server did not report it (served backends)
     visual_tokens_lr: int = 0
     visual_tokens_crops: int = 0
     visual_tokens_full: int | None = None
