@@ -415,6 +415,59 @@ def test_a_killed_evaluation_resumes_to_identical_results(tiny_dir, tmp_path):
     assert rc == 1 and "was written by another run (it differs in ['mode'])" in log, log[-2000:]
 
 
+@pytest.mark.parametrize("change, differs", [
+    ("weights", "weights"),  # new weights written to the same checkpoint path
+    ("dtype", "dtype"),
+    ("server", "server"),  # another server or served model (backend=openai)
+    ("tokenizer_file", "weights"),  # a case beyond the named ones: a tokenizer file edited in place
+])
+def test_a_journal_is_refused_when_anything_that_changes_an_answer_changed(tiny_dir, tmp_path, change, differs):
+    """Round 3: before, the stale answers were replayed ('6 of 6 replayed'), exit 0. The identity is
+    ``core.identity.run_identity``: the journal refuses, naming what changed."""
+    import shutil
+
+    from awares_lmms.core.arguments import ArgumentError
+    from awares_lmms.plugin.model import AwaresLMM
+
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, checkpoint)
+    journal = tmp_path / "journal.jsonl"
+    base = {"pretrained": str(checkpoint), "device": "cpu", "journal": str(journal), "dtype": "float32"}
+    if change == "server":
+        base.update(backend="openai", base_url="http://127.0.0.1:9/v1")
+    AwaresLMM(**base)  # writes the journal's identity
+    AwaresLMM(**base)  # the same run again: accepted
+    if change == "weights":
+        weights = checkpoint / "model.safetensors"
+        weights.write_bytes(weights.read_bytes())  # same bytes, written anew: a new file on disk
+        os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    elif change == "tokenizer_file":
+        (checkpoint / "tokenizer_config.json").write_text((checkpoint / "tokenizer_config.json").read_text() + " ")
+    elif change == "dtype":
+        base["dtype"] = "bfloat16"
+    else:
+        base["base_url"] = "http://127.0.0.1:10/v1"
+    with pytest.raises(ArgumentError, match=rf"was written by another run \(it differs in \[.*'{differs}'"):
+        AwaresLMM(**base)
+
+
+def test_weights_identity_of_a_7b_sized_checkpoint_is_stable(tmp_path):
+    """Four 4 GB shards (sparse): identified from sizes and times, the same twice (its cost is printed by
+    ``python -m awares_lmms.core.identity DIR``)."""
+    from awares_lmms.core import identity
+
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(4):
+        with (big / f"model-0000{i}-of-00004.safetensors").open("wb") as f:
+            f.truncate(4 * 1024 ** 3)
+    (big / "config.json").write_text("{}")
+    first = identity.weights_identity(big)
+    assert first["files"] == 5 and identity.weights_identity(big) == first
+    (big / "config.json").write_text("{ }")
+    assert identity.weights_identity(big) != first
+
+
 def test_a_cut_journal_line_is_dropped_and_the_rest_reused(tmp_path):
     from awares_lmms.core.engine import Request, Result
     from awares_lmms.core.stats import SampleStats
@@ -696,7 +749,13 @@ def test_table1_reuses_a_row_only_for_the_same_command_and_limit(tmp_path):
 
     from awares_lmms.tools import table1
 
-    args = SimpleNamespace(base="base-ckpt", awares="awares-ckpt", device="cpu", dtype="float32", crops="3",
+    from awares_lmms.core import identity
+    from awares_lmms.tools import table1
+
+    checkpoint = tmp_path / "awares-ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"weights v1")
+    args = SimpleNamespace(base="base-ckpt", awares=str(checkpoint), device="cpu", dtype="float32", crops="3",
                            preset=None, model_args=None, tasks="pope,vstar", batch_size=1, out=str(tmp_path),
                            limit=None)
     cmd = table1.row_command("awares", args)
@@ -705,12 +764,16 @@ def test_table1_reuses_a_row_only_for_the_same_command_and_limit(tmp_path):
     model_args = cmd[cmd.index("--model_args") + 1]
 
     def write(name, **config):
-        (out / f"{name}_results.json").write_text(json.dumps(
-            {"results": {"pope": {}, "vstar": {}}, "config": {"model_args": model_args, "limit": None, **config}}))
+        config = {"model_args": model_args, "limit": None,
+                  "awares_identity": {"weights": identity.weights_identity(checkpoint)}, **config}
+        (out / f"{name}_results.json").write_text(json.dumps({"results": {"pope": {}, "vstar": {}}, "config": config}))
 
     write("a_limit1", limit=1)
-    write("b_other_checkpoint", model_args=model_args.replace("awares-ckpt", "other"))
+    write("b_other_checkpoint", model_args=model_args.replace(str(checkpoint), "other"))
     assert table1.matching_results(out.parent, cmd, None) is None
     assert table1.matching_results(out.parent, cmd, 1).name == "a_limit1_results.json"
     write("c_full")
     assert table1.matching_results(out.parent, cmd, None).name == "c_full_results.json"
+    # New weights written to the same path: the row is stale (round 3: it was reused before).
+    (checkpoint / "model.safetensors").write_bytes(b"weights v2, retrained")
+    assert table1.matching_results(out.parent, cmd, None) is None

@@ -361,6 +361,7 @@ class _DeferredPatchFinder(importlib.abc.MetaPathFinder):
 # ----------------------------------------------------------------------------- results config
 
 _RUN_PROTOCOL: dict = {}
+_RUN_IDENTITY: dict = {}
 _DOCUMENT_ERRORS: dict = {}
 _DOCUMENT_COUNT: dict = {}
 _OUTPUT_PROBLEMS: list = []
@@ -399,11 +400,14 @@ def document_errors() -> dict:
     return {task: list(items) for task, items in _DOCUMENT_ERRORS.items()}
 
 
-def record_run_protocol(summary: dict) -> None:
-    """Remember the resolved protocol of the ``awares`` model built in this process, and make sure the
-    results file lmms-eval writes next carries it as ``config.awares_protocol``."""
+def record_run_protocol(summary: dict, identity: dict | None = None) -> None:
+    """Remember the resolved protocol (and the run identity, ``core.identity``) of the ``awares`` model built
+    in this process, and make sure the results file lmms-eval writes next carries them as
+    ``config.awares_protocol`` and ``config.awares_identity``."""
     _RUN_PROTOCOL.clear()
     _RUN_PROTOCOL.update(summary)
+    _RUN_IDENTITY.clear()
+    _RUN_IDENTITY.update(identity or {})
     _patch_evaluation_tracker()
 
 
@@ -474,6 +478,7 @@ def _patch_evaluation_tracker() -> None:
         if _RUN_PROTOCOL and isinstance(results, dict):
             config = results.setdefault("config", {})
             config["awares_protocol"] = dict(_RUN_PROTOCOL)
+            config["awares_identity"] = json.loads(json.dumps(_RUN_IDENTITY, default=str))
             config["awares_document_errors"] = document_errors()
             config["awares_documents"] = _DOCUMENT_COUNT.get("total")
         datetime_str = _unique_datetime(datetime_str)

@@ -21,7 +21,7 @@ from lmms_eval.protocol import ChatMessages
 from loguru import logger as eval_logger
 from tqdm import tqdm
 
-from awares_lmms.core import arguments, presets, protocol
+from awares_lmms.core import arguments, identity, presets, protocol
 from awares_lmms.core.arguments import ArgumentError
 from awares_lmms.core.backends import BACKENDS, ServingOptions, build_engine, serving_options
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
@@ -224,20 +224,32 @@ class AwaresLMM(lmms):
         self.pretrained = args.pretrained
         self.protocol_summary = {**self.resolved.summary(), "min_pixels": self.engine.budget.min_pixels,
                                  "max_pixels": self.engine.budget.max_pixels}
-        hooks.record_run_protocol(self.protocol_summary)
+        run_identity = self.run_identity(torch_dtype)
+        hooks.record_run_protocol(self.protocol_summary, run_identity)
         self.journal = None
         if args.journal:
             # One file per process under accelerate: ranks answer disjoint shares of the documents.
             path = f"{args.journal}.rank{self._rank}" if self._world_size > 1 else args.journal
-            self.journal = Journal(path, {"pretrained": str(args.pretrained), "adapter": args.adapter,
-                                          "mode": args.mode, "crops": list(args.crops),
-                                          "system_prompt": args.system_prompt, "backend": args.backend,
-                                          "protocol": self.protocol_summary})
+            self.journal = Journal(path, run_identity)
         eval_logger.info(self.resolved.describe())
         eval_logger.info(f"awares: mode={args.mode} pixels=[{self.engine.budget.min_pixels}, "
                          f"{self.engine.budget.max_pixels}] backend={args.backend} dtype={torch_dtype} "
                          f"device={self._device} batch_size={self.batch_size_per_gpu}"
                          + (f" attention={attention_summary(self._model)}" if self._model is not None else ""))
+
+    def run_identity(self, torch_dtype) -> dict:
+        """Everything that can change an answer of this run (``core.identity``): a journal written under
+        another identity is refused, naming what differs."""
+        args = self.args
+        serving = args.serving
+        return identity.run_identity(
+            pretrained=args.pretrained, adapter=args.adapter, mode=args.mode, crops=list(args.crops),
+            system_prompt=args.system_prompt, backend=args.backend, dtype=str(torch_dtype),
+            attention=attention_summary(self._model) if self._model is not None else None,
+            reuse_cache=args.reuse_cache, static_cache=args.static_cache,
+            server=None if args.backend != "openai" else {"base_url": serving.base_url,
+                                                          "model": serving.model or args.pretrained},
+            protocol=self.protocol_summary)
 
     @property
     def model(self):

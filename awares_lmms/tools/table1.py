@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from awares_lmms.core import identity
 from awares_lmms.data import random_models
 from awares_lmms.report import paper_table, runs
 
@@ -68,9 +69,17 @@ def matching_results(out: Path, cmd: list[str], limit) -> Path | None:
             continue  # a cut file from a killed save: not a result
         config = data.get("config") or {}
         if (config.get("model_args") == _model_args(cmd) and config.get("limit") == limit
-                and tasks <= set(data.get("results") or {})):
+                and tasks <= set(data.get("results") or {}) and _same_weights(config, cmd)):
             return path
     return None
+
+
+def _same_weights(config: dict, cmd: list[str]) -> bool:
+    """Whether the row's checkpoint is still what it was when the row ran (``core.identity``): new weights
+    written to the same path make the row stale, and it is run again."""
+    args = dict(kv.split("=", 1) for kv in _model_args(cmd).split(",") if "=" in kv)
+    recorded = (config.get("awares_identity") or {}).get("weights")
+    return recorded is not None and recorded == identity.weights_identity(args.get("pretrained"))
 
 
 def run_rows(args) -> dict[str, runs.Run]:
