@@ -616,6 +616,32 @@ def _rows_source(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.mark.slow
+def test_a_smaller_max_samples_never_deletes_curated_rows(tiny_dir, tmp_path):
+    """Round 3: a rerun with max_samples 2 after a run of 4 shrank transcripts.jsonl to 2 records (rows
+    beyond the selection were taken for removed ones), and an SFT started next trained on 2 samples. Rows
+    are pruned only when the source really lost them."""
+    from tests.training.test_faults import ENV, REPO, _curate
+
+    for i in range(4):
+        _noise(200, 160, i).save(tmp_path / f"{i}.png")
+    rows = [{"question": f"What is in picture {i}?", "answer": a, "image": f"{i}.png"}
+            for i, a in enumerate(["red", "green", "blue", "grey"])]
+    source, out = _rows_source(tmp_path / "rows.jsonl", rows), tmp_path / "curated"
+
+    def curate(*extra) -> list[dict]:
+        proc = subprocess.run(_curate(out, tiny_dir, "--source", str(source), "--oracle", "dataset", "--no_box", "lr",
+                                      "--both_wrong", "lr", *extra), cwd=REPO, env=ENV, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [json.loads(line) for line in (out / "transcripts.jsonl").read_text().splitlines()]
+
+    assert len(curate()) == 4
+    assert len(curate("--max_samples", "2")) == 4  # a smaller selection keeps the other curated rows
+    _rows_source(source, rows[:3])  # the source really lost a row: its record goes
+    assert [t["question"] for t in curate()] == [r["question"] for r in rows[:3]]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("id_column", [None, "uid"])
 def test_curation_resume_notices_an_edited_and_an_inserted_row(tiny_dir, tmp_path, id_column):
     """Before: after an answer in the source was fixed, a rerun processed 0 rows and kept the old

@@ -187,11 +187,17 @@ class Curator:
         self._judge(usable)
         self._locate(usable)
         self._finalise(pending)
-        # Rows removed from the source leave no transcript behind, and a superseded one is gone.
-        current = {s.id for s in samples}
-        for store in (self.transcripts, self.log):
-            for sid in [sid for sid in store.records if sid not in current]:
-                del store.records[sid]
+        # Rows removed from the source leave no transcript behind, and a superseded one is gone. Only a run
+        # that read the whole source can tell: max_samples selects what is done, never what is kept.
+        limit = self.inputs.max_samples
+        if limit is None or len(samples) < limit:
+            current = {s.id for s in samples}
+            for store in (self.transcripts, self.log):
+                for sid in [sid for sid in store.records if sid not in current]:
+                    del store.records[sid]
+        else:
+            logger.info("max_samples=%d: this run read part of the source; the %d records of rows beyond it are "
+                        "kept", limit, len(set(self.transcripts.records) - {s.id for s in samples}))
         self.transcripts.compact()
         self.log.compact()
         return {"samples": len(samples), "processed": len(pending), "seconds": round(time.perf_counter() - t0, 1)}
