@@ -493,3 +493,15 @@ def test_benchmark_images_normalise_low_res_and_crops(path, recorded_size):
         assert crops[0].size == (max(100, w // 2), max(100, h // 2))  # W/2 x H/2, at least 100 px
     else:
         assert min(w, h) < 100
+
+
+@pytest.mark.parametrize("kind", ["device", "directory"])
+def test_an_image_path_that_is_no_regular_file_is_named_as_such(tmp_path, kind):
+    """Round 3: /dev/zero was reported as 'does not exist' (and a device could be read forever)."""
+    from awares_lmms.core import images
+
+    path = "/dev/zero" if kind == "device" else str(tmp_path)
+    with pytest.raises(ValueError, match="image path is not a regular file"):
+        images.decode_document_image(path)
+    with pytest.raises(ValueError, match="does not exist"):
+        images.decode_document_image(str(tmp_path / "missing.png"))

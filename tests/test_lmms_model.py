@@ -91,3 +91,15 @@ def test_bfloat16_two_turn_path_runs(tiny_dir):
     assert lm.model.dtype == torch.bfloat16
     (res,) = lm.engine.run([Request("q", [Image.new("RGB", (320, 240), "blue")])], GenerationSettings(max_new_tokens=2))
     assert res.stats.crops == ["bottom-right"] and res.stats.visual_tokens_crops > 0
+
+
+def test_save_images_that_cannot_be_a_directory_fails_before_the_model_loads(tmp_path):
+    """Round 3: a file given as save_images raised NotADirectoryError after the model had loaded."""
+    from awares_lmms.core.arguments import ArgumentError
+    from awares_lmms.plugin.model import ModelArguments
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for target in (blocker, blocker / "below_a_file"):
+        with pytest.raises(ArgumentError, match=f"save_images={target}: cannot be a directory"):
+            ModelArguments.parse({"pretrained": "org/name", "save_images": str(target)})

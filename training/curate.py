@@ -16,6 +16,7 @@ import logging
 from trl import TrlParser
 
 from training.curation.config import ARGUMENT_CLASSES
+from training.curation.inputs import SourceError
 from training.curation.lock import OutputLocked
 from training.curation.pipeline import Curator
 from training.curation.summary import format_summary, write_summary
@@ -27,7 +28,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=run.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         stats = Curator(inputs, answerer, judge, oracle, mapping, run).run()
-    except OutputLocked as exc:
+    except (OutputLocked, SourceError) as exc:
         raise SystemExit(f"curate: {exc}") from None
     summary = write_summary(run.output_dir)
     print(format_summary(summary))

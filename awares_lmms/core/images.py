@@ -194,6 +194,9 @@ def decode_document_image(cell, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Ima
             raise ValueError("the document's image file is empty (0 bytes)")
         stream = io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)):
+        if os.path.exists(source) and not os.path.isfile(source):
+            # A directory or a device (/dev/zero would be read forever): not an image file.
+            raise ValueError(f"the document's image path is not a regular file: {source}")
         if not os.path.isfile(source):
             raise ValueError(f"the document's image file does not exist: {source}")
         if os.path.getsize(source) == 0:

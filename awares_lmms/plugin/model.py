@@ -135,6 +135,12 @@ class ModelArguments:
         args.reuse_cache = arguments.boolean("reuse_cache", args.reuse_cache)
         args.trust_remote_code = arguments.boolean("trust_remote_code", args.trust_remote_code)
         args.save_images = Path(args.save_images).expanduser().resolve() if args.save_images else None
+        if args.save_images is not None:
+            try:  # before the model loads: a file in the way was a NotADirectoryError after it
+                args.save_images.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ArgumentError(f"save_images={args.save_images}: cannot be a directory of images "
+                                    f"({exc.strerror or type(exc).__name__})") from None
         if args.crops not in (None, "", ()) and args.mode != "fixed":
             # Only mode=fixed sends the given regions; in any other mode they would be ignored.
             raise ArgumentError(f"crops={args.crops} applies to mode=fixed only (mode is {args.mode}); "

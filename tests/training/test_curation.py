@@ -706,3 +706,25 @@ def test_sampled_lr_answers_relabel_lucky_guesses_on_the_synthetic_benchmark(tmp
         assert (r["label"] == "hr") == (r["label_reason"] in ("lr_correct_by_chance", "hr_only_correct"))
     hr = [json.loads(line) for line in (tmp_path / "k4" / "transcripts.jsonl").read_text().splitlines()]
     assert {t["answer"] for t in hr if t["label"] == "hr"} == {"horizontal", "vertical", "checkerboard"}
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_an_empty_source_is_named_as_empty(tmp_path, suffix):
+    """Round 3: an empty source read 'no question column among ...; the source has []'."""
+    source = tmp_path / f"rows{suffix}"
+    source.write_text("" if suffix == ".jsonl" else "[]")
+    with pytest.raises(ValueError, match=rf"the source {source} has no rows"):
+        load_samples(InputArguments(source=str(source)))
+
+
+def test_python_m_training_curate_reports_a_bad_source_in_one_line(tmp_path):
+    from training import curate
+
+    source = tmp_path / "rows.jsonl"
+    source.write_text("")
+    with pytest.raises(SystemExit) as err:
+        curate.main(["--source", str(source), "--output_dir", str(tmp_path / "out")])
+    assert str(err.value) == f"curate: --source {source}: the source {source} has no rows"
+    with pytest.raises(SystemExit, match="no question column among"):
+        source.write_text(json.dumps({"prompt": "q", "answer": "a", "image": "x.png"}) + "\n")
+        curate.main(["--source", str(source), "--output_dir", str(tmp_path / "out2")])

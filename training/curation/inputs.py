@@ -229,6 +229,8 @@ def _read_json_rows(path: Path) -> list[dict]:
 
 def _rows_to_samples(args: InputArguments, columns, n_rows: int, get_meta, get_image_cell,
                      base_dir: Path | None, source_name: str, get_raw_image=None) -> list[Sample]:
+    if n_rows == 0:
+        raise ValueError(f"the source {source_name} has no rows")
     q_col = _pick(columns, args.question_column, "question")
     a_col = _pick(columns, args.answer_column, "answer")
     _pick(columns, args.image_column, "image")
@@ -274,8 +276,23 @@ def _rows_to_samples(args: InputArguments, columns, n_rows: int, get_meta, get_i
     return samples
 
 
+class SourceError(ValueError):
+    """The curation source cannot be read (a missing or empty file, no such column, bad JSON): an
+    expected failure, reported by ``python -m training.curate`` in one line."""
+
+
 def load_samples(args: InputArguments) -> list[Sample]:
-    """Samples of the configured source, in source order, with unique ids."""
+    """Samples of the configured source, in source order, with unique ids. A source that cannot be read
+    raises ``SourceError`` naming it."""
+    try:
+        return _load_samples(args)
+    except SourceError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise SourceError(f"--source {args.source}: {exc}") from exc
+
+
+def _load_samples(args: InputArguments) -> list[Sample]:
     if args.box_format not in BOX_FORMATS:
         raise ValueError(f"box_format must be one of {BOX_FORMATS}")
     if args.source == "synthetic":
