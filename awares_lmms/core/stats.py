@@ -1,8 +1,8 @@
 """Per-sample statistics: what every answered request carries.
 
 ``SampleStats`` is the single list of the per-sample fields: the engine fills one per request, the
-lmms-eval plugin records it (``plugin/handoff.py``), the task hooks (``tasks_config/utils.py``) return
-its fields next to the benchmark's scores, so they land in every line of ``*_samples_<task>.jsonl``.
+lmms-eval plugin records it (``plugin/handoff.py``), the task layer (``plugin/task_layer.py``) returns
+its fields next to any task's scores, so they land in every line of ``*_samples_<task>.jsonl``.
 """
 
 from __future__ import annotations

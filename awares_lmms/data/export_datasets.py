@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 from pathlib import Path
@@ -92,11 +93,17 @@ def hub_source(task: str) -> dict:
     return {"path": config["dataset_path"], "name": config.get("dataset_name"), "split": config["test_split"]}
 
 
-def _lmms_eval_config(task: str) -> dict:
-    from lmms_eval import utils
+@functools.lru_cache(maxsize=1)
+def _lmms_eval_index() -> dict:
     from lmms_eval.tasks import TaskManager
 
-    entry = TaskManager("ERROR").task_index.get(task)
+    return TaskManager("ERROR").task_index
+
+
+def _lmms_eval_config(task: str) -> dict:
+    from lmms_eval import utils
+
+    entry = _lmms_eval_index().get(task)
     if not entry or entry.get("type") != "task" or entry.get("yaml_path", -1) == -1:
         raise ValueError(f"'{task}' is not a task lmms-eval knows (a group or tag: name its tasks)")
     return utils.load_yaml_config(entry["yaml_path"], mode="simple")
@@ -187,6 +194,15 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     tasks = _parse_tasks(args.tasks)
+    unknown = []
+    for task in tasks:  # every name checked before anything is downloaded
+        try:
+            hub_source(task)
+        except ValueError:
+            unknown.append(task)
+    if unknown:
+        raise SystemExit(f"unknown task(s) {unknown}: name tasks of tasks_config ({', '.join(TASK_NAMES)}) "
+                         "or of lmms-eval (e.g. textvqa_val)")
     failed = []
     for task in tasks:
         try:

@@ -1,9 +1,9 @@
 """How a document's statistics travel from the model to the task's scorer inside lmms-eval.
 
 lmms-eval scores each document in ``process_results(doc, results)`` without telling it which request
-produced the answer. The task's ``process_docs`` stamps every document with a stable id
+produced the answer. The task layer (``task_layer.py``) stamps every document with a stable id
 (``UID_COLUMN`` = ``"<task>:<row>"``); the model records each document's ``SampleStats`` under that id
-here; the task hook reads them when scoring. Both run in the same process (lmms-eval scores on each
+here; the layer's ``process_results`` reads them when scoring. Both run in the same process (lmms-eval scores on each
 rank before gathering), so a module-level dict is enough.
 """
 

@@ -390,8 +390,8 @@ class AwaresLMM(lmms):
                     errors.setdefault(task, []).append((doc_id, s.error))
                     if self.on_error == "fail":
                         raise RuntimeError(f"{task} doc {doc_id} could not be answered: {s.error} (on_error=fail)")
-                # The task's process_docs stamps "<task>:<row>" and rows are doc ids: the uid is known even
-                # when the document itself could not be read.
+                # The task layer stamps "<task>:<row>" and rows are doc ids: the uid is known even when the
+                # document itself could not be read.
                 if self.save_images is not None and out.original is not None:
                     s.image_file = self._save_image(out.original, task, doc_id)
                 handoff.record(f"{task}:{doc_id}", s)
