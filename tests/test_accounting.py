@@ -297,6 +297,8 @@ def test_retain_token_ratio_examples():
 def test_paper_ratio_examples():
     # A direct answer is 0.25 whatever the sizes; the LR view counts once per crop.
     assert paper_ratio((1700, 2200), (850, 1100), "none") == 0.25
+    # Round 3: another LR scale no longer reports the released 0.25 for a direct answer.
+    assert paper_ratio((1700, 2200), (425, 550), "none", lr_scale=0.25) == 0.0625
     assert paper_ratio((1920, 1080), (960, 540), "crops", [(0, 0, 960, 540)]) == 0.5
     assert paper_ratio((1920, 1080), (960, 540), "crops", [(0, 0, 960, 540), (0, 0, 1920, 540)]) == 1.25
     assert paper_ratio((1700, 2200), (850, 1100), "full") == 1.25

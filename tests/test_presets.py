@@ -43,6 +43,7 @@ def test_declaration_then_model_args_win_setting_by_setting(tmp_path):
     ({"min_pixels": 0}, "min_pixels must be >= 1"),
     ({"min_pixels": 2000000, "max_pixels": 1000000}, "min_pixels 2000000 > max_pixels"),
     ({"lr_scale": 1.5}, "lr_scale must be <= 1.0"),
+    ({"lr_scale": 1e-9}, r"lr_scale must be in \[0.03125, 1\]"),  # round 3: accepted, the LR view silently enlarged
     ({"exif_transpose": "maybe"}, "exif_transpose must be one of true/1/yes/false/0/no"),
     ({"max_new_tokens": "many"}, "max_new_tokens must be an integer"),
     ({"parsr": "robust"}, "unknown protocol settings"),

@@ -99,16 +99,17 @@ def retain_token_ratio(lr_tokens: int, crop_tokens: int, full_tokens: int) -> fl
 PAPER_RATIO_DIRECT = 0.25
 
 
-def paper_ratio(full_size, lr_size, turn2: str, boxes=(), small_image: bool = False) -> float:
+def paper_ratio(full_size, lr_size, turn2: str, boxes=(), small_image: bool = False, lr_scale: float = 0.5) -> float:
     """The ratio the released evaluation computes for one sample (``rtr_paper``), quirks included.
 
-    ``turn2`` is what was sent after turn 1: ``none`` (a direct answer: 0.25 whatever the sizes),
+    ``turn2`` is what was sent after turn 1: ``none`` (a direct answer: the released constant 0.25, which
+    is its LR scale 0.5 squared, whatever the sizes; under another ``lr_scale`` that scale squared),
     ``full`` (the whole original, after an unreadable request or ``all``: (W*H + LR px) / (W*H)) or
     ``crops`` (the sum over ``boxes`` of (box px + LR px), over W*H: the LR view is counted once per
     crop). A request on an image under 100 px on a side (``small_image``) counts 1.0.
     """
     if turn2 == "none":
-        return PAPER_RATIO_DIRECT
+        return PAPER_RATIO_DIRECT if lr_scale == 0.5 else lr_scale ** 2
     if small_image:
         return 1.0
     full = full_size[0] * full_size[1]

@@ -369,6 +369,6 @@ class TwoTurnProtocol:
     def _paper_ratio(self, row: Row) -> float:
         decision = row.decision
         if decision is None or decision.action == "answer":
-            return accounting.paper_ratio(row.original.size, row.lr_size, "none")
+            return accounting.paper_ratio(row.original.size, row.lr_size, "none", lr_scale=self.protocol.lr_scale)
         small = not protocol.can_crop(*row.original.size)
         return accounting.paper_ratio(row.original.size, row.lr_size, decision.action, row.crop_boxes, small)

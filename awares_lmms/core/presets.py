@@ -57,6 +57,7 @@ COLOR_CONVERSIONS = ("normalise", "pil")
 MULTI_IMAGE = ("full_pass", "first")
 
 DEFAULT_MAX_NEW_TOKENS = 128
+LR_SCALE_MIN = 1 / 32
 # The released evaluation's processor budget: 32 and 2048 visual tokens of 28x28 pixels.
 RELEASED_MIN_TOKENS, RELEASED_MAX_TOKENS = 32, 2048
 RELEASED_MIN_PIXELS = RELEASED_MIN_TOKENS * family.PRESET_PIXELS_PER_TOKEN ** 2
@@ -108,8 +109,10 @@ class ProtocolSettings:
             value = getattr(self, name)
             if value not in allowed:
                 raise ArgumentError(f"{name} must be one of {allowed}, got {value!r}")
-        if not 0 < self.lr_scale <= 1:
-            raise ArgumentError(f"lr_scale must be in (0, 1], got {self.lr_scale}")
+        if not LR_SCALE_MIN <= self.lr_scale <= 1:
+            # Below 1/32 the LR view of even a 4K photo is under ~128 px, smaller than any processor's
+            # minimum budget: it would be enlarged again and the scale would not be what runs.
+            raise ArgumentError(f"lr_scale must be in [{LR_SCALE_MIN}, 1], got {self.lr_scale}")
         if self.max_new_tokens < 1:
             raise ArgumentError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.sampling_top_p is not None and not 0 < self.sampling_top_p <= 1:
