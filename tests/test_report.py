@@ -260,9 +260,8 @@ def hostile_report(tmp_path_factory):
 
 def test_every_rendered_text_is_escaped(hostile_report):
     html = Path(hostile_report).read_text()
-    for payload in PAYLOADS:
-        for live in ("<script>window.__pwned", "onerror=\"window", "<svg onload", "<img src=x"):
-            assert live not in html
+    for live in ("<script>window.__pwned", "onerror=\"window", "<svg onload", "<img src=x"):
+        assert live not in html
     assert "&lt;script&gt;window.__pwned" in html and html.count("<script>") == 1  # the page's own script
 
 

@@ -336,3 +336,18 @@ def test_simple_evaluate_layers_tasks_of_an_unnamed_task_manager_and_leaves_base
     assert "rtr,none" not in stock["results"]["mmstar"]
     assert all(s["rtr"] == 0.5 and set(STAT_KEYS) <= set(s) for s in ours["samples"]["mmstar"])
     assert not any("rtr" in s for s in stock["samples"]["mmstar"])
+
+
+def test_a_tasks_own_doc_to_messages_that_raises_is_named_in_the_documents_failure(tiny_dir):
+    """A task may bring its own ``doc_to_messages`` (not the built-in one the layer guards): its failure
+    is still that document's, naming the task, the document and the function."""
+    from awares_lmms.plugin.model import AwaresLMM
+
+    lm = AwaresLMM(pretrained=str(tiny_dir), device="cpu")
+    lm.task_dict = {"own_messages": {"test": [{"question": "What is it?"}]}}
+
+    def doc_to_messages(doc):
+        raise RuntimeError("no image column in this row")
+
+    with pytest.raises(ValueError, match=r"^task own_messages, doc 0: doc_to_messages: RuntimeError: no image"):
+        lm._read_document("ctx", doc_to_messages, 0, "own_messages", "test")

@@ -95,10 +95,6 @@ def retain_token_ratio(lr_tokens: int, crop_tokens: int, full_tokens: int) -> fl
     return (lr_tokens + crop_tokens) / float(full_tokens)
 
 
-# The released evaluation's constant for a direct answer (the LR view is a quarter of the pixels).
-PAPER_RATIO_DIRECT = 0.25
-
-
 def paper_ratio(full_size, lr_size, turn2: str, boxes=(), small_image: bool = False, lr_scale: float = 0.5) -> float:
     """The ratio the released evaluation computes for one sample (``rtr_paper``), quirks included.
 
@@ -109,7 +105,7 @@ def paper_ratio(full_size, lr_size, turn2: str, boxes=(), small_image: bool = Fa
     crop). A request on an image under 100 px on a side (``small_image``) counts 1.0.
     """
     if turn2 == "none":
-        return PAPER_RATIO_DIRECT if lr_scale == 0.5 else lr_scale ** 2
+        return lr_scale ** 2  # the released constant 0.25 at its scale 0.5 (exact in floating point)
     if small_image:
         return 1.0
     full = full_size[0] * full_size[1]

@@ -295,7 +295,7 @@ class AwaresLMM(lmms):
         do_sample = gen_kwargs.get("do_sample", False)
         temperature = float(gen_kwargs.get("temperature", 0) or 0)
         if not do_sample and "do_sample" in gen_kwargs and self.resolved.settings.respect_do_sample:
-            temperature = 0.0  # paper: the released file reads the temperature alone
+            temperature = 0.0  # awares: do_sample false is greedy (paper: the temperature alone decides)
         max_new_tokens = self._max_new_tokens(gen_kwargs.get("max_new_tokens"))
         top_p = gen_kwargs.get("top_p")
         if temperature > 0 and top_p is None:
@@ -319,7 +319,10 @@ class AwaresLMM(lmms):
 
     def _read_document(self, ctx, to_messages, doc_id, task, split) -> Request:
         doc = self.task_dict[task][split][doc_id]
-        messages = to_messages(doc)
+        try:
+            messages = to_messages(doc)
+        except Exception as exc:  # a task's own doc_to_messages (the built-in one is guarded by the layer)
+            raise ValueError(f"task {task}, doc {doc_id}: doc_to_messages: {type(exc).__name__}: {exc}") from exc
         # The task layer recorded why this document cannot be asked (a bad question, a task function
         # that raised while the request was built): it is answered empty, the cause in its sample.
         failure = task_layer.request_failure(f"{task}:{doc_id}")

@@ -309,16 +309,25 @@ def listed_options(prompt: str) -> list[str]:
     return run if len(run) >= 2 else []
 
 
+def option_letter(target) -> str | None:
+    """The option letter a ground truth names (``"B"``, ``"(B)"``, ``"B."``), else None."""
+    if not isinstance(target, str):
+        return None
+    letter = target.strip().strip("()").strip(".")
+    return letter if len(letter) == 1 and letter.isupper() else None
+
+
 def unscorable(target, prompt: str | None) -> str | None:
-    """Why ground truth ``target`` cannot be scored, or None."""
+    """Why ground truth ``target`` cannot be scored, or None. ``prompt`` is read only for an option
+    letter (``option_letter``): it must be among the options the prompt lists, if it lists any."""
     if target is None:
         return "the ground truth is missing (None)"
     if isinstance(target, str):
         if not target.strip():
             return "the ground truth is an empty string"
-        letter = target.strip().strip("()").strip(".")
-        options = listed_options(prompt) if prompt else []
-        if len(letter) == 1 and letter.isupper() and options and letter not in options:
+        letter = option_letter(target)
+        options = listed_options(prompt) if prompt and letter else []
+        if options and letter not in options:
             return f"the ground truth {target!r} is not among the options the prompt lists ({', '.join(options)})"
         return None
     if isinstance(target, (list, tuple)):
@@ -340,9 +349,7 @@ def guarded_process_results(original, task, doc, results, **kwargs):
         target = task.doc_to_target(doc)
         problem = scoring_failure(uid) if uid is not None else None
         if problem is None:
-            prompt = None
-            if isinstance(target, str) and len(target.strip().strip("()").strip(".")) == 1:
-                prompt = task.doc_to_text(doc)
+            prompt = task.doc_to_text(doc) if option_letter(target) else None
             reason = unscorable(target, prompt)
             if reason is not None:
                 problem = f"doc_to_target: {reason}"
