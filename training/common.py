@@ -26,6 +26,7 @@ from transformers.trainer_utils import TrainOutput
 from trl import get_peft_config
 
 from awares_lmms.core import accounting, presets
+from awares_lmms.core.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def resume_checkpoint(training_args):
         return last
     problem = checkpoint_problem(Path(value)) if _CHECKPOINT.match(Path(value).name) else None
     if problem is not None:
-        raise ValueError(f"--resume_from_checkpoint {value}: {problem}")
+        raise InputError(f"--resume_from_checkpoint {value}: {problem}")
     return value
 
 
@@ -263,7 +264,7 @@ def load_processor(path: str, model_args, trust_remote_code: bool = False, min_p
 def load_model(path: str, model_args, trust_remote_code: bool = False):
     """The model to train, from ``ModelConfig`` (dtype, attention kernel, revision)."""
     if model_args.load_in_4bit or model_args.load_in_8bit:
-        raise ValueError("quantized (QLoRA) training is not supported here: the merged output needs full weights")
+        raise InputError("quantized (QLoRA) training is not supported here: the merged output needs full weights")
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     kwargs = {"revision": model_args.model_revision, "trust_remote_code": trust_remote_code, "dtype": dtype}
     if model_args.attn_implementation:

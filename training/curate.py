@@ -15,30 +15,31 @@ import logging
 
 from trl import TrlParser
 
+from awares_lmms.core import errors
 from training.curation.config import ARGUMENT_CLASSES
-from training.curation.inputs import SourceError
-from training.curation.lock import OutputLocked
 from training.curation.pipeline import Curator
+
+PROG = "training.curate"
 from training.curation.summary import format_summary, write_summary
 
 
 def main(argv=None) -> dict:
-    parser = TrlParser(ARGUMENT_CLASSES)
-    inputs, answerer, judge, oracle, mapping, run = parser.parse_args_and_config(argv)
+    """One curation run. An unreadable source or a locked output raises (``errors.ExpectedFailure``);
+    a run whose samples failed beyond ``max_failed_share`` exits 1 with the summary."""
+    parser = errors.short_usage(TrlParser(ARGUMENT_CLASSES), "python -m training.curate")
+    inputs, answerer, judge, oracle, mapping, run = errors.parse_arguments(
+        PROG, lambda: parser.parse_args_and_config(argv))
     logging.basicConfig(level=run.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        stats = Curator(inputs, answerer, judge, oracle, mapping, run).run()
-    except (OutputLocked, SourceError) as exc:
-        raise SystemExit(f"curate: {exc}") from None
+    stats = Curator(inputs, answerer, judge, oracle, mapping, run).run()
     summary = write_summary(run.output_dir)
     print(format_summary(summary))
     failed = summary["status"].get("failed", 0)
     share = failed / summary["samples"] if summary["samples"] else 1.0
     if summary["transcripts"] == 0:
-        raise SystemExit(f"curate: no transcript was written ({failed} of {summary['samples']} samples failed; "
+        raise SystemExit(f"{PROG}: no transcript was written ({failed} of {summary['samples']} samples failed; "
                          f"see {run.output_dir}/curation_log.jsonl)")
     if share > run.max_failed_share:
-        raise SystemExit(f"curate: {failed} of {summary['samples']} samples failed ({share:.0%} > max_failed_share "
+        raise SystemExit(f"{PROG}: {failed} of {summary['samples']} samples failed ({share:.0%} > max_failed_share "
                          f"{run.max_failed_share:.0%}); {summary['transcripts']} transcripts in "
                          f"{run.output_dir}/transcripts.jsonl, causes in curation_log.jsonl")
     print(f"done in {stats['seconds']}s ({stats['processed']} processed): {summary['transcripts']} transcripts "
@@ -47,4 +48,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    errors.exit_with(PROG, main)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from transformers import set_seed
 from trl import GRPOConfig, ModelConfig, TrlParser
 
-from awares_lmms.core import presets, protocol
+from awares_lmms.core import errors, presets, protocol
 from awares_lmms.data import random_models
 from training import common, rewards, transcripts
 from training.trainers.awares_grpo import AwaResGRPOTrainer
@@ -72,9 +72,9 @@ class GRPOScriptArguments:
 
 def check_arguments(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> None:
     if not script_args.transcripts:
-        raise ValueError("--transcripts is required (path to transcripts.jsonl)")
+        raise errors.InputError("--transcripts is required (path to transcripts.jsonl)")
     if not model_args.model_name_or_path:
-        raise ValueError("--model_name_or_path is required (the SFT output_dir, or tiny:DIR)")
+        raise errors.InputError("--model_name_or_path is required (the SFT output_dir, or tiny:DIR)")
     if training_args.beta == 0.0:
         logger.warning("beta=0: no KL to the SFT policy and no reference model (the paper regularises toward it)")
     steps_per_generation = training_args.steps_per_generation or training_args.gradient_accumulation_steps
@@ -96,7 +96,7 @@ def resolve_pixel_budget(script_args: GRPOScriptArguments, training_args: GRPOCo
     if training_args.use_vllm and (script_args.min_pixels is not None or script_args.max_pixels is not None):
         # vLLM expands images with the checkpoint's own processor: a different pixel budget here would
         # give the prompt a different number of image tokens than vLLM computes.
-        raise ValueError("a pixel budget other than the checkpoint processor's (min_pixels/max_pixels, given or "
+        raise errors.InputError("a pixel budget other than the checkpoint processor's (min_pixels/max_pixels, given or "
                          "declared) cannot be combined with use_vllm: save the starting checkpoint's processor with "
                          "the budget you want instead")
 
@@ -161,6 +161,12 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     return trainer
 
 
+def cli(argv=None):
+    """``python -m training.grpo``: the recipe and command line parsed by ``TrlParser``, then ``main``. A bad
+    argument, recipe or input file ends in one line (``awares_lmms.core.errors``)."""
+    parser = errors.short_usage(TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig)), "python -m training.grpo")
+    main(*errors.parse_arguments("training.grpo", lambda: parser.parse_args_and_config(argv)))
+
+
 if __name__ == "__main__":
-    parser = TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    errors.exit_with("training.grpo", cli)

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from awares_lmms.core import errors
+from awares_lmms.core.errors import InputError
 from awares_lmms.data import shipped_checkpoints
 from training import synthetic_base, synthetic_eval
 from training.synthetic_eval import evaluate_checkpoint, format_table, readme_table
@@ -88,10 +90,10 @@ class ReproductionConfig:
 
     def __post_init__(self):
         if self.benchmark not in BENCHMARKS:
-            raise ValueError(f"benchmark must be one of {sorted(BENCHMARKS)}, got {self.benchmark!r}")
+            raise InputError(f"benchmark must be one of {sorted(BENCHMARKS)}, got {self.benchmark!r}")
         spec = BENCHMARKS[self.benchmark]
         if self.family != "qwen2_5_vl" and (spec.base_from_v1 or self.export_assets):
-            raise ValueError(f"family={self.family} trains its own base: v1 only, and not into the shipped "
+            raise InputError(f"family={self.family} trains its own base: v1 only, and not into the shipped "
                              "(Qwen2.5-VL) assets")
         self.n_train = self.n_train or spec.n_train
         self.n_test = self.n_test or spec.n_test
@@ -318,4 +320,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    errors.exit_with("training.reproduce_synthetic", main)

@@ -34,6 +34,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from awares_lmms.core import protocol
+from awares_lmms.core.errors import InputError
 
 # Unpublished in the paper: placeholders, see the module docstring.
 ALPHA_MISS = 0.5
@@ -190,7 +191,7 @@ def get_reward_funcs(names, **params) -> list[Callable]:
     ``rewards/<name>`` logs."""
     unknown = [n for n in names if n not in REWARDS]
     if unknown:
-        raise ValueError(f"unknown reward functions {unknown}; available: {sorted(REWARDS)}")
+        raise InputError(f"unknown reward functions {unknown}; available: {sorted(REWARDS)}")
     return [functools.partial(REWARDS[n].func, **{k: params[k] for k in REWARDS[n].params if k in params})
             for n in names]
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from accelerate.utils import is_peft_model
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from awares_lmms.core import errors
 from awares_lmms.data import random_models
 from training import common, transcripts
 from training.trainers.weighted_sft import WeightedSFTTrainer
@@ -114,6 +115,12 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     return trainer
 
 
+def cli(argv=None):
+    """``python -m training.sft``: the recipe and command line parsed by ``TrlParser``, then ``main``. A bad
+    argument, recipe or input file ends in one line (``awares_lmms.core.errors``)."""
+    parser = errors.short_usage(TrlParser((SFTScriptArguments, SFTConfig, ModelConfig)), "python -m training.sft")
+    main(*errors.parse_arguments("training.sft", lambda: parser.parse_args_and_config(argv)))
+
+
 if __name__ == "__main__":
-    parser = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    errors.exit_with("training.sft", cli)

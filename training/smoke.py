@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from trl import GRPOConfig, ModelConfig, SFTConfig, TrlParser
 
+from awares_lmms.core import errors
 from awares_lmms.data import drawing, random_models
 from training import grpo, sft, transcripts
 from training.curation.store import save_png
@@ -175,4 +176,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    errors.exit_with("training.smoke", main)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from awares_lmms.core import family, images
+from awares_lmms.core import errors, family, images
+from awares_lmms.core.errors import InputError
 from awares_lmms.data import random_models, synthetic, synthetic2
 
 
@@ -58,7 +59,7 @@ def benchmark_module(name: str):
     """The generator module of a benchmark version: ``v1`` or ``v2``."""
     modules = {"v1": synthetic, "v2": synthetic2}
     if name not in modules:
-        raise ValueError(f"benchmark must be one of {sorted(modules)}, got {name!r}")
+        raise InputError(f"benchmark must be one of {sorted(modules)}, got {name!r}")
     return modules[name]
 
 
@@ -192,4 +193,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    errors.exit_with("training.synthetic_base", main)

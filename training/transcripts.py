@@ -31,8 +31,14 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from awares_lmms.core import images, protocol
+from awares_lmms.core.errors import InputError
 
 logger = logging.getLogger(__name__)
+
+
+class TranscriptError(InputError):
+    """A transcripts file that cannot be trained on (missing, a directory, bad lines): the message names
+    the file and line; ``python -m training.sft``/``grpo`` report it in one line."""
 
 
 def prompt_messages(question: str) -> list[dict]:
@@ -84,12 +90,14 @@ def read(path: str | Path, check_images: bool = True) -> list[dict]:
     """Records of a transcripts file, image paths made absolute.
 
     Every line is checked before training starts (a bad line, a missing field, an empty answer, a
-    missing image file or one that does not decode in full raises ``ValueError`` naming the line), so a
+    missing image file or one that does not decode in full raises ``TranscriptError`` naming the line), so a
     run never fails at step N over something that was wrong at step 0.
     """
     path = Path(path)
+    if path.is_dir():
+        raise TranscriptError(f"transcripts file {path} is a directory (give its transcripts.jsonl)")
     if not path.is_file():
-        raise ValueError(f"transcripts file not found: {path}")
+        raise TranscriptError(f"transcripts file not found: {path}")
     root = path.parent
     records, problems, seen, duplicates = [], [], {}, 0
     with path.open(encoding="utf-8") as f:
@@ -133,7 +141,7 @@ def read(path: str | Path, check_images: bool = True) -> list[dict]:
     if problems:
         shown = "\n  ".join(problems[:10])
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise ValueError(f"{len(problems)} unusable transcript line(s):\n  {shown}{more}")
+        raise TranscriptError(f"{len(problems)} unusable transcript line(s):\n  {shown}{more}")
     return records
 
 
@@ -145,13 +153,13 @@ def sft_dataset(path: str | Path) -> Dataset:
     """
     records = read(path)
     if not records:
-        raise ValueError(f"{path}: no transcripts")
+        raise TranscriptError(f"{path}: no transcripts")
     for rec in records:
         # TRL fills image placeholders in order and raises on a mismatch; failing here names the sample.
         placeholders = sum(1 for m in rec["messages"] if isinstance(m["content"], list)
                            for part in m["content"] if part.get("type") == "image")
         if placeholders != len(rec["images"]):
-            raise ValueError(f"{path}: sample {rec.get('id')!r} has {placeholders} image placeholders "
+            raise TranscriptError(f"{path}: sample {rec.get('id')!r} has {placeholders} image placeholders "
                              f"but {len(rec['images'])} image files")
     dataset = Dataset.from_dict({"messages": [rec["messages"] for rec in records],
                                  "images": [rec["images"] for rec in records]})
@@ -163,7 +171,7 @@ def grpo_dataset(path: str | Path, max_samples: int | None = None) -> Dataset:
     original image crops are cut from, the reference answer and the lr/hr label."""
     records = read(path)[:max_samples] if max_samples is not None else read(path)
     if not records:
-        raise ValueError(f"no transcripts in {path}")
+        raise TranscriptError(f"no transcripts in {path}")
     rows = [{
         "id": str(rec["id"]),
         "prompt": prompt_messages(rec["question"]),

@@ -10,12 +10,15 @@ not clearly one of them is a one-line ``ArgumentError`` naming the argument.
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
+from awares_lmms.core.errors import InputError
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
 
 
-class ArgumentError(ValueError):
+class ArgumentError(InputError):
     """A bad ``--model_args`` value: reported in one line, without a traceback, by the ``lmms_eval``
     command (``--verbosity DEBUG`` shows the traceback)."""
 
@@ -74,3 +77,22 @@ def number(name: str, value, minimum: float | None = None, exclusive: bool = Fal
 def optional(value) -> bool:
     """Whether a value means "not given" (``None``, ``""``, ``none``, ``null``)."""
     return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))
+
+
+def looks_like_path(name: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else (absolute, relative, home, deeper) is a path."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
+
+
+def checkpoint_location(what: str, name) -> None:
+    """A model or adapter location (``what`` names the argument): a hub id passes (the hub answers for
+    it); a local path must be an existing directory. Checked before anything loads, so a typo is one
+    line naming the argument rather than a hub error about repo ids."""
+    if not name:
+        return
+    text = str(name)
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ArgumentError(f"{what}={text}: a file, not a checkpoint directory")
+    if looks_like_path(text) and not path.exists():
+        raise ArgumentError(f"{what}={text}: no such file or directory")

@@ -20,6 +20,8 @@ import hashlib
 from importlib import metadata
 from pathlib import Path
 
+from awares_lmms.core import errors
+
 # Libraries whose version can change an answer (and this package).
 VERSIONED = ("awares-lmms", "lmms_eval", "transformers", "torch", "qwen-vl-utils", "pillow")
 
@@ -89,11 +91,19 @@ def cost_of(source, repeat: int = 5) -> float:
     return best
 
 
-if __name__ == "__main__":  # python -m awares_lmms.core.identity CHECKPOINT...: each identity and its cost
+def main(argv=None) -> int:
+    """``python -m awares_lmms.core.identity CHECKPOINT...``: each checkpoint's weights identity and what
+    computing it costs."""
     import json
     import sys
 
-    if len(sys.argv) < 2:
-        sys.exit("usage: python -m awares_lmms.core.identity CHECKPOINT [CHECKPOINT ...]")
-    for arg in sys.argv[1:]:
-        print(json.dumps(weights_identity(arg)), f"{cost_of(arg) * 1000:.2f} ms")
+    paths = list(sys.argv[1:] if argv is None else argv)
+    if not paths:
+        raise errors.InputError("usage: python -m awares_lmms.core.identity CHECKPOINT [CHECKPOINT ...]")
+    for path in paths:
+        print(json.dumps(weights_identity(path)), f"{cost_of(path) * 1000:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    errors.exit_with("awares_lmms.core.identity", main)

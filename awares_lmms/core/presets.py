@@ -36,6 +36,7 @@ from huggingface_hub import hf_hub_download
 
 from awares_lmms.core import arguments, family, images, protocol
 from awares_lmms.core.arguments import ArgumentError
+from awares_lmms.core.errors import InputError
 
 DECLARATION_FILE = "awares_protocol.json"
 DECLARATION_VERSION = 1
@@ -44,7 +45,7 @@ DECLARATION_VERSION = 1
 SOURCE_KEY = "_source"
 
 
-class DeclarationError(ValueError):
+class DeclarationError(InputError):
     """A checkpoint's ``awares_protocol.json`` is unreadable or declares a bad value (the message names
     the file)."""
 

@@ -30,6 +30,8 @@ import yaml
 from datasets import Features, Image, List, Value
 from datasets.table import embed_table_storage
 
+from awares_lmms.core import errors
+from awares_lmms.core.errors import InputError
 from awares_lmms.plugin.hooks import tasks_dir
 
 TASK_NAMES = ("chartqa", "docvqa", "ocrbench", "pope", "vstar", "realworldqa")
@@ -105,7 +107,7 @@ def _lmms_eval_config(task: str) -> dict:
 
     entry = _lmms_eval_index().get(task)
     if not entry or entry.get("type") != "task" or entry.get("yaml_path", -1) == -1:
-        raise ValueError(f"'{task}' is not a task lmms-eval knows (a group or tag: name its tasks)")
+        raise InputError(f"'{task}' is not a task lmms-eval knows (a group or tag: name its tasks)")
     return utils.load_yaml_config(entry["yaml_path"], mode="simple")
 
 
@@ -115,9 +117,9 @@ def check_layout(dataset, task: str) -> None:
 
     missing = [c for c in REQUIRED_COLUMNS[task] if c not in dataset.column_names]
     if missing:
-        raise ValueError(f"{task}: dataset lacks column(s) {missing}; has {dataset.column_names}")
+        raise InputError(f"{task}: dataset lacks column(s) {missing}; has {dataset.column_names}")
     if not isinstance(dataset.features["image"], Image):
-        raise TypeError(f"{task}: column 'image' must be an HF Image feature, got {dataset.features['image']!r}")
+        raise InputError(f"{task}: column 'image' must be an HF Image feature, got {dataset.features['image']!r}")
 
 
 def write_dataset(dataset, path, task: str | None = None) -> Path:
@@ -201,7 +203,7 @@ def main(argv=None) -> int:
         except ValueError:
             unknown.append(task)
     if unknown:
-        raise SystemExit(f"unknown task(s) {unknown}: name tasks of tasks_config ({', '.join(TASK_NAMES)}) "
+        raise InputError(f"unknown task(s) {unknown}: name tasks of tasks_config ({', '.join(TASK_NAMES)}) "
                          "or of lmms-eval (e.g. textvqa_val)")
     failed = []
     for task in tasks:
@@ -220,4 +222,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    errors.exit_with("awares_lmms.data.export_datasets", main)

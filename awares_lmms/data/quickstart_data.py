@@ -23,6 +23,8 @@ from pathlib import Path
 from datasets import Dataset, Value
 from PIL import Image, ImageDraw, ImageFilter
 
+from awares_lmms.core import errors
+from awares_lmms.core.errors import InputError
 from awares_lmms.data import drawing
 from awares_lmms.data.export_datasets import TASK_NAMES, features_for, write_dataset
 
@@ -344,7 +346,7 @@ def write_sample_set(out_dir, per_task: int = 4, seed: int = 0, tasks=None) -> d
     Deterministic in ``seed``. Returns ``{task: path}``.
     """
     if per_task < 1:
-        raise ValueError("per_task must be >= 1")
+        raise InputError("per_task must be >= 1")
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}
     for offset, task in enumerate(TASK_NAMES):
@@ -436,4 +438,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    errors.exit_with("awares_lmms.data.quickstart_data", main)

@@ -44,7 +44,8 @@ from transformers import (
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-from awares_lmms.core import protocol
+from awares_lmms.core import arguments, errors, protocol
+from awares_lmms.core.errors import InputError
 from awares_lmms.core.family import FAMILIES as FAMILY_FACTS
 
 # Qwen2.5-VL's added tokens, in the order of the real tokenizer (ids 151643..151664 there).
@@ -181,7 +182,7 @@ def build_model(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int
     """Random Qwen-VL of ``family``. ``sharpen`` > 1 scales the LM's weight matrices so logits are
     peaked: a flat random model hides position errors that a trained model would not forgive."""
     if family not in FAMILIES:
-        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+        raise InputError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     make_config, model_class = FAMILIES[family]
     config = make_config(ids, len(tokenizer), hidden, layers, vision_depth, vision_hidden, rope_theta)
@@ -218,24 +219,26 @@ def build(out: str | Path, seed: int = 0, sharpen: float = 1.0, family: str = "q
 TINY_SCHEME = "tiny"
 
 
-def resolve(spec: str | Path) -> str:
+def resolve(spec: str | Path, what: str = "model_name_or_path") -> str:
     """Model path for configs: ``tiny:DIR`` (Qwen2.5-VL) or ``tiny-<family>:DIR`` builds the tiny
-    checkpoint in DIR once; anything else (a hub id or a local path) is returned unchanged. Lets offline
-    recipes name a base model."""
+    checkpoint in DIR once; anything else (a hub id or a local path) is returned unchanged, once a local
+    path is known to be a directory (``arguments.checkpoint_location``; ``what`` names the argument in
+    its error). Lets offline recipes name a base model."""
     spec = str(spec)
     scheme, sep, rest = spec.partition(":")
     if not sep or not (scheme == TINY_SCHEME or scheme.startswith(TINY_SCHEME + "-")):
+        arguments.checkpoint_location(what, spec)
         return spec
     family = scheme[len(TINY_SCHEME) + 1:] or "qwen2_5_vl"
     if family not in FAMILIES:
-        raise ValueError(f"{spec!r}: unknown tiny family {family!r}; use tiny:DIR or one of "
+        raise InputError(f"{spec!r}: unknown tiny family {family!r}; use tiny:DIR or one of "
                          f"{', '.join(f'tiny-{f}:DIR' for f in sorted(FAMILIES))}")
     out = Path(rest)
     config = out / "config.json"
     if not config.exists():
         build(out, family=family)
     elif (found := json.loads(config.read_text()).get("model_type")) != family:
-        raise ValueError(f"{spec!r}: {out} already holds a {found} checkpoint, not {family}")
+        raise InputError(f"{spec!r}: {out} already holds a {found} checkpoint, not {family}")
     return str(out)
 
 
@@ -267,7 +270,7 @@ def full_size_config(family: str = "qwen2_5_vl", tokenizer=None):
     decode step, some 6 % of its weights). Timings are a little faster than the real model's for that;
     gpu_benchmark's roofline counts the built model's own parameters, so its ratios are unaffected."""
     if family not in FULL_SIZE:
-        raise ValueError(f"family must be one of {sorted(FULL_SIZE)}, got {family!r}")
+        raise InputError(f"family must be one of {sorted(FULL_SIZE)}, got {family!r}")
     tokenizer = tokenizer or build_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     shape, facts = FULL_SIZE[family], FAMILY_FACTS[family]
@@ -304,4 +307,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    errors.exit_with("awares_lmms.data.random_models", main)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from awares_lmms.core.errors import InputError
+
 SYNTHETIC_DIR = Path(__file__).resolve().parents[1] / "assets" / "synthetic"
 SYNTHETIC_CHECKPOINTS = ("base", "awares")
 ASSET_DIRS = {"v1": SYNTHETIC_DIR, "v2": SYNTHETIC_DIR.with_name("synthetic2")}
@@ -28,7 +30,7 @@ _FILES = ("config.json", "model.safetensors", "processor_config.json", "tokenize
 def synthetic_checkpoint(name: str, benchmark: str = "v1") -> Path:
     """Directory of a shipped synthetic checkpoint of benchmark ``v1`` or ``v2``, checked to be complete."""
     if benchmark not in CHECKPOINTS or name not in CHECKPOINTS[benchmark]:
-        raise ValueError(f"shipped synthetic checkpoints are {CHECKPOINTS}, got {name!r} of {benchmark!r}")
+        raise InputError(f"shipped synthetic checkpoints are {CHECKPOINTS}, got {name!r} of {benchmark!r}")
     path = ASSET_DIRS[benchmark] / name
     missing = [f for f in _FILES if not (path / f).is_file()]
     if missing:

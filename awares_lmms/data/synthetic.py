@@ -29,7 +29,7 @@ from datasets import Dataset, Features, Sequence, Value
 from datasets import Image as ImageFeature
 from PIL import Image, ImageDraw
 
-from awares_lmms.core import images, protocol
+from awares_lmms.core import errors, images, protocol
 
 SIZE = 224
 PATCH = 84
@@ -235,4 +235,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    errors.exit_with("awares_lmms.data.synthetic", main)

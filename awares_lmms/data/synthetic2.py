@@ -33,7 +33,7 @@ from datasets import Dataset, Features, Sequence, Value
 from datasets import Image as ImageFeature
 from PIL import Image, ImageDraw
 
-from awares_lmms.core import images, protocol
+from awares_lmms.core import errors, images, protocol
 from awares_lmms.data.synthetic import (
     COLOURS,
     SIZE,
@@ -252,4 +252,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    errors.exit_with("awares_lmms.data.synthetic2", main)

@@ -34,6 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from awares_lmms.core import errors
 from awares_lmms.core.arguments import ArgumentError
 from awares_lmms.core.presets import DeclarationError
 from awares_lmms.plugin import hooks
@@ -80,6 +81,11 @@ def _rank() -> int:
     return 0
 
 
+# What the one line says before the message, for the failures whose message alone does not say where
+# the fault is (a declaration's message names its file; --model_args are not at fault then).
+_FAILURE_KINDS = {ArgumentError: "bad --model_args: ", DeclarationError: "bad protocol declaration: "}
+
+
 class _RunWatcher:
     """Wraps ``lmms_eval.__main__.cli_evaluate_single`` and records how every run ended."""
 
@@ -101,17 +107,11 @@ class _RunWatcher:
                 return None, None
             try:
                 outcome = original(args)
-            except ArgumentError as exc:
+            except (errors.ExpectedFailure, OSError) as exc:
                 if getattr(args, "verbosity", None) == "DEBUG":
                     raise
                 # One line instead of lmms-eval's traceback (which --verbosity DEBUG keeps).
-                self.failures.append(f"bad --model_args: {exc}")
-                return None, None
-            except DeclarationError as exc:
-                if getattr(args, "verbosity", None) == "DEBUG":
-                    raise
-                # The message names the checkpoint's file; --model_args are not at fault.
-                self.failures.append(f"bad protocol declaration: {exc}")
+                self.failures.append(f"{_FAILURE_KINDS.get(type(exc), '')}{errors.describe(exc)}")
                 return None, None
             except SystemExit as exc:
                 # lmms-eval exits 0 for the `--tasks list*` listings and when --tasks is missing.
@@ -165,7 +165,12 @@ def _run_dispatch(argv: list[str]) -> int:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    # The run's own failures are reported by the watcher below; anything expected outside it (an
+    # unreadable --include_path, say) ends in one line too.
+    return errors.run("lmms_eval", lambda: _evaluate(list(sys.argv[1:] if argv is None else argv)))
+
+
+def _evaluate(argv: list[str]) -> int:
 
     hooks.install()
     tasks_dir = str(hooks.tasks_dir())

@@ -64,16 +64,6 @@ class AwaresTokenCounts(TokenCounts):
 resolve_protocol = presets.resolve_checkpoint
 
 
-def _looks_like_path(name: str) -> bool:
-    """A hub id is ``name`` or ``org/name``; anything else (absolute, relative, home, deeper) is a path."""
-    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
-
-
-def _check_local(name: str | None, what: str) -> None:
-    if name and _looks_like_path(str(name)) and not Path(str(name)).expanduser().exists():
-        raise ArgumentError(f"{what}={name}: no such file or directory")
-
-
 def _batch_size(value) -> int:
     if str(value).strip().lower().startswith("auto"):
         raise ArgumentError(f"batch_size must be a positive integer, got {value!r} ('auto' is not supported)")
@@ -127,8 +117,8 @@ class ModelArguments:
             raise ArgumentError(f"unknown --model_args for awares: {unknown}; see docs/evaluation.md for the list")
         if args.on_error not in ON_ERROR:
             raise ArgumentError(f"on_error must be one of {ON_ERROR}, got {args.on_error!r}")
-        _check_local(args.pretrained, "pretrained")
-        _check_local(args.adapter, "adapter")
+        arguments.checkpoint_location("pretrained", args.pretrained)
+        arguments.checkpoint_location("adapter", args.adapter)
         args.batch_size = _batch_size(args.batch_size)
         if args.system_prompt is not None and args.system_prompt not in _SYSTEM_PROMPTS:
             raise ArgumentError(f"system_prompt must be one of {sorted(_SYSTEM_PROMPTS)}, got {args.system_prompt!r}")

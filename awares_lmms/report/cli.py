@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from awares_lmms.core import errors
 from awares_lmms.report import figures, gallery, paper_table
 from awares_lmms.report.runs import Run, find_runs
 
@@ -102,14 +103,15 @@ def main(argv=None) -> int:
                              "(comparable with the paper), visual tokens, or both (the plot uses rtr_paper then)")
     parser.add_argument("--max-samples", type=int, help="gallery cards per run and benchmark (default: all)")
     args = parser.parse_args(argv)
-    try:
+
+    def report() -> int:
         index = build(args.runs, args.out, args.label, paper_table.PAPER_ROWS if args.paper_rows else (),
                       args.ratio, args.max_samples)
-    except (OSError, ValueError) as exc:  # a missing run, a cut/unreadable file, an --out that cannot be written
-        print(f"awares-report: {exc}", file=sys.stderr)
-        return 2
-    print(f"[awares-report] open {index}")
-    return 0
+        print(f"[awares-report] open {index}")
+        return 0
+
+    # A missing run, a cut or unreadable file, an --out that cannot be written: one line, exit 2.
+    return errors.run("awares-report", report)
 
 
 if __name__ == "__main__":

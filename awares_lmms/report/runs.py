@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from awares_lmms.core.errors import InputError
+
 # Stock lmms-eval names of the six benchmarks, mapped to ours (a baseline run with
 # ``--model qwen2_5_vl --tasks docvqa_val,vstar_bench`` lands in the same columns).
 TASK_ALIASES = {"docvqa_val": "docvqa", "vstar_bench": "vstar"}
@@ -62,12 +64,12 @@ def read_jsonl(path: Path) -> list[dict]:
                 if line.strip():
                     record = json.loads(line)
                     if not isinstance(record, dict):
-                        raise ValueError(f"{path}:{lineno}: not a sample record (a JSON {type(record).__name__})")
+                        raise InputError(f"{path}:{lineno}: not a sample record (a JSON {type(record).__name__})")
                     records.append(record)
             except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start})") from None
+                raise InputError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start})") from None
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not a complete JSON record ({exc.msg} at column {exc.colno}); "
+                raise InputError(f"{path}:{lineno}: not a complete JSON record ({exc.msg} at column {exc.colno}); "
                                  "the file was cut while it was written") from None
     return records
 
@@ -76,11 +78,11 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{exc.lineno}: not a complete results file ({exc.msg})") from None
+        raise InputError(f"{path}:{exc.lineno}: not a complete results file ({exc.msg})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: not an lmms-eval results file (a JSON {type(data).__name__})")
+        raise InputError(f"{path}: not an lmms-eval results file (a JSON {type(data).__name__})")
     return data
 
 

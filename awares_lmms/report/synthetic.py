@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from awares_lmms.core import errors
 from awares_lmms.report import figures
 
 
@@ -55,4 +56,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    errors.exit_with("awares_lmms.report.synthetic", main)

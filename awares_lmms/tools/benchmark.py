@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from awares_lmms.core import errors
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.hf_engine import TwoTurnEngine
 from awares_lmms.core.loading import load_model_and_processor
@@ -111,4 +112,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    errors.exit_with("awares_lmms.tools.benchmark", main)

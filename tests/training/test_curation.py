@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from training.curation.config import (
     OracleArguments,
 )
 from training.curation.crop_mapping import MappingRule, coverage, iou, map_boxes
-from training.curation.inputs import load_samples
+from training.curation.inputs import SourceError, load_samples
 from training.curation.json_reply import ReplyError
 from training.curation.retry import RetryPolicy, call_with_retries
 from training.curation.store import JsonlStore
@@ -718,13 +719,14 @@ def test_an_empty_source_is_named_as_empty(tmp_path, suffix):
 
 
 def test_python_m_training_curate_reports_a_bad_source_in_one_line(tmp_path):
+    from awares_lmms.core import errors
     from training import curate
 
     source = tmp_path / "rows.jsonl"
     source.write_text("")
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(SourceError, match=re.escape(f"--source {source}: the source {source} has no rows")):
         curate.main(["--source", str(source), "--output_dir", str(tmp_path / "out")])
-    assert str(err.value) == f"curate: --source {source}: the source {source} has no rows"
-    with pytest.raises(SystemExit, match="no question column among"):
-        source.write_text(json.dumps({"prompt": "q", "answer": "a", "image": "x.png"}) + "\n")
-        curate.main(["--source", str(source), "--output_dir", str(tmp_path / "out2")])
+    source.write_text(json.dumps({"prompt": "q", "answer": "a", "image": "x.png"}) + "\n")
+    # The command line's path: one line and exit 2 (tests/test_entry_points.py runs it as a process).
+    assert errors.run("training.curate", lambda: curate.main(
+        ["--source", str(source), "--output_dir", str(tmp_path / "out2")])) == errors.EXPECTED_EXIT

@@ -19,6 +19,7 @@ from typing import Callable
 import datasets
 from PIL import Image
 
+from awares_lmms.core.errors import InputError
 from awares_lmms.data import curation_samples
 
 from .config import BOX_FORMATS, InputArguments
@@ -276,7 +277,7 @@ def _rows_to_samples(args: InputArguments, columns, n_rows: int, get_meta, get_i
     return samples
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """The curation source cannot be read (a missing or empty file, no such column, bad JSON): an
     expected failure, reported by ``python -m training.curate`` in one line."""
 

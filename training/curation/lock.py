@@ -16,9 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+from awares_lmms.core.errors import ExpectedFailure
 
-class OutputLocked(RuntimeError):
-    """Another process holds the output directory."""
+
+class OutputLocked(ExpectedFailure, RuntimeError):
+    """Another process holds the output directory (an expected failure: reported in one line)."""
 
 
 class OutputLock:
