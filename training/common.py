@@ -187,15 +187,16 @@ def curated_lr_scale(transcripts_path: str | Path) -> float | None:
     return float(value) if value is not None else None
 
 
-def declare_protocol(output_dir: str | Path, written_by: str, start_checkpoint: str | None = None,
-                     transcripts: str | Path | None = None, **settings) -> Path:
-    """Write ``awares_protocol.json`` into a training output: the protocol its weights were trained in.
+def trained_protocol(start_checkpoint: str | None = None, transcripts: str | Path | None = None,
+                     **settings) -> tuple[presets.ProtocolSettings, str]:
+    """The protocol a training output is trained in, and its preset name.
 
     Starts from the starting checkpoint's declaration when it has one, else from the ``awares`` preset
     (our transcripts' format: the robust parser, the processor's own resize, EXIF applied); the LR scale
     comes from the curation run that made the transcripts; ``settings`` that are not None (the training
-    pixel budget, GRPO's fallback policy) replace the rest. The evaluator reads it, so a trained model is
-    evaluated the way it was trained.
+    pixel budget, GRPO's fallback policy) replace the rest. GRPO's rollout decides turn 2 under these
+    settings, and ``declare_protocol`` writes them, so a trained model is evaluated the way it was
+    trained.
     """
     declared = presets.resolve_declared(start_checkpoint) if start_checkpoint else None
     base = declared.settings if declared else presets.PRESETS["awares"]
@@ -204,7 +205,14 @@ def declare_protocol(output_dir: str | Path, written_by: str, start_checkpoint: 
         lr_scale = curated_lr_scale(transcripts)
         if lr_scale is not None:
             settings.setdefault("lr_scale", lr_scale)
-    base = dataclasses.replace(base, **{k: v for k, v in settings.items() if v is not None})
+    return dataclasses.replace(base, **{k: v for k, v in settings.items() if v is not None}), preset
+
+
+def declare_protocol(output_dir: str | Path, written_by: str, start_checkpoint: str | None = None,
+                     transcripts: str | Path | None = None, **settings) -> Path:
+    """Write ``awares_protocol.json`` into a training output: ``trained_protocol``'s settings. The
+    evaluator reads it."""
+    base, preset = trained_protocol(start_checkpoint, transcripts, **settings)
     path = presets.write_declaration(output_dir, base, preset=preset, written_by=written_by)
     logger.info("protocol declared in %s: preset %s, parser %s, pixels [%s, %s]", path, preset, base.parser,
                 base.min_pixels, base.max_pixels)

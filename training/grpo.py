@@ -49,9 +49,12 @@ class GRPOScriptArguments:
                              metadata={"help": "Cost of any crop request (unpublished; keep < alpha_miss)."})
     area_weight: float = field(default=rewards.AREA_WEIGHT,
                                metadata={"help": "λ: cost per unit of requested image area (unpublished)."})
-    fallback_policy: str = field(
-        default="full",
-        metadata={"help": f"What an invalid crop request gets, as in evaluation: {protocol.FALLBACK_POLICIES}."},
+    fallback_policy: str | None = field(
+        default=None,
+        metadata={"help": f"What an invalid crop request gets, from {protocol.FALLBACK_POLICIES}: a protocol setting "
+                          "(default: the starting checkpoint's declaration, else the awares preset's 'full'); the "
+                          "rollout decides turn 2 under these settings, as evaluation will, and the output declares "
+                          "them."},
     )
     lora_target: str = field(
         default=common.LANGUAGE_MODEL_LORA_TARGET,
@@ -101,6 +104,13 @@ def resolve_pixel_budget(script_args: GRPOScriptArguments, training_args: GRPOCo
                          "the budget you want instead")
 
 
+def _declared_settings(script_args: GRPOScriptArguments) -> dict:
+    """What this run changes in the protocol it starts from: the rollout runs under it and the output
+    declares it (``common.trained_protocol``)."""
+    return {"transcripts": script_args.transcripts, "min_pixels": script_args.min_pixels,
+            "max_pixels": script_args.max_pixels, "fallback": script_args.fallback_policy}
+
+
 def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig,
                   model_args: ModelConfig) -> AwaResGRPOTrainer:
     """Rewards, data, processor, policy and trainer, ready to train (nothing trained yet)."""
@@ -131,7 +141,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig,
         train_dataset=dataset,
         processing_class=processor,
         peft_config=common.lora_config(script_args.lora_target, model_args),
-        fallback_policy=script_args.fallback_policy,
+        protocol_settings=common.trained_protocol(model_path, **_declared_settings(script_args))[0],
     )
     if script_args.freeze_vision:
         frozen = common.freeze_vision_tower(trainer.model)  # before train() builds the optimizer
@@ -154,9 +164,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     trainer.log_metrics("train", {k: v for k, v in result.metrics.items() if v is not None})
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
-    common.save_trained(trainer, model_path, "training.grpo",
-                        {"transcripts": script_args.transcripts, "min_pixels": script_args.min_pixels,
-                         "max_pixels": script_args.max_pixels, "fallback": script_args.fallback_policy})
+    common.save_trained(trainer, model_path, "training.grpo", _declared_settings(script_args))
     logger.info("GRPO policy saved to %s", training_args.output_dir)
     return trainer
 

@@ -19,8 +19,10 @@ All functions follow TRL's reward signature ``f(completions, **columns) -> list[
 TRL logs each one separately (``rewards/<name>/mean``), so components stay visible; the trainer
 sums them with ``reward_weights``. Completions are TRL conversational completions (a list of
 messages: the turn-1 reply, optionally a crop-turn placeholder and the final answer) or plain
-strings. The turn-1 reply is parsed with the evaluator's parser, so training and evaluation agree
-on what counts as a crop request.
+strings. Inside the AwaRes rollout, what counts as a crop request and what area it covers come from
+the rollout's own turn-2 decision (the ``tool_call`` status and ``crop_area`` it reports, decided by
+``awares_lmms.core.turn2`` exactly as evaluation decides); called on plain completions (tests,
+offline scoring), the turn-1 reply is parsed with the robust parser on a nominal image.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from sentence_transformers import SentenceTransformer
 
-from awares_lmms.core import protocol
+from awares_lmms.core import presets, protocol
 from awares_lmms.core.errors import InputError
 
 # Unpublished in the paper: placeholders, see the module docstring.
@@ -75,10 +77,20 @@ def final_answer(completion) -> str:
     return _assistant_texts(completion)[-1].strip()
 
 
-def requested_area(completion, fallback_policy: str = "full", image_size=_NOMINAL_IMAGE_SIZE) -> float:
-    """Fraction of the image the turn-1 reply asks for, after the evaluator's fallback policy."""
+def requested_area(completion, fallback_policy: str | None = None, image_size=_NOMINAL_IMAGE_SIZE) -> float:
+    """Fraction of the image the turn-1 reply asks for, after the fallback policy (None: the awares
+    preset's). Outside a rollout only: the rollout reports ``crop_area`` itself."""
     call = protocol.parse_tool_call(first_turn(completion))
-    return protocol.requested_area(protocol.decide(call, fallback_policy, image_size), image_size)
+    policy = fallback_policy or presets.PRESETS["awares"].fallback
+    return protocol.requested_area(protocol.decide(call, policy, image_size), image_size)
+
+
+def _requested(completions, tool_call) -> list[bool]:
+    """Whether each turn-1 reply is a crop request: the rollout's decision status when it reports one
+    (``"none"``: a direct answer), else the reply parsed here."""
+    if tool_call is not None:
+        return [status != "none" for status in tool_call]
+    return [protocol.parse_tool_call(first_turn(c)).kind != "none" for c in completions]
 
 
 # --------------------------------------------------------------------------- embedder
@@ -125,12 +137,11 @@ def answer_similarity(completions, answer, similarity_model: str = DEFAULT_SIMIL
 
 
 def tool_cost(completions, label, alpha_miss: float = ALPHA_MISS, alpha_use: float = ALPHA_USE,
-              **kwargs) -> list[float]:
+              tool_call=None, **kwargs) -> list[float]:
     """−α_use if the turn-1 reply requested crops (valid or not), −α_miss if it answered directly
     although the sample is labelled ``hr``, else 0."""
     costs = []
-    for completion, needs_hr in zip(completions, label):
-        requested = protocol.parse_tool_call(first_turn(completion)).kind != "none"
+    for requested, needs_hr in zip(_requested(completions, tool_call), label):
         if requested:
             costs.append(-alpha_use)
         elif needs_hr == "hr":
@@ -153,9 +164,12 @@ def area_penalty(completions, crop_area=None, area_weight: float = AREA_WEIGHT, 
     return [-area_weight * float(a) for a in crop_area]
 
 
-def format_validity(completions, **kwargs) -> list[float | None]:
+def format_validity(completions, valid_request=None, **kwargs) -> list[float | None]:
     """1.0 for a crop request the parser accepts as written, 0.0 for one it had to fall back on,
-    None for a direct answer. A logged metric (weight 0): its mean is the valid-call fraction."""
+    None for a direct answer. A logged metric (weight 0): its mean is the valid-call fraction. Inside
+    the rollout ``valid_request`` is what its decision's parser made of each reply."""
+    if valid_request is not None:
+        return [None if v is None else float(v) for v in valid_request]
     out: list[float | None] = []
     for completion in completions:
         kind = protocol.parse_tool_call(first_turn(completion)).kind

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from awares_lmms.core import accounting, images, presets, protocol
+from awares_lmms.core import accounting, images, presets, protocol, turn2
 from awares_lmms.core.family import END_OF_TURN
 from awares_lmms.core.stats import SampleStats
 
@@ -133,8 +133,7 @@ class TwoTurnProtocol:
         self.protocol = self.config.protocol
         self.budget = accounting.budget_from_processor(processor.image_processor,
                                                        pre_resize=self.protocol.image_path == "qwen_vl_utils")
-        self.max_aspect_ratio = (images.RELEASED_MAX_ASPECT_RATIO if self.protocol.parser == "released"
-                                 else images.MAX_ASPECT_RATIO)
+        self.max_aspect_ratio = turn2.max_aspect_ratio(self.protocol)
         self._crop_turn_texts: dict[int, str] = {}
         self._special_tokens = sorted(tok.content for tok in self.tokenizer.added_tokens_decoder.values() if tok.special)
 
@@ -200,9 +199,7 @@ class TwoTurnProtocol:
                             max_pixels=budget.max_pixels)
         normalised = []
         for img in req.images:
-            im, notes = images.normalise(img, self.max_aspect_ratio, exif_transpose=self.protocol.exif_transpose,
-                                         color_conversion=self.protocol.color_conversion,
-                                         max_pixels=self.protocol.max_image_pixels)
+            im, notes = turn2.normalise_original(img, self.protocol)
             normalised.append(im)
             stats.image_notes += notes
         if len(normalised) > 1 and self.protocol.multi_image == "first":
@@ -310,32 +307,27 @@ class TwoTurnProtocol:
         return [self._finish(row, settings) for row in rows]
 
     def _plan_turn2(self, row: Row) -> bool:
-        """Parse the turn-1 reply and decide what turn 2 sends; False when the reply is the answer."""
+        """Parse the turn-1 reply and decide what turn 2 sends (``turn2.plan_turn2``, shared with the GRPO
+        rollout); False when the reply is the answer."""
         if row.stats.error is not None:  # a serving backend could not answer turn 1
             return False
         if row.original is None or self.config.mode in ("full", "lr"):
             row.answer = row.turn1_text
             return False
-        call = protocol.parse(row.turn1_text, self.protocol.parser)
-        policy = "full" if self.protocol.parser == "released" else self.protocol.fallback
-        decision = protocol.decide(call, policy, row.original.size)
-        small = call.kind != "none" and not protocol.can_crop(*row.original.size)
-        if small and self.protocol.small_image == "rewrite":
-            # As released: the assistant turn becomes GET_CROPS:[all] and the whole image follows.
-            decision = protocol.CropDecision("full", status="fallback:image_too_small:rewritten")
-            row.turn2_reply = protocol.RELEASED_FORMAT_ALL
+        plan = turn2.plan_turn2(row.turn1_text, row.original, self.protocol, self.budget.patch_size)
+        decision = plan.decision
+        row.turn2_reply = plan.rewritten_reply
         row.decision = decision
-        row.stats.tool_call = row.turn1_text if call.kind != "none" else ""
+        row.stats.tool_call = row.turn1_text if plan.call.kind != "none" else ""
         row.stats.tool_call_status = decision.status
         if decision.status.startswith("fallback"):
             logger.info("turn-1 reply %r: %s", row.turn1_text[:80], decision.status)
-        if decision.action == "answer":
+        if not plan.sends_images:
             row.answer = row.turn1_text
             return False
-        row.crop_boxes = [protocol.region_box(r, *row.original.size) for r in decision.regions]
-        row.stats.crops = protocol.turn2_names(decision)
-        crops = images.turn2_images(decision, row.original, self.max_aspect_ratio)
-        row.turn2_images = [images.pre_resize(im, self.protocol.image_path, self.budget.patch_size) for im in crops]
+        row.crop_boxes = plan.boxes
+        row.stats.crops = plan.names
+        row.turn2_images = plan.images
         return True
 
     # ------------------------------------------------------------------ the backend's part

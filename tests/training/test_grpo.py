@@ -339,6 +339,73 @@ def test_rollout_prompts_are_the_evaluators_turn1(trained):
         assert ids == expected.tolist()
 
 
+# Turn-1 replies of every kind the decision tells apart: crops, the released one-character form, the
+# whole image, an unknown region, a partly valid request, a direct answer; then a crop request on an
+# image too small to crop (rewritten under ``paper``).
+DECISION_CORPUS = [("GET_CROPS: ['0', '5']", 224), ("GET_CROPS:[05]", 224), ("GET_CROPS: ['all']", 224),
+                   ("GET_CROPS: ['banana']", 224), ("GET_CROPS: ['3', 'banana']", 224), ("red", 224),
+                   ("GET_CROPS: ['3']", 80)]
+
+
+def _decision_settings():
+    import dataclasses
+
+    from awares_lmms.core import presets
+
+    yield from presets.PRESETS.items()
+    for policy in ("answer", "keep_valid"):
+        yield f"awares+fallback={policy}", dataclasses.replace(presets.PRESETS["awares"], fallback=policy)
+
+
+def test_rollout_decides_turn2_exactly_as_the_evaluator(tiny_ckpt, transcripts_file, tmp_path):
+    """One owner for the two-turn decision: the same forced turn-1 replies through the evaluator (the
+    hf engine, traced) and through the GRPO rollout, under every preset and fallback policy, give the
+    same status, the same crops (pixel for pixel) and the same crop-turn ids."""
+    from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+    from awares_lmms.core.hf_engine import TwoTurnEngine
+    from awares_lmms.core.protocol import REGION_NAMES
+    from training.trainers.awares_grpo import _Rollout
+
+    trainer = _trainer(tiny_ckpt, transcripts_file, tmp_path / "out", max_steps=1)
+    processor, tok = trainer.processing_class, trainer.processing_class.tokenizer
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    pictures = {}
+    for _, side in DECISION_CORPUS:
+        img = Image.new("RGB", (side, side + 16), (30, 140, 60))
+        img.paste((220, 20, 20), (0, 0, side // 2, side // 2))
+        pictures[side] = img
+    statuses = set()
+    for name, settings in _decision_settings():
+        trainer.protocol_settings = settings
+        evaluator = TwoTurnEngine(trainer.model, processor, EngineConfig(mode="awares", protocol=settings))
+        requests = [Request("What colour is the corner?", [pictures[side]], forced_turn1=reply)
+                    for reply, side in DECISION_CORPUS]
+        evaluated = evaluator.run(requests, GenerationSettings(max_new_tokens=2), trace=True)
+        ids = [tok.encode(reply, add_special_tokens=False) + [end] for reply, _ in DECISION_CORPUS]
+        rollout = _Rollout(ids, [reply for reply, _ in DECISION_CORPUS], None)
+        pending = {i: (obs, crops) for i, obs, crops, _ in
+                   trainer._execute_requests(rollout, [{"original_image": pictures[side]}
+                                                       for _, side in DECISION_CORPUS])}
+        for i, result in enumerate(evaluated):
+            reply = DECISION_CORPUS[i][0]
+            assert result.stats.error is None, (name, reply, result.stats.error)
+            assert rollout.tool_call[i] == result.stats.tool_call_status, (name, reply)
+            statuses.add(result.stats.tool_call_status)
+            assert (i in pending) == (result.turn2 is not None), (name, reply)
+            if i not in pending:
+                continue
+            observation, crops = pending[i]
+            regions = rollout.crop_regions[i]
+            assert result.stats.crops == (regions if regions == ["all"] else [REGION_NAMES[r] for r in regions])
+            assert len(result.stats.crops) == len(crops), (name, reply)
+            pixels = processor.image_processor(images=crops, return_tensors="pt")["pixel_values"]
+            assert torch.equal(pixels, result.turn2.pixel_values.to(pixels.dtype)), (name, reply)
+            assert result.turn2.input_ids[-len(observation):] == observation, (name, reply)
+    # The corpus reaches every kind of decision, so the comparison cannot pass vacuously.
+    assert {"none", "valid", "fallback:unparseable", "fallback:image_too_small",
+            "fallback:image_too_small:rewritten", "fallback:released_format"} <= statuses, statuses
+
+
 def test_template_check_and_observation_text(tiny_ckpt, transcripts_file, tmp_path):
     trainer = _trainer(tiny_ckpt, transcripts_file, tmp_path / "out", max_steps=1)
     # The crop turn as the evaluator's engine writes it: no text, only the images.

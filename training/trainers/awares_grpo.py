@@ -1,9 +1,11 @@
 """``AwaResGRPOTrainer``: TRL's GRPOTrainer with a rollout that speaks the AwaRes two-turn protocol.
 
-Each of the G trajectories of a prompt may answer directly or emit a crop request; the request is
-parsed with the evaluator's parser and fallback policy, the crops are cut from the full-resolution
-original and sent back as a user turn holding only the images (rendered by ``protocol.crop_turn_text``,
-as the evaluator and SFT render it), and the policy then answers. Only assistant tokens are actions:
+Each of the G trajectories of a prompt may answer directly or emit a crop request. What turn 2 sends
+is decided by evaluation's own decision (``awares_lmms.core.turn2.plan_turn2``: parser, fallback
+policy, small images, crops, pre-resize, under the protocol settings evaluation will use); the crops
+are cut from the full-resolution original and sent back as a user turn holding only the images
+(rendered by ``protocol.crop_turn_text``, as the evaluator and SFT render it), and the policy then
+answers. Only assistant tokens are actions:
 the crop turn is masked out of the loss and the KL through TRL's ``tool_mask``.
 
 Only the rollout is replaced; advantages, the clipped objective, the KL, the reference model, PEFT,
@@ -41,7 +43,7 @@ import torch
 from PIL import Image
 from trl import GRPOTrainer
 
-from awares_lmms.core import family, images, protocol
+from awares_lmms.core import accounting, family, presets, protocol, turn2
 from training import common
 
 logger = logging.getLogger(__name__)
@@ -106,13 +108,14 @@ class AwaResGRPOTrainer(common.FullWeightsResumeMixin, GRPOTrainer):
     ``original_image`` (path of the full-resolution image crops are cut from), ``answer``, ``label``.
     """
 
-    def __init__(self, *args, fallback_policy: str = "full", **kwargs):
-        if fallback_policy not in protocol.FALLBACK_POLICIES:
-            raise ValueError(f"fallback_policy must be one of {protocol.FALLBACK_POLICIES}, got {fallback_policy!r}")
+    def __init__(self, *args, protocol_settings: presets.ProtocolSettings | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if not self._is_vlm:
             raise ValueError("AwaResGRPOTrainer needs a vision-language processor (e.g. Qwen2.5-VL's)")
-        self.fallback_policy = fallback_policy
+        # The settings evaluation will run the trained policy with: the rollout decides turn 2 through
+        # the same ``turn2.plan_turn2`` (parser, fallback, small images, crops, pre-resize).
+        self.protocol_settings = protocol_settings or presets.PRESETS["awares"]
+        self._patch_size = accounting.budget_from_processor(self.processing_class.image_processor).patch_size
         self._end_of_turn_id = self._tokenizer.convert_tokens_to_ids(family.END_OF_TURN)
         self._observation_texts: dict[int, str] = {}
         self._rollout_rows: list[dict] | None = None
@@ -191,15 +194,15 @@ class AwaResGRPOTrainer(common.FullWeightsResumeMixin, GRPOTrainer):
             else:
                 self.generation_config.max_new_tokens = self.generation_kwargs["max_new_tokens"] = saved
 
-    @staticmethod
-    def _load_original(row: dict, cache: dict) -> Image.Image:
+    def _load_original(self, row: dict, cache: dict) -> Image.Image:
+        """The row's full-resolution image, normalised as evaluation normalises it under the settings."""
         source = row["original_image"]
         if isinstance(source, Image.Image):
-            return images.normalise(source)[0]
+            return turn2.normalise_original(source, self.protocol_settings)[0]
         if source not in cache:
             with Image.open(source) as img:
                 img.load()
-                cache[source] = images.normalise(img)[0]
+                cache[source] = turn2.normalise_original(img, self.protocol_settings)[0]
         return cache[source]
 
     def _generate(self, prompts: list):
@@ -225,44 +228,46 @@ class AwaResGRPOTrainer(common.FullWeightsResumeMixin, GRPOTrainer):
         if out_images is None and any(rollout.crop_images):
             out_images = [c or None for c in rollout.crop_images]
         self._log_rollout_metrics(mode, prompt_ids, rollout)
+        # The rollout's turn-2 decisions, for the rewards (TRL hands extra fields to reward functions).
         extra_fields = {"tool_call": rollout.tool_call, "crop_regions": rollout.crop_regions,
-                        "crop_area": rollout.crop_area}
+                        "crop_area": rollout.crop_area,
+                        "valid_request": [v if c else None for c, v in zip(rollout.called, rollout.valid)]}
         return (prompt_ids, rollout.completion_ids, rollout.tool_mask, rollout.completions, rollout.logprobs,
                 extra_fields, out_images, rollout.crop_images)
 
     def _execute_requests(self, rollout: "_Rollout", rows: list[dict]) -> list[tuple]:
-        """Parse every turn-1 reply with the evaluator's parser and fallback policy and cut the crops of
-        the requests that go to turn 2: ``[(row, crop-turn ids, images, placeholder text)]``."""
+        """Decide turn 2 for every turn-1 reply exactly as evaluation does (``turn2.plan_turn2`` under
+        the run's protocol settings) and keep the requests that go to turn 2:
+        ``[(row, crop-turn ids, images, text stand-in)]``. The policy's own turn-1 tokens stay in the
+        trajectory even where evaluation would rewrite the reply (``small_image=rewrite``): they are the
+        action being trained; the status records the rewrite."""
         originals: dict = {}
         pending = []
         for i, text in enumerate(rollout.texts):
-            call = protocol.parse_tool_call(text)
-            if call.kind == "none":
+            original = self._load_original(rows[i], originals)
+            plan = turn2.plan_turn2(text, original, self.protocol_settings, self._patch_size)
+            if plan.call.kind == "none":
                 continue
             rollout.called[i] = True
-            rollout.valid[i] = call.kind in ("crops", "all")
-            original = self._load_original(rows[i], originals)
-            decision = protocol.decide(call, self.fallback_policy, original.size)
-            rollout.tool_call[i] = decision.status
-            if decision.action == "answer":  # fallback policy "answer": the turn-1 text stands as the answer
+            rollout.valid[i] = plan.call.kind in ("crops", "all")
+            rollout.tool_call[i] = plan.decision.status
+            if not plan.sends_images:  # fallback policy "answer": the turn-1 text stands as the answer
                 continue
-            names = protocol.turn2_names(decision)
-            rollout.crop_regions[i] = ["all"] if decision.action == "full" else list(decision.regions)
-            rollout.crop_area[i] = protocol.requested_area(decision, original.size)
-            crops = images.turn2_images(decision, original)
-            placeholder = f"[high-resolution {'image' if names == ['all'] else 'crops'}: {', '.join(names)}]"
+            names = plan.names
+            rollout.crop_regions[i] = ["all"] if plan.decision.action == "full" else list(plan.decision.regions)
+            rollout.crop_area[i] = plan.area(original.size)
             ids = rollout.ids[i]
             if not ids or ids[-1] != self._end_of_turn_id:
                 # Cut off by max_completion_length (or ended on another EOS): no turn to continue from.
                 rollout.tool_call[i] += "+not_executed:unterminated"
                 continue
-            observation = self._observation_ids(crops)
+            observation = self._observation_ids(plan.images)
             if len(ids) + len(observation) >= self.max_completion_length:
                 # Drop the turn, never truncate inside it: a partial image block makes TRL drop every image
                 # of the batch from the forward pass.
                 rollout.tool_call[i] += "+not_executed:overlong"
                 continue
-            pending.append((i, observation, crops, placeholder))
+            pending.append((i, observation, plan.images, turn2.crop_turn_summary(names)))
         return pending
 
     def _answer_after_crops(self, rollout: "_Rollout", pending, prompt_ids, prompt_images) -> None:
