@@ -141,29 +141,60 @@ def tiny_model(tiny_dir):
     return model, processor
 
 
-# The model families every family-sensitive test runs on (awares_lmms.core.family.FAMILIES).
-FAMILY_NAMES = ("qwen2_5_vl", "qwen3_vl")
+# The model families every family-sensitive test runs on: every registry entry with a tiny builder.
+from awares_lmms.core.family import DEFAULT_FAMILY, FAMILIES, TESTED_FAMILIES  # noqa: E402
+
+FAMILY_NAMES = TESTED_FAMILIES
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen3_dir(tmp_path_factory) -> Path:
-    """The tiny checkpoint's Qwen3-VL twin (16 px patches, interleaved M-RoPE, DeepStack), sharpened alike."""
+def family_dirs(tmp_path_factory, tiny_dir):
+    """``family_dirs(name)``: the tiny checkpoint of a registry family, built once per session and
+    sharpened like ``tiny_dir`` (which is the default family's)."""
     from awares_lmms.data import random_models
 
-    return random_models.build(tmp_path_factory.mktemp("tiny_qwen3") / "ckpt", seed=0, sharpen=3.0, family="qwen3_vl")
+    built = {DEFAULT_FAMILY: tiny_dir}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = random_models.build(tmp_path_factory.mktemp(f"tiny_{name}") / "ckpt", seed=0,
+                                              sharpen=3.0, family=name)
+        return built[name]
+
+    return get
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen3_model(tiny_qwen3_dir):
+def family_models(family_dirs, tiny_model):
+    """``family_models(name)``: (model, processor) of a registry family's tiny checkpoint, loaded once."""
     import torch
-    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+    from transformers import AutoProcessor
 
-    torch.manual_seed(0)
-    model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_qwen3_dir, dtype=torch.float32).eval()
-    return model, AutoProcessor.from_pretrained(tiny_qwen3_dir)
+    loaded = {DEFAULT_FAMILY: tiny_model}
+
+    def get(name: str):
+        if name not in loaded:
+            torch.manual_seed(0)
+            path = family_dirs(name)
+            model = FAMILIES[name].model_cls().from_pretrained(path, dtype=torch.float32).eval()
+            loaded[name] = (model, AutoProcessor.from_pretrained(path))
+        return loaded[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(family_dirs) -> Path:
+    """The tiny checkpoint's Qwen3-VL twin (16 px patches, interleaved M-RoPE, DeepStack), sharpened alike."""
+    return family_dirs("qwen3_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_model(family_models):
+    return family_models("qwen3_vl")
 
 
 @pytest.fixture(params=FAMILY_NAMES)
-def family_model(request):
-    """(model, processor) of each supported family in turn."""
-    return request.getfixturevalue("tiny_model" if request.param == "qwen2_5_vl" else "tiny_qwen3_model")
+def family_model(request, family_models):
+    """(model, processor) of each registry family in turn."""
+    return family_models(request.param)

@@ -24,23 +24,22 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
 )
 
 from awares_lmms.core.accounting import (
-    QWEN25VL_MAX_PIXELS,
-    QWEN25VL_MIN_PIXELS,
     PixelBudget,
     budget_from_processor,
     paper_ratio,
     retain_token_ratio,
     tokens_from_grid,
 )
+from awares_lmms.core.family import QWEN2_5_VL
 from awares_lmms.core.images import crop_regions, low_res_view, normalise
 from awares_lmms.core.protocol import NUM_REGIONS, can_crop
 
 from .conftest import benchmark_images, image_id
 
 BUDGETS = {
-    "checkpoint": (QWEN25VL_MIN_PIXELS, QWEN25VL_MAX_PIXELS),  # 3136 / 12845056
+    "checkpoint": (QWEN2_5_VL.min_pixels, QWEN2_5_VL.max_pixels),  # 3136 / 12845056
     "lmms_eval": (25088, 1605632),  # the released eval's min 32*28*28 / max 2048*28*28
-    "max_only": (QWEN25VL_MIN_PIXELS, 1605632),
+    "max_only": (QWEN2_5_VL.min_pixels, 1605632),
 }
 
 
@@ -263,7 +262,7 @@ def test_budget_from_processor_legacy_attributes_and_errors():
 
 
 def test_pixel_budget_resized_matches_smart_resize_and_notes_table():
-    ckpt = PixelBudget(QWEN25VL_MIN_PIXELS, QWEN25VL_MAX_PIXELS)
+    ckpt = PixelBudget(QWEN2_5_VL.min_pixels, QWEN2_5_VL.max_pixels)
     assert ckpt.factor == 28
     assert ckpt.resized(1920, 1080) == (1932, 1092)
     assert ckpt.tokens(1920, 1080) == 2691
@@ -273,7 +272,7 @@ def test_pixel_budget_resized_matches_smart_resize_and_notes_table():
     assert ckpt.tokens(480, 270) == 170
     assert ckpt.resized(40, 30) == (84, 56) and ckpt.tokens(40, 30) == 6
     for w, h in [(1, 1), (46, 18), (1700, 2200), (5650, 3767), (190, 1)]:
-        rh, rw = smart_resize(h, w, factor=28, min_pixels=3136, max_pixels=QWEN25VL_MAX_PIXELS)
+        rh, rw = smart_resize(h, w, factor=28, min_pixels=3136, max_pixels=QWEN2_5_VL.max_pixels)
         assert ckpt.resized(w, h) == (rw, rh)
         assert ckpt.tokens(w, h) == (rw // 28) * (rh // 28)
 

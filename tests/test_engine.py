@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from awares_lmms.core import images, protocol
+from awares_lmms.core.family import FAMILIES
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.hf_engine import TwoTurnEngine
 from awares_lmms.core.presets import ProtocolSettings
@@ -167,8 +168,9 @@ def test_modes_account_tokens(family_model, mode):
     (res,) = engine.run([Request("Title?", [page])], GenerationSettings(max_new_tokens=3))
     s = res.stats.to_dict()
     full = engine.budget.tokens(850, 1100)
-    # Pixels per visual token: 28 for Qwen2.5-VL, 32 for Qwen3-VL; the count is the processor's own.
-    assert engine.budget.factor == {"qwen2_5_vl": 28, "qwen3_vl": 32}[model.config.model_type]
+    # Pixels per visual token: 28 for Qwen2.5-VL, 32 for Qwen3-VL (the registry's); the count is the
+    # processor's own.
+    assert engine.budget.factor == FAMILIES[model.config.model_type].pixels_per_token
     assert full == int(processor.image_processor(images=[page])["image_grid_thw"][0].prod()) // 4
     assert s["visual_tokens_full"] == full
     lr = engine.budget.tokens(425, 550)

@@ -1,5 +1,5 @@
-"""The second family end to end: a tiny Qwen3-VL through stock lmms-eval on the six tasks, with the
-``paper`` preset's budget as visual tokens of 32 px and exact per-sample accounting."""
+"""The other families end to end: a tiny Qwen3-VL and Qwen3-VL-MoE through stock lmms-eval on the six
+tasks, with the ``paper`` preset's budget as visual tokens of 32 px and exact per-sample accounting."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from awares_lmms.core import presets
 from awares_lmms.core.accounting import PixelBudget
-from awares_lmms.core.family import pixels_per_token
+from awares_lmms.core.family import FAMILIES, TESTED_FAMILIES, pixels_per_token
 
 TASKS = ("chartqa", "docvqa", "ocrbench", "pope", "vstar", "realworldqa")
 
@@ -51,8 +51,12 @@ def test_recipes_name_a_tiny_checkpoint_of_either_family(tmp_path):
 
 
 @pytest.mark.slow
-def test_qwen3_vl_runs_the_six_tasks_with_exact_accounting(tiny_qwen3_dir, tmp_path):
+@pytest.mark.parametrize("name", [f for f in TESTED_FAMILIES if FAMILIES[f].pixels_per_token != 28])
+def test_a_32px_family_runs_the_six_tasks_with_exact_accounting(family_dirs, name, tmp_path):
+    """Qwen3-VL and Qwen3-VL-MoE (the 28-px Qwen2.5-VL runs them in tests/test_cli.py)."""
     from awares_lmms.data import quickstart_data
+
+    tiny_qwen3_dir = family_dirs(name)
 
     data = tmp_path / "data"
     quickstart_data.write_sample_set(data, per_task=2)

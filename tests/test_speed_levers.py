@@ -59,11 +59,11 @@ def test_grouped_vision_attention_equals_the_per_window_loop(family_model):
     # Private fact 1 of vision_attention: the tower hands the segments over instead of looping, once
     # per layer.
     assert len(calls) == model.config.vision_config.depth
-    if model.config.model_type == "qwen2_5_vl":
-        # Windowed layers: many windows, few distinct lengths, so few SDPA calls.
+    if getattr(model.config.vision_config, "window_size", None):
+        # Windowed layers (Qwen2.5-VL): many windows, few distinct lengths, so few SDPA calls.
         assert all(distinct < segments for segments, distinct in calls), calls
     else:
-        # Qwen3-VL attends over each whole image: one segment per image.
+        # Qwen3-VL (dense or MoE) attends over each whole image: one segment per image.
         assert all(segments == len(_images()) for segments, _ in calls), calls
     # Private fact 3: the language model kept its own implementation.
     assert grouped.config.text_config._attn_implementation == "sdpa"
@@ -228,5 +228,6 @@ def test_an_unsupported_family_fails_in_one_line(tiny_model):
     assert model_type_of(model.config) == "qwen2_5_vl"
     config = copy.deepcopy(model.config)
     config.model_type = "llava"
-    with pytest.raises(ValueError, match=r"^unsupported model family 'llava'; supported: qwen2_vl, qwen2_5_vl, qwen3_vl$"):
+    with pytest.raises(ValueError, match=r"^unsupported model family 'llava'; supported: qwen2_vl, qwen2_5_vl, "
+                                         r"qwen3_vl, qwen3_vl_moe$"):
         model_type_of(config)

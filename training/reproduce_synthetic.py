@@ -42,6 +42,7 @@ from types import ModuleType
 
 from awares_lmms.core import errors
 from awares_lmms.core.errors import InputError
+from awares_lmms.core.family import DEFAULT_FAMILY
 from awares_lmms.data import shipped_checkpoints
 from training import synthetic_base, synthetic_eval
 from training.synthetic_eval import evaluate_checkpoint, format_table, readme_table
@@ -86,13 +87,13 @@ class ReproductionConfig:
     grpo_steps: int = 0         # 0: the recipe's max_steps
     eval_batch_size: int = 32
     export_assets: bool = False  # copy the checkpoints into awares_lmms/assets/synthetic[2]
-    family: str = "qwen2_5_vl"  # model family of the from-scratch base (v1): qwen2_5_vl | qwen3_vl
+    family: str = DEFAULT_FAMILY  # model family of the from-scratch base (v1): one of family.TESTED_FAMILIES
 
     def __post_init__(self):
         if self.benchmark not in BENCHMARKS:
             raise InputError(f"benchmark must be one of {sorted(BENCHMARKS)}, got {self.benchmark!r}")
         spec = BENCHMARKS[self.benchmark]
-        if self.family != "qwen2_5_vl" and (spec.base_from_v1 or self.export_assets):
+        if self.family != DEFAULT_FAMILY and (spec.base_from_v1 or self.export_assets):
             raise InputError(f"family={self.family} trains its own base: v1 only, and not into the shipped "
                              "(Qwen2.5-VL) assets")
         self.n_train = self.n_train or spec.n_train

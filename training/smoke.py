@@ -35,19 +35,20 @@ import torch
 from trl import GRPOConfig, ModelConfig, SFTConfig, TrlParser
 
 from awares_lmms.core import errors
+from awares_lmms.core import family as families
 from awares_lmms.data import drawing, random_models
 from training import grpo, sft, transcripts
 from training.curation.store import save_png
 from training.trainers.awares_grpo import AwaResGRPOTrainer
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-# The recipes a shape runs: tiny for every family; full size, the family's released model's recipes.
+# The recipes a shape runs: tiny for every family; full size, the family's released model's recipes
+# (the registry entry's ``recipe_folder``).
 TINY_RECIPES = RECIPE_DIR / "tiny_cpu"
-FULL_SIZE_RECIPES = {"qwen2_5_vl": RECIPE_DIR / "qwen2_5_vl_7b", "qwen3_vl": RECIPE_DIR / "qwen3_vl_8b"}
 
 
 def recipes_for(shape: str, family: str) -> Path:
-    return TINY_RECIPES if shape == "tiny" else FULL_SIZE_RECIPES[family]
+    return TINY_RECIPES if shape == "tiny" else RECIPE_DIR / families.FAMILIES[family].recipe_folder
 
 
 def write_transcripts(out: Path) -> Path:
@@ -72,7 +73,8 @@ def write_transcripts(out: Path) -> Path:
     return path
 
 
-def base_checkpoint(shape: str, device: str, dtype: torch.dtype, out: Path, family: str = "qwen2_5_vl") -> Path:
+def base_checkpoint(shape: str, device: str, dtype: torch.dtype, out: Path,
+                    family: str = families.DEFAULT_FAMILY) -> Path:
     """Random weights in the shape's architecture, saved where the recipes' loading code reads them."""
     if shape == "tiny":
         return random_models.build(out, family=family)
@@ -145,11 +147,11 @@ def run_grpo(recipe: Path, base: Path, data: Path, out: Path, device: str, dtype
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=["tiny", "full"], default="tiny",
-                        help="full: the family's released architecture (Qwen2.5-VL-7B, Qwen3-VL-8B) and recipes")
+                        help="full: the family's released architecture (its registry entry) and recipes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
                         help="default: bfloat16 on a GPU, float32 on CPU")
-    parser.add_argument("--family", choices=sorted(random_models.FAMILIES), default="qwen2_5_vl",
+    parser.add_argument("--family", choices=families.TESTED_FAMILIES, default=families.DEFAULT_FAMILY,
                         help="model family of the base")
     parser.add_argument("--out", help="work folder (default: a temporary one)")
     args = parser.parse_args(argv)

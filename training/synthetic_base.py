@@ -23,6 +23,7 @@ import torch
 
 from awares_lmms.core import errors, family, images
 from awares_lmms.core.errors import InputError
+from awares_lmms.core.family import DEFAULT_FAMILY
 from awares_lmms.data import random_models, synthetic, synthetic2
 
 
@@ -52,7 +53,7 @@ class BaseConfig:
     # A checkpoint to start from instead of random weights (its tokenizer and processor are kept): v2's
     # base continues the v1 base, as the paper starts from a pretrained model rather than from scratch.
     init_from: str = ""
-    family: str = "qwen2_5_vl"  # the model family of a from-scratch base (family.FAMILIES)
+    family: str = DEFAULT_FAMILY  # the model family of a from-scratch base (family.TESTED_FAMILIES)
 
 
 def benchmark_module(name: str):

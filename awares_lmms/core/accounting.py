@@ -11,13 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
-from awares_lmms.core.family import QWEN2_5_VL
-
-# The released Qwen2.5-VL checkpoints' own preprocessor limits (facts of the family seam).
-QWEN25VL_MIN_PIXELS = QWEN2_5_VL.min_pixels
-QWEN25VL_MAX_PIXELS = QWEN2_5_VL.max_pixels
+from awares_lmms.core.family import QWEN2_5_VL, smart_resize
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,32 @@
-"""The model-family seam: everything the two-turn logic needs to know about the Qwen-VL token layout.
+"""Model families: the registry (``FAMILIES``) and the token-layout seam (``QwenVLFamily``).
+
+Every per-family fact lives in one ``FamilyFacts`` entry of ``FAMILIES``: the transformers classes,
+patch and merge sizes, the released budget and chat template, the tiny and full-size architectures
+the builders make, the recipe folder, lmms-eval's own class and the layout class. Every module,
+builder, benchmark, smoke run and test asks the registry; none names a family.
 
 The engine and GRPO never name a special token or call a model-specific function directly; they go
-through ``QwenVLFamily``. Qwen2-VL, Qwen2.5-VL and Qwen3-VL share this layout (the same vision
-special tokens, ``<|im_end|>`` turns and ``model.model.get_rope_index(input_ids, mm_token_type_ids,
-image_grid_thw, attention_mask)`` for M-RoPE positions), so the class serves all three; a family with
-another layout would be a second class with the same attributes. What differs between them is read
-from the checkpoint's own processor (patch and merge sizes: 28 px per visual token for Qwen2/2.5-VL,
-32 for Qwen3-VL) or handled inside transformers' model class (Qwen3-VL's interleaved M-RoPE and
-DeepStack, whose features follow the image tokens of whatever segment is prefilled, so a turn-2
-prefill on the cache injects them for the crops exactly as a whole-conversation prefill does).
+through the layout object ``for_model`` returns. Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE share
+one layout (the same vision special tokens, ``<|im_end|>`` turns and ``model.model.get_rope_index(
+input_ids, mm_token_type_ids, image_grid_thw, attention_mask)`` for M-RoPE positions), so
+``QwenVLFamily`` serves all of them; a family with another layout would name a second class with the
+same attributes in its entry. What differs between them is read from the checkpoint's own processor
+(patch and merge sizes: 28 px per visual token for Qwen2/2.5-VL, 32 for Qwen3-VL) or handled inside
+transformers' model class (Qwen3-VL's interleaved M-RoPE and DeepStack, whose features follow the
+image tokens of whatever segment is prefilled, so a turn-2 prefill on the cache injects them for the
+crops exactly as a whole-conversation prefill does; the MoE's expert routing, per token).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers.models.qwen2_vl.image_processing_qwen2_vl as _qwen2_vl_image_processing
 from huggingface_hub import hf_hub_download
 
 # Tokens a model must never *generate*: a sampled placeholder would desynchronise the image features
@@ -26,36 +35,76 @@ from huggingface_hub import hf_hub_download
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 END_OF_TURN = "<|im_end|>"
 IMAGE_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
+# The assistant header every turn-1 prompt ends with (generation prompt of every family's template).
+ASSISTANT_HEADER = "<|im_start|>assistant\n"
+
+
+def _qwen2_5_vl_tiny(vision_depth: int, rope_theta: float) -> dict:
+    return {"text": {"rope_parameters": {"rope_type": "default", "rope_theta": rope_theta, "mrope_section": [4, 6, 6]},
+                     "use_sliding_window": False},
+            "vision": {"window_size": 112, "fullatt_block_indexes": [i for i in range(vision_depth) if i % 2 == 1],
+                       "tokens_per_second": 2},
+            "top": {}}
+
+
+def _qwen3_vl_tiny(vision_depth: int, rope_theta: float) -> dict:
+    # Interleaved M-RoPE (t, h, w frequencies alternate) and DeepStack (features of these vision layers
+    # are added to the first language-model layers), as the real Qwen3-VL.
+    return {"text": {"head_dim": 32, "rope_parameters": {"rope_type": "default", "rope_theta": rope_theta,
+                                                         "mrope_section": [4, 6, 6], "mrope_interleaved": True}},
+            "vision": {"deepstack_visual_indexes": list(range(1, vision_depth))[:3], "num_position_embeddings": 256},
+            "top": {"tie_word_embeddings": False}}
+
+
+def _qwen3_vl_moe_tiny(vision_depth: int, rope_theta: float) -> dict:
+    # Qwen3-VL with a sparse MoE language model: every layer routes each token to 2 of 4 experts.
+    shape = _qwen3_vl_tiny(vision_depth, rope_theta)
+    shape["text"] |= {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128,
+                      "decoder_sparse_step": 1, "mlp_only_layers": []}
+    return shape
 
 
 @dataclass(frozen=True)
 class FamilyFacts:
-    """What differs between the supported families (the rest of the layout is shared, see above)."""
+    """Everything any module, builder, benchmark, recipe lookup or test needs to know about one model
+    family. Classes are named, not imported, so reading the registry costs nothing."""
 
     model_type: str  # config.model_type
+    name: str  # as people write it (docs, recipes, logs)
+    model_class: str  # the transformers class (top-level name)
+    processor_class: str
+    video_processor: str  # "module:Class" (a processor needs one even for images)
     patch_size: int  # vision patch side in px (also qwen-vl-utils' ``image_patch_size``)
     merge_size: int  # patches merged per visual-token side
     min_pixels: int  # the released checkpoints' own processor budget
     max_pixels: int
     chat_template: str  # the official template's name in TRL's chat_templates folder
+    image_norm: float | None = None  # image mean and std (per channel) when not the processor's CLIP default
+    released: str | None = None  # hub id of the released base model the full-size recipes start from
+    recipe_folder: str | None = None  # training/recipes/<folder>: the full-size curate/sft/grpo recipes
+    stock_lmms_eval: str | None = None  # "module:Class" of lmms-eval's own model class for the family
+    # (vision_depth, rope_theta) -> {"text", "vision", "top"}: what the tiny random config adds to the
+    # settings every family shares (data/random_models.py); None: no tiny builder (not tested here).
+    tiny: Callable[[int, float], dict] | None = None
+    # The released model's architecture, {"text": ..., "vision": ..., "top": ...} (GPU timings, smokes).
+    full_size: dict | None = None
+    layout: type = None  # the seam class for this family's token layout (set below: QwenVLFamily)
 
     @property
     def pixels_per_token(self) -> int:
         return self.patch_size * self.merge_size
 
+    def model_cls(self):
+        """The transformers model class (imported on first use)."""
+        import transformers
 
-# One entry per supported family (model types that share the layout and differ only in these facts).
-FAMILIES = {f.model_type: f for f in (
-    FamilyFacts("qwen2_vl", 14, 2, 3136, 12845056, "qwen2_5_vl"),
-    FamilyFacts("qwen2_5_vl", 14, 2, 3136, 12845056, "qwen2_5_vl"),
-    FamilyFacts("qwen3_vl", 16, 2, 65536, 16777216, "qwen3_vl"),
-)}
-QWEN2_5_VL = FAMILIES["qwen2_5_vl"]
-# Presets state pixel budgets for Qwen2.5-VL's 28-px visual tokens (the released evaluation's numbers).
-PRESET_PIXELS_PER_TOKEN = QWEN2_5_VL.pixels_per_token
-# The assistant header every turn-1 prompt ends with (generation prompt of all three templates).
-ASSISTANT_HEADER = "<|im_start|>assistant\n"
-IMAGE_PAD = "<|image_pad|>"
+        return getattr(transformers, self.model_class)
+
+
+# The resize every supported family's image processor applies (Qwen2-VL's ``smart_resize``, used by
+# the Qwen2/2.5/3-VL image processors alike): the accounting and the oracle's box mapping call it here.
+smart_resize = _qwen2_vl_image_processing.smart_resize
 
 
 def pixels_per_token(pretrained) -> int:
@@ -120,3 +169,79 @@ class QwenVLFamily:
         positions, _ = self.model.model.get_rope_index(input_ids, mm_token_type_ids=mm_token_type_ids,
                                                        image_grid_thw=image_grid_thw, attention_mask=attention_mask)
         return positions
+
+
+_QWEN2_VIDEO = "transformers:Qwen2VLVideoProcessor"
+_QWEN3_VIDEO = "transformers.models.qwen3_vl.video_processing_qwen3_vl:Qwen3VLVideoProcessor"
+_QWEN3_FULL_VISION = {"depth": 27, "hidden_size": 1152, "num_heads": 16, "intermediate_size": 4304,
+                      "num_position_embeddings": 2304, "deepstack_visual_indexes": [8, 16, 24]}
+
+# THE registry: one entry per supported family. Adding a family is one entry here, one recipe folder
+# and the docs (docs/engine.md "Adding a model family"); tests/test_family_registry.py keeps every
+# entry with a tiny builder tested through evaluation, curation, SFT and GRPO.
+FAMILIES: dict[str, FamilyFacts] = {f.model_type: dataclasses.replace(f, layout=f.layout or QwenVLFamily) for f in (
+    FamilyFacts("qwen2_vl", "Qwen2-VL", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", _QWEN2_VIDEO,
+                14, 2, 3136, 12845056, "qwen2_5_vl", stock_lmms_eval="lmms_eval.models.simple.qwen2_vl:Qwen2_VL"),
+    FamilyFacts("qwen2_5_vl", "Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor",
+                _QWEN2_VIDEO, 14, 2, 3136, 12845056, "qwen2_5_vl", released="Qwen/Qwen2.5-VL-7B-Instruct",
+                recipe_folder="qwen2_5_vl_7b", stock_lmms_eval="lmms_eval.models.simple.qwen2_5_vl:Qwen2_5_VL",
+                tiny=_qwen2_5_vl_tiny,
+                full_size={"text": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                                    "num_attention_heads": 28, "num_key_value_heads": 4,
+                                    "max_position_embeddings": 128000, "use_sliding_window": False,
+                                    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6,
+                                                        "mrope_section": [16, 24, 24]}},
+                           "vision": {"depth": 32, "hidden_size": 1280, "num_heads": 16, "intermediate_size": 3420,
+                                      "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
+                                      "tokens_per_second": 2},
+                           "top": {}}),
+    FamilyFacts("qwen3_vl", "Qwen3-VL", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", _QWEN3_VIDEO,
+                16, 2, 65536, 16777216, "qwen3_vl", image_norm=0.5, released="Qwen/Qwen3-VL-8B-Instruct",
+                recipe_folder="qwen3_vl_8b", stock_lmms_eval="lmms_eval.models.simple.qwen3_vl:Qwen3_VL",
+                tiny=_qwen3_vl_tiny,
+                full_size={"text": {"hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+                                    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                                    "max_position_embeddings": 262144,
+                                    "rope_parameters": {"rope_type": "default", "rope_theta": 5e6,
+                                                        "mrope_section": [24, 20, 20], "mrope_interleaved": True}},
+                           "vision": _QWEN3_FULL_VISION, "top": {"tie_word_embeddings": False}}),
+    # Qwen3-VL-30B-A3B: Qwen3-VL's vision tower and token layout on a sparse MoE language model (128
+    # experts, 8 routed per token, 3B of 30B parameters active). lmms-eval's Qwen3_VL class picks the
+    # MoE class only when the checkpoint's name contains "A<n>B".
+    FamilyFacts("qwen3_vl_moe", "Qwen3-VL-MoE", "Qwen3VLMoeForConditionalGeneration", "Qwen3VLProcessor",
+                _QWEN3_VIDEO, 16, 2, 65536, 16777216, "qwen3_vl", image_norm=0.5,
+                released="Qwen/Qwen3-VL-30B-A3B-Instruct", recipe_folder="qwen3_vl_moe_30b_a3b",
+                stock_lmms_eval="lmms_eval.models.simple.qwen3_vl:Qwen3_VL", tiny=_qwen3_vl_moe_tiny,
+                full_size={"text": {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 48,
+                                    "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+                                    "max_position_embeddings": 262144, "num_experts": 128,
+                                    "num_experts_per_tok": 8, "moe_intermediate_size": 768,
+                                    "decoder_sparse_step": 1, "mlp_only_layers": [],
+                                    "rope_parameters": {"rope_type": "default", "rope_theta": 5e6,
+                                                        "mrope_section": [24, 20, 20], "mrope_interleaved": True}},
+                           "vision": _QWEN3_FULL_VISION, "top": {"tie_word_embeddings": False}}),
+)}
+QWEN2_5_VL = FAMILIES["qwen2_5_vl"]
+DEFAULT_FAMILY = QWEN2_5_VL.model_type  # the family the paper's checkpoint and the quick start use
+# The families with a tiny random builder: what the tests run every family-sensitive case on.
+TESTED_FAMILIES = tuple(name for name, facts in FAMILIES.items() if facts.tiny is not None)
+# Presets state pixel budgets for Qwen2.5-VL's 28-px visual tokens (the released evaluation's numbers).
+PRESET_PIXELS_PER_TOKEN = QWEN2_5_VL.pixels_per_token
+
+
+def facts_of(config) -> FamilyFacts:
+    """The registry entry of a loaded model's config."""
+    return FAMILIES[model_type_of(config)]
+
+
+def for_model(model, processor):
+    """The family seam object of a loaded model: what the engine asks for token ids and positions."""
+    return facts_of(model.config).layout(model, processor)
+
+
+def load_symbol(path: str):
+    """``"module:Name"`` from the registry, imported."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)

@@ -33,7 +33,8 @@ from awares_lmms.core.engine import (
     TurnTrace,
     TwoTurnProtocol,
 )
-from awares_lmms.core.family import ASSISTANT_HEADER, QwenVLFamily
+from awares_lmms.core import family as families
+from awares_lmms.core.family import ASSISTANT_HEADER
 
 
 @dataclass
@@ -100,7 +101,7 @@ class TwoTurnEngine(TwoTurnProtocol):
     def __init__(self, model, processor, config: EngineConfig | None = None):
         super().__init__(processor, config)
         self.model = model
-        self.family = QwenVLFamily(model, processor)
+        self.family = families.for_model(model, processor)
         self.context_window = self.family.context_window
         self.stop_ids = self.family.stop_ids(self.tokenizer, self.protocol.stop_tokens)
         self.suppressed_ids = self.family.suppressed_ids if self.protocol.suppress_vision_tokens else None

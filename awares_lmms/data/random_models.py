@@ -30,23 +30,16 @@ from pathlib import Path
 import torch
 import trl
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-    Qwen2Tokenizer,
-    Qwen2VLImageProcessor,
-    Qwen2VLVideoProcessor,
-    Qwen3VLConfig,
-    Qwen3VLForConditionalGeneration,
-    Qwen3VLProcessor,
-)
+import transformers
+from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
 from awares_lmms.core import arguments, errors, protocol
 from awares_lmms.core.errors import InputError
-from awares_lmms.core.family import FAMILIES as FAMILY_FACTS
+from awares_lmms.core.family import DEFAULT_FAMILY, FAMILIES, TESTED_FAMILIES, FamilyFacts, load_symbol
+
+# The families whose released architecture ``full_size_model`` builds.
+FULL_SIZE_FAMILIES = tuple(name for name, facts in FAMILIES.items() if facts.full_size is not None)
 
 # Qwen2.5-VL's added tokens, in the order of the real tokenizer (ids 151643..151664 there).
 QWEN_SPECIAL_TOKENS = [
@@ -106,29 +99,35 @@ def build_tokenizer(extra_corpus: tuple[str, ...] = ()):
     return tok
 
 
-def official_chat_template(family: str = "qwen2_5_vl") -> str:
+def official_chat_template(family: str = DEFAULT_FAMILY) -> str:
     """The family's official chat template, read from the copy TRL installs (no network)."""
 
-    name = FAMILY_FACTS[family].chat_template
+    name = FAMILIES[family].chat_template
     return (Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja").read_text()
 
 
+def _facts(family: str) -> FamilyFacts:
+    if family not in FAMILIES or FAMILIES[family].tiny is None:
+        raise InputError(f"family must be one of {sorted(TESTED_FAMILIES)}, got {family!r}")
+    return FAMILIES[family]
+
+
 def build_processor(tokenizer, min_pixels: int | None = None, max_pixels: int | None = None,
-                    family: str = "qwen2_5_vl"):
+                    family: str = DEFAULT_FAMILY):
     """The family's processor with its released checkpoints' image settings (``family.FAMILIES``)."""
-    facts = FAMILY_FACTS[family]
-    common = dict(min_pixels=min_pixels or facts.min_pixels, max_pixels=max_pixels or facts.max_pixels,
-                  patch_size=facts.patch_size, temporal_patch_size=2, merge_size=facts.merge_size)
-    if family == "qwen3_vl":
-        image_processor = Qwen2VLImageProcessor(**common, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-        return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                video_processor=Qwen3VLVideoProcessor(), chat_template=official_chat_template(family))
-    return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**common), tokenizer=tokenizer,
-                               video_processor=Qwen2VLVideoProcessor(), chat_template=official_chat_template(family))
+    facts = _facts(family)
+    settings = dict(min_pixels=min_pixels or facts.min_pixels, max_pixels=max_pixels or facts.max_pixels,
+                    patch_size=facts.patch_size, temporal_patch_size=2, merge_size=facts.merge_size)
+    if facts.image_norm is not None:
+        settings |= dict(image_mean=[facts.image_norm] * 3, image_std=[facts.image_norm] * 3)
+    processor_class = getattr(transformers, facts.processor_class)
+    return processor_class(image_processor=Qwen2VLImageProcessor(**settings), tokenizer=tokenizer,
+                           video_processor=load_symbol(facts.video_processor)(),
+                           chat_template=official_chat_template(family))
 
 
 def _text_config(ids, vocab, hidden, layers) -> dict:
-    """The language model's settings both families' tiny configs share."""
+    """The language model's settings every family's tiny config shares."""
     heads = max(2, hidden // 32)
     return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
                 num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=32768,
@@ -136,8 +135,7 @@ def _text_config(ids, vocab, hidden, layers) -> dict:
                 bos_token_id=None)
 
 
-def _vision_config(family, hidden, vision_depth, vision_hidden) -> dict:
-    facts = FAMILY_FACTS[family]
+def _vision_config(facts: FamilyFacts, hidden, vision_depth, vision_hidden) -> dict:
     return dict(depth=vision_depth, hidden_size=vision_hidden, num_heads=4, intermediate_size=4 * vision_hidden,
                 out_hidden_size=hidden, patch_size=facts.patch_size, spatial_merge_size=facts.merge_size,
                 temporal_patch_size=2)
@@ -148,46 +146,25 @@ def _vision_token_ids(ids) -> dict:
                 vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
 
 
-def _qwen2_5_vl_config(ids, vocab, hidden, layers, vision_depth, vision_hidden, rope_theta):
-    text = _text_config(ids, vocab, hidden, layers)
-    text.update(rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": [4, 6, 6]},
-                use_sliding_window=False)
-    vision = _vision_config("qwen2_5_vl", hidden, vision_depth, vision_hidden)
-    vision.update(window_size=112, fullatt_block_indexes=[i for i in range(vision_depth) if i % 2 == 1],
-                  tokens_per_second=2)
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_vision_token_ids(ids))
-
-
-def _qwen3_vl_config(ids, vocab, hidden, layers, vision_depth, vision_hidden, rope_theta):
-    text = _text_config(ids, vocab, hidden, layers)
-    # Interleaved M-RoPE (t, h, w frequencies alternate), as the real Qwen3-VL.
-    text.update(head_dim=32, rope_parameters={"rope_type": "default", "rope_theta": rope_theta,
-                                              "mrope_section": [4, 6, 6], "mrope_interleaved": True})
-    vision = _vision_config("qwen3_vl", hidden, vision_depth, vision_hidden)
-    # DeepStack: features of these vision layers are added to the first language-model layers.
-    vision.update(deepstack_visual_indexes=list(range(1, vision_depth))[:3], num_position_embeddings=256)
-    return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **_vision_token_ids(ids))
-
-
-# One entry per supported family: its config builder and model class.
-FAMILIES = {
-    "qwen2_5_vl": (_qwen2_5_vl_config, Qwen2_5_VLForConditionalGeneration),
-    "qwen3_vl": (_qwen3_vl_config, Qwen3VLForConditionalGeneration),
-}
+def tiny_config(family: str, ids, vocab, hidden, layers, vision_depth, vision_hidden, rope_theta):
+    """The tiny config of ``family``: the shared settings above plus what its registry entry adds."""
+    facts = _facts(family)
+    shape = facts.tiny(vision_depth, rope_theta)
+    text = _text_config(ids, vocab, hidden, layers) | shape["text"]
+    vision = _vision_config(facts, hidden, vision_depth, vision_hidden) | shape["vision"]
+    return facts.model_cls().config_class(text_config=text, vision_config=vision, **shape["top"],
+                                          **_vision_token_ids(ids))
 
 
 def build_model(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int = 4, seed: int = 0,
                 sharpen: float = 1.0, vision_hidden: int = 128, rope_theta: float = 1e6,
-                family: str = "qwen2_5_vl"):
+                family: str = DEFAULT_FAMILY):
     """Random Qwen-VL of ``family``. ``sharpen`` > 1 scales the LM's weight matrices so logits are
     peaked: a flat random model hides position errors that a trained model would not forgive."""
-    if family not in FAMILIES:
-        raise InputError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    make_config, model_class = FAMILIES[family]
-    config = make_config(ids, len(tokenizer), hidden, layers, vision_depth, vision_hidden, rope_theta)
+    config = tiny_config(family, ids, len(tokenizer), hidden, layers, vision_depth, vision_hidden, rope_theta)
     torch.manual_seed(seed)
-    model = model_class(config).eval()
+    model = _facts(family).model_cls()(config).eval()
     if sharpen != 1.0:
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -205,7 +182,7 @@ def _set_generation_ids(model, ids) -> None:
     gen.do_sample = False
 
 
-def build(out: str | Path, seed: int = 0, sharpen: float = 1.0, family: str = "qwen2_5_vl", **model_kwargs) -> Path:
+def build(out: str | Path, seed: int = 0, sharpen: float = 1.0, family: str = DEFAULT_FAMILY, **model_kwargs) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
@@ -229,10 +206,10 @@ def resolve(spec: str | Path, what: str = "model_name_or_path") -> str:
     if not sep or not (scheme == TINY_SCHEME or scheme.startswith(TINY_SCHEME + "-")):
         arguments.checkpoint_location(what, spec)
         return spec
-    family = scheme[len(TINY_SCHEME) + 1:] or "qwen2_5_vl"
-    if family not in FAMILIES:
+    family = scheme[len(TINY_SCHEME) + 1:] or DEFAULT_FAMILY
+    if family not in TESTED_FAMILIES:
         raise InputError(f"{spec!r}: unknown tiny family {family!r}; use tiny:DIR or one of "
-                         f"{', '.join(f'tiny-{f}:DIR' for f in sorted(FAMILIES))}")
+                         f"{', '.join(f'tiny-{f}:DIR' for f in TESTED_FAMILIES)}")
     out = Path(rest)
     config = out / "config.json"
     if not config.exists():
@@ -242,52 +219,34 @@ def resolve(spec: str | Path, what: str = "model_name_or_path") -> str:
     return str(out)
 
 
-# The released models' architectures (Qwen2.5-VL-7B, Qwen3-VL-8B), per family: what ``full_size_model`` builds.
-FULL_SIZE = {
-    "qwen2_5_vl": dict(
-        text=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                  num_key_value_heads=4, max_position_embeddings=128000, use_sliding_window=False,
-                  rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
-        vision=dict(depth=32, hidden_size=1280, num_heads=16, intermediate_size=3420, window_size=112,
-                    fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
-    ),
-    "qwen3_vl": dict(
-        text=dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                  num_key_value_heads=8, head_dim=128, max_position_embeddings=262144,
-                  rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
-                                   "mrope_interleaved": True}),
-        vision=dict(depth=27, hidden_size=1152, num_heads=16, intermediate_size=4304, num_position_embeddings=2304,
-                    deepstack_visual_indexes=[8, 16, 24]),
-    ),
-}
-
-
-def full_size_config(family: str = "qwen2_5_vl", tokenizer=None):
-    """The config of the family's released model (``FULL_SIZE``), with this module's tokenizer's ids.
+def full_size_config(family: str = DEFAULT_FAMILY, tokenizer=None):
+    """The config of the family's released model (its registry entry's ``full_size``), with this
+    module's tokenizer's ids.
 
     The vocabulary is the tiny tokenizer's (hundreds of tokens, not ~152k), so the embedding and the
     lm_head hold about 1B fewer parameters than the released model's (about 0.5B of them read per
     decode step, some 6 % of its weights). Timings are a little faster than the real model's for that;
     gpu_benchmark's roofline counts the built model's own parameters, so its ratios are unaffected."""
-    if family not in FULL_SIZE:
-        raise InputError(f"family must be one of {sorted(FULL_SIZE)}, got {family!r}")
+    facts = FAMILIES.get(family)
+    if facts is None or facts.full_size is None:
+        raise InputError(f"family must be one of {sorted(FULL_SIZE_FAMILIES)}, got {family!r}")
     tokenizer = tokenizer or build_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    shape, facts = FULL_SIZE[family], FAMILY_FACTS[family]
+    shape = facts.full_size
     text = dict(vocab_size=len(tokenizer), tie_word_embeddings=False, eos_token_id=ids["<|im_end|>"],
                 pad_token_id=ids["<|endoftext|>"], bos_token_id=None) | shape["text"]
     vision = dict(out_hidden_size=shape["text"]["hidden_size"], patch_size=facts.patch_size,
                   spatial_merge_size=facts.merge_size, temporal_patch_size=2) | shape["vision"]
-    config_class = FAMILIES[family][1].config_class
-    return config_class(text_config=text, vision_config=vision, tie_word_embeddings=False, **_vision_token_ids(ids))
+    return facts.model_cls().config_class(text_config=text, vision_config=vision, tie_word_embeddings=False,
+                                          **_vision_token_ids(ids))
 
 
-def full_size_model(family: str = "qwen2_5_vl", dtype=torch.bfloat16, device="cuda"):
+def full_size_model(family: str = DEFAULT_FAMILY, dtype=torch.bfloat16, device="cuda"):
     """(model, processor): random weights in the family's released architecture, built on ``device``."""
     tokenizer = build_tokenizer()
     config = full_size_config(family, tokenizer)
     with torch.device(device):
-        model = FAMILIES[family][1](config).to(dtype).eval()
+        model = FAMILIES[family].model_cls()(config).to(dtype).eval()
     _set_generation_ids(model, {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS})
     return model, build_processor(tokenizer, family=family)
 
@@ -299,7 +258,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sharpen", type=float, default=1.0, help="scale LM weights (peakier random logits)")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_5_vl")
+    parser.add_argument("--family", choices=TESTED_FAMILIES, default=DEFAULT_FAMILY)
     args = parser.parse_args(argv)
     path = build(args.out, seed=args.seed, sharpen=args.sharpen, family=args.family, hidden=args.hidden,
                  layers=args.layers)

@@ -21,6 +21,7 @@ import torch
 
 from awares_lmms.core import errors
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.core.family import DEFAULT_FAMILY
 from awares_lmms.core.hf_engine import TwoTurnEngine
 from awares_lmms.core.loading import load_model_and_processor
 from awares_lmms.data import drawing, random_models
@@ -33,7 +34,7 @@ def document_inputs() -> list[Request]:
 
 def load(args):
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    family = getattr(args, "family", "qwen2_5_vl")
+    family = getattr(args, "family", DEFAULT_FAMILY)
     if args.shape == "full":
         return random_models.full_size_model(family, dtype, args.device)
     path = args.model
@@ -66,7 +67,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", help="hub id or local path (default: build the tiny random checkpoint)")
     parser.add_argument("--shape", choices=["tiny", "full"], default="tiny",
                         help="full: random weights in the family's released architecture (Qwen2.5-VL-7B, Qwen3-VL-8B)")
-    parser.add_argument("--family", choices=sorted(random_models.FULL_SIZE), default="qwen2_5_vl")
+    parser.add_argument("--family", choices=random_models.FULL_SIZE_FAMILIES, default=DEFAULT_FAMILY)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--attn-implementation", default=None)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import json
 import statistics
 import tempfile
@@ -319,18 +318,12 @@ def mixed_section(setup: Setup, n: int, answer_ids: list[int], batches=(1, 8),
     return rows, answers
 
 
-# lmms-eval's own model class per family: (module, class).
-STOCK_CLASSES = {"qwen2_5_vl": ("lmms_eval.models.simple.qwen2_5_vl", "Qwen2_5_VL"),
-                 "qwen3_vl": ("lmms_eval.models.simple.qwen3_vl", "Qwen3_VL")}
-
-
 def stock_section(setup: Setup, checkpoint: str, n: int, batches=(1, 8)) -> list[dict]:
     """lmms-eval's class of the model's family (its defaults: bf16, its pixel budget) on the mixed images."""
     from lmms_eval.api.instance import Instance
 
     model_type = family.model_type_of(setup.model.config)
-    module, name = STOCK_CLASSES[model_type]
-    stock_class = getattr(importlib.import_module(module), name)
+    stock_class = family.load_symbol(family.FAMILIES[model_type].stock_lmms_eval)  # lmms-eval's own class
 
     docs = [{"image": r.images[0], "question": r.question} for r in mixed_requests(n, "robust", [0])]
     gen = {"max_new_tokens": setup.settings.max_new_tokens, "temperature": 0}  # until: the class's own default
@@ -431,8 +424,8 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=["tiny", "full"], default="tiny",
-                        help="full: random weights in the family's released architecture (Qwen2.5-VL-7B, Qwen3-VL-8B)")
-    parser.add_argument("--family", choices=sorted(random_models.FULL_SIZE), default="qwen2_5_vl")
+                        help="full: random weights in the family's released architecture (its registry entry)")
+    parser.add_argument("--family", choices=random_models.FULL_SIZE_FAMILIES, default=family.DEFAULT_FAMILY)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="default: bfloat16 on a GPU, float32 on CPU")
@@ -457,7 +450,10 @@ def main(argv=None) -> dict:
     args.max_new_tokens = args.max_new_tokens or (16 if args.shape == "full" else 8)
 
     start = time.perf_counter()
-    checkpoint = tempfile.mkdtemp(prefix="awares-gpu-bench-")
+    # Named after the family's released model: lmms-eval's Qwen3_VL class picks the MoE model class from
+    # the "A3B" in a checkpoint's name.
+    released = (family.FAMILIES[args.family].released or args.family).split("/")[-1]
+    checkpoint = str(Path(tempfile.mkdtemp(prefix="awares-gpu-bench-")) / released)
     if args.shape == "full":
         model, processor = random_models.full_size_model(args.family, dtype, device)
     else:

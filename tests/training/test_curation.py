@@ -23,6 +23,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from awares_lmms.core import protocol
+from awares_lmms.core.family import DEFAULT_FAMILY, FAMILIES, TESTED_FAMILIES
 from awares_lmms.data import curation_samples as synthetic
 from awares_lmms.tools.serve import LocalServer, free_port
 from training import transcripts as tr
@@ -646,7 +647,24 @@ def test_resume_refuses_another_labelling_configuration(tmp_path):
         curator(judge_scorer="exact")
 
 
-@pytest.mark.parametrize("recipe", ["tiny_cpu", "qwen2_5_vl_7b", "qwen3_vl_8b"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [f for f in TESTED_FAMILIES if f != DEFAULT_FAMILY])
+def test_the_tiny_recipe_curates_with_every_family_as_the_answerer(name, family_dirs, tmp_path):
+    """Curation through the registry: the local answerer (the engine) on each other family's tiny model."""
+    out = tmp_path / "curated"
+    proc = subprocess.run(_curate_cmd(out, family_dirs(name), "--max_samples", "4"), cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = tr.read(out / "transcripts.jsonl")
+    assert len(records) == 4 and {r["label"] for r in records} <= {"lr", "hr"}
+    log = [json.loads(line) for line in (out / "curation_log.jsonl").read_text().splitlines()]
+    assert all(r["status"] != "failed" for r in log), log
+
+
+FULL_SIZE_RECIPES = sorted(f.recipe_folder for f in FAMILIES.values() if f.recipe_folder)
+
+
+@pytest.mark.parametrize("recipe", ["tiny_cpu", *FULL_SIZE_RECIPES])
 def test_recipes_parse(recipe):
     from trl import TrlParser
 
@@ -664,7 +682,8 @@ def test_recipes_parse(recipe):
     if recipe != "tiny_cpu":
         assert (answerer.answerer, judge.judge, oracle.oracle_coords, run.both_wrong) == \
             ("openai", "openai", "norm1000", "lr")
-        assert {"qwen2_5_vl_7b": "Qwen2.5-VL-7B", "qwen3_vl_8b": "Qwen3-VL-8B"}[recipe] in answerer.model_name_or_path
+        released = {f.recipe_folder: f.released for f in FAMILIES.values()}
+        assert answerer.model_name_or_path == released[recipe]  # the family's own model answers
     else:
         assert (inputs.source, judge.judge, run.both_wrong, mapping.no_box) == ("synthetic", "rule", "hr", "lr")
 

@@ -38,19 +38,19 @@ def test_every_training_recipe_parses_with_its_entry_points_parser(folder, stage
     assert model_args.model_name_or_path and training_args.output_dir and script_args.transcripts
 
 
-@pytest.mark.parametrize("model_type, folder", sorted(smoke.FULL_SIZE_RECIPES.items()))
-def test_full_size_recipes_train_on_the_paper_budget_of_their_family(model_type, folder):
+@pytest.mark.parametrize("model_type", [m for m, f in family.FAMILIES.items() if f.recipe_folder])
+def test_full_size_recipes_train_on_the_paper_budget_of_their_family(model_type):
     """SFT and GRPO declare their budget in the checkpoint; for evaluation to see what training saw,
     it must be the `paper` preset's budget in the family's own visual tokens (32 px for Qwen3-VL)."""
     paper = presets.resolve("paper", pixels_per_token=family.FAMILIES[model_type].pixels_per_token).settings
+    folder = smoke.recipes_for("full", model_type)
     sft_args, _, sft_model = _parse("sft", folder.name)
     grpo_args, grpo_training, _ = _parse("grpo", folder.name)
     assert (sft_args.min_pixels, sft_args.max_pixels) == (paper.min_pixels, paper.max_pixels)
     assert grpo_args.max_pixels == paper.max_pixels
     assert grpo_training.num_generations == 8 and sft_args.tool_turn_weight == 5.0  # the paper's G and w
-    # The recipe's base model is the family's: its hub id names it.
-    names = {"qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}
-    assert names[model_type] in sft_model.model_name_or_path
+    # The recipe's base model is the family's released one (its registry entry).
+    assert sft_model.model_name_or_path == family.FAMILIES[model_type].released
 
 
 def test_commands_in_recipes_and_docs_name_files_that_exist():
@@ -61,15 +61,20 @@ def test_commands_in_recipes_and_docs_name_files_that_exist():
     assert sorted(n for n in named if not (REPO / n).is_file()) == []
 
 
-# Published sizes (model cards): 8.29B and 8.77B parameters, with vocabularies of 152064 and 151936.
-RELEASED = {"qwen2_5_vl": (8.29e9, 152064), "qwen3_vl": (8.77e9, 151936)}
+# Published sizes (model cards): 8.29B, 8.77B and 31.07B parameters, with vocabularies of 152064 and
+# 151936. Written here from the cards, not from the registry, so a wrong registry shape fails.
+RELEASED = {"qwen2_5_vl": (8.29e9, 152064), "qwen3_vl": (8.77e9, 151936), "qwen3_vl_moe": (31.07e9, 151936)}
 
 
-@pytest.mark.parametrize("model_type", sorted(random_models.FULL_SIZE))
+def test_every_full_size_family_has_a_published_size():
+    assert sorted(random_models.FULL_SIZE_FAMILIES) == sorted(RELEASED)
+
+
+@pytest.mark.parametrize("model_type", sorted(random_models.FULL_SIZE_FAMILIES))
 def test_full_size_architectures_have_the_released_parameter_counts(model_type):
     config = random_models.full_size_config(model_type)
     with torch.device("meta"):
-        model = random_models.FAMILIES[model_type][1](config)
+        model = family.FAMILIES[model_type].model_cls()(config)
     count = sum(p.numel() for p in model.parameters())
     hidden, vocab = config.text_config.hidden_size, config.text_config.vocab_size
     published, released_vocab = RELEASED[model_type]

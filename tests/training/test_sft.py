@@ -154,13 +154,19 @@ def test_trainer_loss_equals_hand_computed_weighted_nll(trainer_and_batch):
         loss = trainer.compute_loss(model, dict(batch))
         # With the Trainer's count of the whole step's tokens (e.g. two accumulated micro-batches).
         loss_step = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(2 * int(n_tokens)))
+    # Mixture of experts: the router's load-balancing term, as TRL's stock loss adds it.
+    with torch.no_grad():
+        aux = (trainer.router_aux_loss_coef * model(**{k: v for k, v in batch.items() if k != "loss_weights"},
+                                                     output_router_logits=True).aux_loss.item()
+               if trainer.aux_loss_enabled else 0.0)
+    assert trainer.aux_loss_enabled == (model.config.model_type == "qwen3_vl_moe")
     expected = weighted_sum / n_tokens
     # In training the Trainer hands over the count of the whole step (here two micro-batches), which
     # Qwen2.5-VL's accepts_loss_kwargs=False would otherwise switch off.
     assert trainer.model_accepts_loss_kwargs
     assert int(trainer._get_num_items_in_batch([batch, batch], torch.device("cpu"))) == 2 * int(n_tokens)
-    assert abs(loss.item() - expected.item()) < 1e-5, (loss.item(), expected.item())
-    assert abs(loss_step.item() - expected.item() / 2) < 1e-5
+    assert abs(loss.item() - expected.item() - aux) < 1e-5, (loss.item(), expected.item(), aux)
+    assert abs(loss_step.item() - expected.item() / 2 - aux) < 1e-5
     # The tool turn really is up-weighted, and with w = 1 the loss is TRL's stock one.
     unweighted = trainer.compute_loss(model, {**batch, "loss_weights": (batch["loss_weights"] > 0).float()})
     assert loss.item() > unweighted.item() + 1.0
@@ -237,8 +243,10 @@ def test_lora_trains_language_model_only_and_merges(base_dir, data_file, tmp_pat
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and ".language_model.layers." in n for n in trainable)
     assert not any("visual" in n or "lm_head" in n for n in trainable)
-    # 4 layers x (q, k, v, o, gate, up, down) x (A, B)
-    assert len(trainable) == 4 * 7 * 2
+    # 4 layers x (q, k, v, o, gate, up, down) x (A, B); a mixture of experts keeps its experts in fused
+    # 3-D parameters, not Linear modules: LoRA adapts its attention projections only.
+    moe = getattr(trainer.model.config.text_config, "num_experts", None) is not None
+    assert len(trainable) == 4 * (4 if moe else 7) * 2
 
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "config.json").is_file()
     merged, _ = load_model_and_processor(str(out))

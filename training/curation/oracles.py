@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from awares_lmms.core import family
 from awares_lmms.data import random_models
@@ -164,7 +163,7 @@ class OpenAIOracle:
         if self.args.oracle_coords != "qwen25_resized":
             return sent.size
 
-        h, w = smart_resize(sent.height, sent.width, factor=family.QWEN2_5_VL.pixels_per_token,
+        h, w = family.smart_resize(sent.height, sent.width, factor=family.QWEN2_5_VL.pixels_per_token,
                             min_pixels=self.args.oracle_min_pixels or QWEN25_SERVER_MIN_PIXELS,
                             max_pixels=self.args.oracle_max_pixels or QWEN25_SERVER_MAX_PIXELS)
         return w, h

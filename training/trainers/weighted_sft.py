@@ -15,7 +15,10 @@ tool turn's share of the gradient without shrinking the answers' (a sum-of-weigh
 
 TRL internals used: ``DataCollatorForVisionLanguageModeling`` (subclassed), the fused LM head
 (``model(..., fused_lm_head=True)`` returning ``log_probs``, ``label_mask``, ``entropy``, ``is_top1``),
-``SFTTrainer._metrics``, ``_total_train_tokens`` and ``_tp_size``/``get_tp_size``.
+``SFTTrainer._metrics``, ``_total_train_tokens`` and ``_tp_size``/``get_tp_size``; for Mixture-of-Experts
+models (Qwen3-VL-MoE) ``aux_loss_enabled`` and ``router_aux_loss_coef``, so the router's
+load-balancing term is added exactly as TRL's stock loss adds it (with w = 1 the loss still equals
+TRL's, MoE included: ``tests/training/test_sft.py``).
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ class WeightedSFTTrainer(FullWeightsResumeMixin, SFTTrainer):
         mode = "train" if self.model.training else "eval"
         loss_weights = inputs.pop("loss_weights")
         inputs["use_cache"] = False
+        if self.aux_loss_enabled:  # MoE (Qwen3-VL-MoE): the router's load-balancing loss, as TRL adds it
+            inputs["output_router_logits"] = True
         outputs = model(**inputs, fused_lm_head=True)
         # log_probs[:, t] scores labels[:, t + 1] and is 0 where that label is -100.
         weights = loss_weights[:, 1:].to(outputs.log_probs.device)
@@ -115,6 +120,14 @@ class WeightedSFTTrainer(FullWeightsResumeMixin, SFTTrainer):
         # num_items_in_batch counts every rank's tokens while DDP averages gradients over ranks.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        if self.aux_loss_enabled:
+            # TRL's own MoE term, unweighted by w (it balances experts, it scores no token): a per-micro-batch
+            # mean, spread over the accumulation steps when the Trainer leaves accumulation to the loss.
+            steps = (getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+                     if num_items_in_batch is not None else 1)
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss / steps
+            self._metrics[mode]["aux_loss"].append(
+                self.accelerator.gather_for_metrics(outputs.aux_loss.detach()).mean().item())
         self._record_metrics(mode, inputs, outputs, nll.detach(), weights)
         if return_outputs:
             # Kept for Trainer.prediction_step with logits; the fused head does not build them.
