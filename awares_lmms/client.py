@@ -21,11 +21,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from awares_lmms.core import arguments, images, presets
-from awares_lmms.core.backends import serving_options
 from awares_lmms.core.chat_engine import ChatEngine
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.loading import load_processor
-from awares_lmms.core.openai_backend import OpenAITransport
+from awares_lmms.core.openai_backend import OpenAIOptions, OpenAITransport
 from awares_lmms.core.stats import SampleStats
 
 __all__ = ["AwaResClient", "AwaResRequestError"]
@@ -49,9 +48,9 @@ class AwaResClient:
     def __init__(self, base_url: str, model: str, processor=None, preset: str | None = None,
                  api_key: str | None = None, mode: str = "awares", max_concurrency: int = 8, timeout: float = 600.0,
                  max_retries: int = 3, send_budget: str = "auto", **settings):
-        # Read as strictly as the plugin reads its --model_args (one reader: backends.serving_options).
-        opts = serving_options({"max_concurrency": max_concurrency, "timeout": timeout, "max_retries": max_retries,
-                                "send_budget": send_budget})
+        # Read as strictly as the plugin reads backend=openai's --model_args (one reader: OpenAIOptions.read).
+        opts = OpenAIOptions.read({"base_url": base_url, "model": model, "max_concurrency": max_concurrency,
+                                   "timeout": timeout, "max_retries": max_retries, "send_budget": send_budget})
         source = processor if processor is None or isinstance(processor, (str, Path)) else None
         source = str(source or model)
         # A local folder or a hub id, read as the plugin reads it (the client once read folders only).

@@ -49,3 +49,12 @@ def test_the_presets_table_shows_every_setting_of_every_preset():
 def test_the_readme_lists_every_family_of_the_registry():
     text = (REPO / "README.md").read_text()
     assert [name for name in FAMILIES if f"`{name}`" not in text] == []
+
+
+def test_the_options_table_lists_every_backend_option_in_its_backends_row():
+    from awares_lmms.core import backends
+
+    rows = [line for line in (REPO / "docs" / "evaluation.md").read_text().splitlines() if line.startswith("|")]
+    for name in backends.BACKENDS:
+        for option in backends.get(name).option_names:
+            assert any(f"`{option}`" in row and f"backend={name}" in row for row in rows), (name, option)

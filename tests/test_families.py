@@ -88,7 +88,8 @@ def test_qwen3_vl_through_transformers_serve_and_the_client(tiny_qwen3_dir):
     """backend=openai against ``transformers serve`` on a tiny Qwen3-VL: the server sees the images our
     accounting counts (prompt_tokens_check ok), both turns match the hf backend's, and the client works."""
     from awares_lmms.client import AwaResClient
-    from awares_lmms.core.backends import ServingOptions, build_engine
+    from awares_lmms.core.backends import build_engine
+    from awares_lmms.core.openai_backend import OpenAIOptions
     from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
     from awares_lmms.data import synthetic
     from awares_lmms.tools.serve import LocalServer
@@ -101,7 +102,7 @@ def test_qwen3_vl_through_transformers_serve_and_the_client(tiny_qwen3_dir):
     engine = build_engine("hf", checkpoint, config)
     hf = engine.run(requests, generation)
     with LocalServer("transformers", checkpoint) as server:
-        opts = ServingOptions(base_url=server.base_url, model=checkpoint)
+        opts = OpenAIOptions(base_url=server.base_url, model=checkpoint)
         served = build_engine("openai", checkpoint, config, opts).run(requests, generation)
         client = AwaResClient(server.base_url, checkpoint, preset="awares")
         answer, trace = client.ask(requests[0].images[0], requests[0].question)

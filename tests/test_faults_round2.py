@@ -21,7 +21,7 @@ import pytest
 
 from awares_lmms.core import arguments, presets
 from awares_lmms.core.arguments import ArgumentError
-from awares_lmms.core.backends import serving_options
+from awares_lmms.core.backends import read_options
 from awares_lmms.core.engine import GenerationSettings
 from awares_lmms.core.openai_backend import OpenAITransport
 from tests.test_faults import _lmms_eval, _noise, _png, write_pope
@@ -51,15 +51,21 @@ def test_integers_are_read_strictly(value, ok):
 
 
 def test_serving_options_reject_values_that_would_fail_every_document():
-    """Before: timeout=-1 was accepted and every request then failed."""
+    """Before: timeout=-1 was accepted and every request then failed. Each backend reads its own options
+    (the registry), and an option of another backend is named as such."""
     with pytest.raises(ArgumentError, match="timeout must be > 0.0"):
-        serving_options({"timeout": -1})
+        read_options("openai", {"timeout": -1})
     with pytest.raises(ArgumentError, match="enforce_eager must be one of"):
-        serving_options({"enforce_eager": "sometimes"})
+        read_options("vllm", {"enforce_eager": "sometimes"})
     with pytest.raises(ArgumentError, match="max_concurrency must be >= 1"):
-        serving_options({"max_concurrency": 0})
-    opts = serving_options({"timeout": "2.5", "enforce_eager": "no", "seed": "none"})
-    assert opts.timeout == 2.5 and opts.enforce_eager is False and opts.seed is None
+        read_options("openai", {"max_concurrency": 0})
+    with pytest.raises(ArgumentError, match="^enforce_eager applies to backend=vllm, not backend=openai$"):
+        read_options("openai", {"enforce_eager": "no"})
+    with pytest.raises(ArgumentError, match="^base_url applies to backend=openai, not backend=hf$"):
+        read_options("hf", {"base_url": "http://x"})
+    opts = read_options("vllm", {"enforce_eager": "no", "seed": "none"})
+    assert opts.enforce_eager is False and opts.seed is None
+    assert read_options("openai", {"timeout": "2.5", "seed": "none"}).timeout == 2.5
 
 
 @pytest.mark.parametrize("overrides,message", [

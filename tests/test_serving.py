@@ -19,8 +19,9 @@ import pytest
 
 from awares_lmms.client import AwaResClient, AwaResRequestError
 from awares_lmms.core import presets
-from awares_lmms.core.backends import ServingOptions, build_engine
+from awares_lmms.core.backends import build_engine
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.core.openai_backend import OpenAIOptions
 from awares_lmms.data import shipped_checkpoints, synthetic
 from awares_lmms.tools.serve import LocalServer, free_port
 
@@ -67,7 +68,7 @@ def _assert_same(results, reference, backend: str):
 
 
 def test_openai_backend_matches_hf(server, requests_, hf_results):
-    opts = ServingOptions(base_url=server.base_url, model=CHECKPOINT, max_concurrency=4)
+    opts = OpenAIOptions(base_url=server.base_url, model=CHECKPOINT, max_concurrency=4)
     results = build_engine("openai", CHECKPOINT, _config(), opts).run(requests_, SETTINGS)
     _assert_same(results, hf_results, "openai")
     # transformers serve reports prompt tokens (checked against ours) but no cache hits.
@@ -82,7 +83,7 @@ def test_openai_backend_matches_hf(server, requests_, hf_results):
 def test_a_budget_the_server_does_not_apply_is_recorded_per_sample(server, requests_):
     # Our accounting under a larger minimum than the server's processor applies: the images the
     # server encodes are not the ones counted, and every sample says so.
-    opts = ServingOptions(base_url=server.base_url, model=CHECKPOINT, send_budget="none")
+    opts = OpenAIOptions(base_url=server.base_url, model=CHECKPOINT, send_budget="none")
     results = build_engine("openai", CHECKPOINT, _config(min_pixels=200_704), opts).run(requests_[:3], SETTINGS)
     for r in results:
         assert r.stats.prompt_tokens_check.startswith("mismatch; turn 1: server "), r.stats.prompt_tokens_check
@@ -197,14 +198,15 @@ def test_a_server_killed_mid_run_gives_recorded_failures_and_a_failed_run(tmp_pa
 _VLLM_SCRIPT = """
 import json, sys
 from awares_lmms.core import presets
-from awares_lmms.core.backends import ServingOptions, build_engine
+from awares_lmms.core.backends import build_engine
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.core.vllm_backend import VLLMOptions
 from awares_lmms.data import synthetic
 if __name__ == "__main__":
     ckpt = sys.argv[1]
     settings = presets.resolve(None, {}, presets.read_declaration(ckpt)).settings
     engine = build_engine("vllm", ckpt, EngineConfig(protocol=settings), dtype="float32",
-                          opts=ServingOptions(enforce_eager=True, block_size=32))
+                          opts=VLLMOptions(enforce_eager=True, block_size=32))
     requests = [Request(s.question, [s.image]) for s in synthetic.generate(12, seed=2)]
     results = engine.run(requests, GenerationSettings(max_new_tokens=32))
     with open(sys.argv[2], "w") as f:
@@ -244,13 +246,14 @@ def test_vllm_backend_matches_hf_and_reuses_the_lr_view(hf_results, tmp_path):
 _VLLM_FAMILY_SCRIPT = """
 import json, sys
 from awares_lmms.core import presets
-from awares_lmms.core.backends import ServingOptions, build_engine
+from awares_lmms.core.backends import build_engine
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.core.vllm_backend import VLLMOptions
 from awares_lmms.data import synthetic
 if __name__ == "__main__":
     ckpt = sys.argv[1]
     engine = build_engine("vllm", ckpt, EngineConfig(protocol=presets.resolve_checkpoint(ckpt).settings), dtype="float32",
-                          opts=ServingOptions(enforce_eager=True, block_size=32))
+                          opts=VLLMOptions(enforce_eager=True, block_size=32))
     requests = [Request(s.question, [s.image], forced_turn1=f"GET_CROPS: ['{i}']" if i % 2 else None)
                 for i, s in enumerate(synthetic.generate(6, seed=2))]
     results = engine.run(requests, GenerationSettings(max_new_tokens=8))

@@ -1,90 +1,100 @@
-"""Build the engine for a backend: ``hf`` (transformers ``generate``), ``vllm`` (in process) or
-``openai`` (any OpenAI-compatible server). Every backend runs the same ``TwoTurnProtocol``; only
-the part that generates text differs (``hf_engine``, ``chat_engine`` + a transport)."""
+"""The backend registry: ``hf`` (transformers ``generate``), ``vllm`` (in process) and ``openai`` (any
+OpenAI-compatible server). Every backend runs the same ``TwoTurnProtocol``; only the part that
+generates text differs.
+
+A backend is one module that declares a ``BACKEND`` (``Backend``): its name, its options (a dataclass
+whose fields are its ``--model_args``, read strictly by its ``read``), its constraints (whether it
+takes an adapter, the static cache, several processes under ``accelerate launch``) and how its engine
+is built. ``BACKEND_MODULES`` maps each name to its module; a module is imported only when its backend
+is used (``backend=hf`` never imports the openai SDK or vLLM). The plugin, the client and the tools
+ask the registry and hold no backend rule.
+"""
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
+from awares_lmms.core.arguments import ArgumentError
 
-from awares_lmms.core import arguments
-from awares_lmms.core.chat_engine import ChatEngine
-from awares_lmms.core.engine import EngineConfig, TwoTurnProtocol
-from awares_lmms.core.hf_engine import TwoTurnEngine
-from awares_lmms.core.loading import load_model_and_processor, load_processor
-from awares_lmms.core.openai_backend import DEFAULT_API_KEY_ENV, OpenAITransport
-from awares_lmms.core.vllm_backend import VLLMTransport
-
-BACKENDS = ("hf", "vllm", "openai")
+BACKEND_MODULES = {
+    "hf": "awares_lmms.core.hf_engine",
+    "vllm": "awares_lmms.core.vllm_backend",
+    "openai": "awares_lmms.core.openai_backend",
+}
+BACKENDS = tuple(BACKEND_MODULES)
 
 
-@dataclass
-class ServingOptions:
-    """The serving backends' own arguments (``--model_args`` names)."""
+@dataclass(frozen=True)
+class LoadArguments:
+    """What every backend may need to load a checkpoint (each reads what applies to it)."""
 
-    # openai
-    base_url: str | None = None
-    model: str | None = None  # the served model name (default: pretrained)
-    api_key_env: str = DEFAULT_API_KEY_ENV  # the key is read from this environment variable, never passed
-    max_concurrency: int = 8
-    timeout: float = 600.0
-    max_retries: int = 3
-    send_budget: str = "auto"
-    seed: int | None = None
-    # vllm
-    tp: int = 1
-    gpu_memory_utilization: float = 0.9
-    max_model_len: int | None = None
-    enforce_eager: bool = False
-    block_size: int | None = None  # vLLM on CPU needs a multiple of 32
+    adapter: str | None = None
+    dtype: object = "float32"  # a torch dtype or its name
+    dtype_name: str | None = None  # the dtype as the user named it ("auto" included), for servers' own loaders
+    device: str = "cpu"
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
 
 
-def serving_options(args: dict) -> ServingOptions:
-    """``ServingOptions`` from ``--model_args`` values, read strictly (unknown names raise ``TypeError``)."""
-    opts = ServingOptions(**args)
-    opts.max_concurrency = arguments.integer("max_concurrency", opts.max_concurrency, minimum=1)
-    opts.timeout = arguments.number("timeout", opts.timeout, minimum=0.0, exclusive=True)
-    opts.max_retries = arguments.integer("max_retries", opts.max_retries, minimum=0)
-    opts.tp = arguments.integer("tp", opts.tp, minimum=1)
-    opts.gpu_memory_utilization = arguments.number("gpu_memory_utilization", opts.gpu_memory_utilization,
-                                                   minimum=0.0, exclusive=True, maximum=1.0)
-    for name, minimum in (("max_model_len", 1), ("block_size", 1), ("seed", 0)):
-        value = getattr(opts, name)
-        setattr(opts, name, None if arguments.optional(value) else arguments.integer(name, value, minimum=minimum))
-    opts.enforce_eager = arguments.boolean("enforce_eager", opts.enforce_eager)
-    return opts
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    options: type  # a dataclass with a ``read(values: dict)`` classmethod: its fields are --model_args
+    build: Callable  # (pretrained, EngineConfig, options, LoadArguments) -> TwoTurnProtocol
+    adapter: bool = False  # takes adapter= (else the checkpoint must be merged first)
+    static_cache: bool = False  # static_cache= applies
+    multi_process: bool = True  # may run as several processes under accelerate launch
+    # The server a run talks to, for the run's identity (None: the weights are loaded in process).
+    server: Callable | None = None  # (options, pretrained) -> dict
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self.options))
 
 
-def build_engine(backend: str, pretrained: str, config: EngineConfig, opts: ServingOptions | None = None,
-                 adapter: str | None = None, dtype: torch.dtype | str = torch.float32, device: str = "cpu",
-                 attn_implementation: str | None = None, trust_remote_code: bool = False) -> TwoTurnProtocol:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    settings = config.protocol
-    if backend == "hf":
-        model, processor = load_model_and_processor(pretrained, adapter, dtype, device, attn_implementation,
-                                                    settings.min_pixels, settings.max_pixels, trust_remote_code)
-        return TwoTurnEngine(model, processor, config)
-    if adapter:
-        raise ValueError(f"adapter= works with backend=hf only; merge it first (backend={backend} serves "
-                         "a full checkpoint)")
-    opts = opts or ServingOptions()
-    processor = load_processor(pretrained, settings.min_pixels, settings.max_pixels, trust_remote_code)
-    if backend == "openai":
-        if not opts.base_url:
-            raise ValueError("backend=openai needs base_url=http://host:port/v1")
-        transport = OpenAITransport(opts.base_url, opts.model or pretrained, os.environ.get(opts.api_key_env),
-                                    opts.max_concurrency, opts.timeout, opts.max_retries, opts.send_budget, opts.seed)
-    else:
-        extra = {"enforce_eager": True} if opts.enforce_eager else {}
-        if opts.block_size:
-            extra["block_size"] = opts.block_size
-        if trust_remote_code:
-            extra["trust_remote_code"] = True
-        transport = VLLMTransport(pretrained, opts.tp, opts.gpu_memory_utilization, opts.max_model_len,
-                                  enable_prefix_caching=config.reuse_cache,
-                                  dtype=dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch."),
-                                  seed=opts.seed or 0, engine_kwargs=extra)
-    return ChatEngine(transport, processor, config)
+def get(name: str) -> Backend:
+    """The registered backend ``name`` (its module imported now)."""
+    if name not in BACKEND_MODULES:
+        raise ArgumentError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return importlib.import_module(BACKEND_MODULES[name]).BACKEND
+
+
+def option_owners() -> dict[str, list[str]]:
+    """Every backend option name and the backends that declare it."""
+    owners: dict[str, list[str]] = {}
+    for name in BACKENDS:
+        for option in get(name).option_names:
+            owners.setdefault(option, []).append(name)
+    return owners
+
+
+def read_options(name: str, values: dict):
+    """The options of backend ``name`` from ``--model_args`` values; a value of another backend's option
+    is an error naming the backend it belongs to."""
+    backend = get(name)
+    foreign = sorted(k for k in values if k not in backend.option_names)
+    if foreign:
+        owners = option_owners()
+        where = "; ".join(f"{k} applies to backend={'|'.join(owners[k])}" for k in foreign)
+        raise ArgumentError(f"{where}, not backend={name}")
+    return backend.options.read(values)
+
+
+def build_engine(backend: str, pretrained: str, config, opts=None, adapter: str | None = None, dtype="float32",
+                 device: str = "cpu", attn_implementation: str | None = None, trust_remote_code: bool = False,
+                 dtype_name: str | None = None):
+    """The engine of ``backend`` for ``pretrained`` (``opts``: the backend's options, default its own)."""
+    entry = get(backend)
+    if adapter and not entry.adapter:
+        raise ArgumentError(f"adapter= works with backend=hf only; merge it first (backend={backend} serves "
+                            "a full checkpoint)")
+    if config.static_cache and not entry.static_cache:
+        raise ArgumentError(f"static_cache does not apply to backend={backend} (it manages its own cache)")
+    opts = opts if opts is not None else entry.options.read({})
+    if not isinstance(opts, entry.options):
+        raise ArgumentError(f"backend={backend} takes {entry.options.__name__}, got {type(opts).__name__}")
+    load = LoadArguments(adapter, dtype, dtype_name, device, attn_implementation, trust_remote_code)
+    return entry.build(pretrained, config, opts, load)

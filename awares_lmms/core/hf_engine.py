@@ -26,6 +26,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StaticCache
 
 from awares_lmms.core import accounting
+from awares_lmms.core.backends import Backend, LoadArguments
 from awares_lmms.core.engine import (
     EngineConfig,
     GenerationSettings,
@@ -35,6 +36,7 @@ from awares_lmms.core.engine import (
 )
 from awares_lmms.core import family as families
 from awares_lmms.core.family import ASSISTANT_HEADER
+from awares_lmms.core.loading import load_model_and_processor
 
 
 @dataclass
@@ -326,3 +328,23 @@ class TwoTurnEngine(TwoTurnProtocol):
                 rows[i].turn2_trace = TurnTrace(inputs.input_ids[j][mask].tolist(), inputs.crop_pixel_values[j],
                                                 inputs.crop_grids[j], torch.stack([s[j] for s in out.logits]))
 
+
+@dataclass
+class HFOptions:
+    """``backend=hf`` has no options of its own: the model arguments (dtype, attention, static_cache)
+    cover it."""
+
+    @classmethod
+    def read(cls, values: dict) -> HFOptions:
+        return cls(**values)
+
+
+def _build(pretrained: str, config: EngineConfig, opts: HFOptions, load: LoadArguments) -> TwoTurnEngine:
+    settings = config.protocol
+    model, processor = load_model_and_processor(pretrained, load.adapter, load.dtype, load.device,
+                                                load.attn_implementation, settings.min_pixels, settings.max_pixels,
+                                                load.trust_remote_code)
+    return TwoTurnEngine(model, processor, config)
+
+
+BACKEND = Backend("hf", HFOptions, _build, adapter=True, static_cache=True)

@@ -122,8 +122,9 @@ def _pad_to_aspect(img: Image.Image, max_ratio: float) -> Image.Image:
 
 def normalise(img, max_aspect_ratio: float = MAX_ASPECT_RATIO, exif_transpose: bool = True,
               color_conversion: str = "normalise", max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Image.Image, list[str]]:
-    """8-bit RGB within ``max_pixels``, EXIF orientation applied (unless ``exif_transpose`` is false, as
-    the released evaluation), aspect ratio within Qwen's limit.
+    """8-bit RGB within ``max_pixels``, EXIF orientation applied (unless ``exif_transpose`` is false: both
+    presets apply it, as the ``datasets`` decoding behind the released evaluation did), aspect ratio
+    within Qwen's limit.
 
     ``color_conversion``: ``normalise`` stretches high-bit-depth images, replaces missing (NaN) values
     and puts transparency on white; ``pil`` is PIL's plain ``convert("RGB")`` (the stock tasks' and the

@@ -16,11 +16,13 @@ import io
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
-import openai
-
-from awares_lmms.core.chat_engine import Completion
-from awares_lmms.core.engine import GenerationSettings
+from awares_lmms.core import arguments
+from awares_lmms.core.backends import Backend, LoadArguments
+from awares_lmms.core.chat_engine import ChatEngine, Completion
+from awares_lmms.core.engine import EngineConfig, GenerationSettings
+from awares_lmms.core.loading import load_processor
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,9 @@ class OpenAITransport:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if send_budget not in SEND_BUDGET:
             raise ValueError(f"send_budget must be one of {SEND_BUDGET}, got {send_budget!r}")
+        import openai  # here, not at import: backend=hf runs never load the SDK (0.8 s)
+
+        self._sdk = openai
         key = api_key or os.environ.get(DEFAULT_API_KEY_ENV) or "EMPTY"  # local servers take any key
         self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=max_retries)
         self.model = model
@@ -107,6 +112,7 @@ class OpenAITransport:
             kwargs["top_p"] = float(settings.top_p)
         if self.seed is not None:
             kwargs["seed"] = self.seed
+        openai = self._sdk
         mode = self.send_budget  # read once: another thread may switch "auto" to "none" meanwhile
         if mode != "none":
             kwargs["extra_body"] = {"mm_processor_kwargs": dict(pixel_budget)}
@@ -131,3 +137,48 @@ class OpenAITransport:
             return [self._request(c, settings, pixel_budget) for c in conversations]
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(conversations))) as pool:
             return list(pool.map(lambda c: self._request(c, settings, pixel_budget), conversations))
+
+
+@dataclass
+class OpenAIOptions:
+    """``backend=openai``'s ``--model_args`` (and ``AwaResClient``'s, read the same way)."""
+
+    base_url: str | None = None
+    model: str | None = None  # the served model name (default: pretrained)
+    api_key_env: str = DEFAULT_API_KEY_ENV  # the key is read from this environment variable, never passed
+    max_concurrency: int = 8
+    timeout: float = 600.0
+    max_retries: int = 3
+    send_budget: str = "auto"
+    seed: int | None = None
+
+    @classmethod
+    def read(cls, values: dict) -> OpenAIOptions:
+        """Read strictly (``core.arguments``): ``timeout=0`` or ``max_concurrency=0`` would fail every
+        document, so they are one-line errors here."""
+        opts = cls(**values)
+        opts.max_concurrency = arguments.integer("max_concurrency", opts.max_concurrency, minimum=1)
+        opts.timeout = arguments.number("timeout", opts.timeout, minimum=0.0, exclusive=True)
+        opts.max_retries = arguments.integer("max_retries", opts.max_retries, minimum=0)
+        opts.seed = None if arguments.optional(opts.seed) else arguments.integer("seed", opts.seed, minimum=0)
+        if opts.send_budget not in SEND_BUDGET:
+            raise arguments.ArgumentError(f"send_budget must be one of {SEND_BUDGET}, got {opts.send_budget!r}")
+        return opts
+
+
+def _build(pretrained: str, config: EngineConfig, opts: OpenAIOptions, load: LoadArguments) -> ChatEngine:
+    if not opts.base_url:
+        raise arguments.ArgumentError("backend=openai needs base_url=http://host:port/v1")
+    settings = config.protocol
+    processor = load_processor(pretrained, settings.min_pixels, settings.max_pixels, load.trust_remote_code)
+    transport = OpenAITransport(opts.base_url, opts.model or pretrained, os.environ.get(opts.api_key_env),
+                                opts.max_concurrency, opts.timeout, opts.max_retries, opts.send_budget, opts.seed)
+    return ChatEngine(transport, processor, config)
+
+
+def _server(opts: OpenAIOptions, pretrained: str) -> dict:
+    return {"base_url": opts.base_url, "model": opts.model or pretrained}
+
+
+BACKEND = Backend("openai", OpenAIOptions, _build, server=_server)
+

@@ -14,8 +14,13 @@ heavy dependency with its own pins of torch and transformers.
 
 from __future__ import annotations
 
-from awares_lmms.core.chat_engine import Completion
-from awares_lmms.core.engine import GenerationSettings
+from dataclasses import dataclass
+
+from awares_lmms.core import arguments
+from awares_lmms.core.backends import Backend, LoadArguments
+from awares_lmms.core.chat_engine import ChatEngine, Completion
+from awares_lmms.core.engine import EngineConfig, GenerationSettings
+from awares_lmms.core.loading import load_processor
 
 # Images per prompt: the LR view plus at most the 9 crops (or the whole image) in turn 2.
 MAX_IMAGES_PER_PROMPT = 10
@@ -78,3 +83,47 @@ class VLLMTransport:
         """Empty the prefix cache and the processed-image cache: the next call starts cold (benchmarks)."""
         self.llm.reset_prefix_cache()
         self.llm.reset_mm_cache()
+
+
+@dataclass
+class VLLMOptions:
+    """``backend=vllm``'s ``--model_args``: vLLM's own engine arguments."""
+
+    tp: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    enforce_eager: bool = False
+    block_size: int | None = None  # vLLM on CPU needs a multiple of 32
+    seed: int | None = None
+
+    @classmethod
+    def read(cls, values: dict) -> VLLMOptions:
+        opts = cls(**values)
+        opts.tp = arguments.integer("tp", opts.tp, minimum=1)
+        opts.gpu_memory_utilization = arguments.number("gpu_memory_utilization", opts.gpu_memory_utilization,
+                                                       minimum=0.0, exclusive=True, maximum=1.0)
+        for name, minimum in (("max_model_len", 1), ("block_size", 1), ("seed", 0)):
+            value = getattr(opts, name)
+            setattr(opts, name, None if arguments.optional(value) else arguments.integer(name, value, minimum=minimum))
+        opts.enforce_eager = arguments.boolean("enforce_eager", opts.enforce_eager)
+        return opts
+
+
+def _build(pretrained: str, config: EngineConfig, opts: VLLMOptions, load: LoadArguments) -> ChatEngine:
+    settings = config.protocol
+    processor = load_processor(pretrained, settings.min_pixels, settings.max_pixels, load.trust_remote_code)
+    extra = {"enforce_eager": True} if opts.enforce_eager else {}
+    if opts.block_size:
+        extra["block_size"] = opts.block_size
+    if load.trust_remote_code:
+        extra["trust_remote_code"] = True
+    dtype = load.dtype_name or (load.dtype if isinstance(load.dtype, str) else str(load.dtype).removeprefix("torch."))
+    transport = VLLMTransport(pretrained, opts.tp, opts.gpu_memory_utilization, opts.max_model_len,
+                              enable_prefix_caching=config.reuse_cache, dtype=dtype, seed=opts.seed or 0,
+                              engine_kwargs=extra)
+    return ChatEngine(transport, processor, config)
+
+
+# One process spreads the model over GPUs itself (tp=N): under accelerate launch each rank would load it.
+BACKEND = Backend("vllm", VLLMOptions, _build, multi_process=False)
+

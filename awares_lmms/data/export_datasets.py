@@ -32,7 +32,7 @@ from datasets.table import embed_table_storage
 
 from awares_lmms.core import errors
 from awares_lmms.core.errors import InputError
-from awares_lmms.plugin.hooks import tasks_dir
+from awares_lmms.data.task_files import tasks_dir
 
 TASK_NAMES = ("chartqa", "docvqa", "ocrbench", "pope", "vstar", "realworldqa")
 

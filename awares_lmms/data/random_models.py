@@ -28,15 +28,21 @@ import json
 from pathlib import Path
 
 import torch
+import transformers
 import trl
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-import transformers
 from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from awares_lmms.core import arguments, errors, protocol
 from awares_lmms.core.errors import InputError
-from awares_lmms.core.family import DEFAULT_FAMILY, FAMILIES, TESTED_FAMILIES, FamilyFacts, load_symbol
+from awares_lmms.core.family import (
+    DEFAULT_FAMILY,
+    FAMILIES,
+    TESTED_FAMILIES,
+    FamilyFacts,
+    load_symbol,
+)
 
 # The families whose released architecture ``full_size_model`` builds.
 FULL_SIZE_FAMILIES = tuple(name for name, facts in FAMILIES.items() if facts.full_size is not None)

@@ -86,6 +86,8 @@ import secrets
 import sys
 from pathlib import Path
 
+from awares_lmms.data.task_files import tasks_dir
+
 DATASETS_ENV = "AWARES_DATASETS_DIR"
 _TARGET_MODULE = "lmms_eval.tasks"
 _MARK = "_awares_hooks_installed"
@@ -95,14 +97,6 @@ GENERATED_TASKS = {"awares_synth": "python -m awares_lmms.data.synthetic",
 
 # Include paths appended to every TaskManager (see add_include_path).
 _EXTRA_INCLUDE: list[str] = []
-
-
-def tasks_dir() -> Path:
-    """Directory of the AwaRes task YAMLs (the ``tasks_config`` package), without importing it."""
-    spec = importlib.util.find_spec("tasks_config")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("package 'tasks_config' is not installed (pip install awares-lmms)")
-    return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
 def _real(path) -> str:
@@ -130,10 +124,6 @@ def add_include_path(path) -> None:
     real = _real(path)
     if real not in _EXTRA_INCLUDE:
         _EXTRA_INCLUDE.append(real)
-
-
-def extra_include_paths() -> list[str]:
-    return list(_EXTRA_INCLUDE)
 
 
 def _as_list(include_path) -> list[str]:
@@ -529,8 +519,3 @@ def install() -> None:
         return
     if not any(isinstance(f, _DeferredPatchFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _DeferredPatchFinder())
-
-
-def installed() -> bool:
-    module = sys.modules.get(_TARGET_MODULE)
-    return bool(module is not None and getattr(getattr(module, "TaskManager", None), _MARK, False))

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from awares_lmms.core import arguments, identity, presets, protocol
 from awares_lmms.core.arguments import ArgumentError
-from awares_lmms.core.backends import BACKENDS, ServingOptions, build_engine, serving_options
+from awares_lmms.core import backends
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.loading import resolve_dtype
 from awares_lmms.core.vision_attention import attention_summary
@@ -41,7 +41,6 @@ ORDER_WINDOW_BATCHES = 8
 
 # save_images=DIR keeps each document's image for awares-report's gallery, at most this size.
 SAVED_IMAGE_SIDE = 1600
-SERVING_ARG_NAMES = tuple(f.name for f in fields(ServingOptions))
 
 _SYSTEM_PROMPTS = {"awares": protocol.SYSTEM_PROMPT, "default": None, "none": ""}
 
@@ -74,7 +73,8 @@ def _batch_size(value) -> int:
 class ModelArguments:
     """``--model_args`` of ``--model awares``, parsed and checked once, before anything is loaded (the
     table with every argument is in docs/evaluation.md). Names that are not fields here are protocol
-    settings (``presets.SETTING_NAMES``) or serving options (``backends.ServingOptions``)."""
+    settings (``presets.SETTING_NAMES``) or backend options (each backend's own dataclass, from the
+    registry in ``core/backends.py``)."""
 
     pretrained: str = "Kimhi/AWARES-Qwen2.5-VL-7B"
     adapter: str | None = None
@@ -89,29 +89,31 @@ class ModelArguments:
     static_cache: bool = False
     attn_implementation: str | None = None
     trust_remote_code: bool = False
-    max_batch_size: int | None = None  # lmms-eval passes it; unused
+    # Accepted because lmms-eval passes it to every model class; batches are sized by batch_size alone.
+    max_batch_size: int | None = None
     preset: str | None = None
     on_error: str = "record"
     backend: str = "hf"
     save_images: Path | None = None
     journal: str | None = None
     protocol: dict = field(default_factory=dict)  # protocol settings given by name
-    serving: ServingOptions | None = None
+    serving: object = None  # the backend's options (its registry entry's dataclass)
 
     @classmethod
     def parse(cls, raw: dict) -> ModelArguments:
         raw = dict(raw)
         own = {f.name for f in fields(cls)} - {"protocol", "serving"}
-        serving = {k: raw.pop(k) for k in list(raw) if k in SERVING_ARG_NAMES}
+        option_names = backends.option_owners()
+        serving = {k: raw.pop(k) for k in list(raw) if k in option_names}
         settings = {k: raw.pop(k) for k in list(raw) if k not in own}
         args = cls(**raw, protocol=settings)
-        if args.backend not in BACKENDS:
-            raise ArgumentError(f"backend must be one of {BACKENDS}, got {args.backend!r}")
+        backend = backends.get(args.backend)  # the registry says what the backend accepts
         args.static_cache = arguments.boolean("static_cache", args.static_cache)
-        if args.backend != "hf" and args.static_cache:
-            raise ArgumentError("static_cache applies to backend=hf (vLLM and servers manage their own caches)")
-        if serving and args.backend == "hf":
-            raise ArgumentError(f"{sorted(serving)} apply to backend=vllm|openai, not backend=hf")
+        if args.static_cache and not backend.static_cache:
+            raise ArgumentError(f"static_cache does not apply to backend={args.backend} (it manages its own cache)")
+        if args.adapter and not backend.adapter:
+            raise ArgumentError(f"adapter= works with backend=hf only; merge it first (backend={args.backend} "
+                                "serves a full checkpoint)")
         unknown = sorted(set(settings) - set(presets.SETTING_NAMES))
         if unknown:
             raise ArgumentError(f"unknown --model_args for awares: {unknown}; see docs/evaluation.md for the list")
@@ -137,7 +139,7 @@ class ModelArguments:
                                 "add mode=fixed or drop crops")
         try:
             args.crops = protocol.parse_crop_spec(args.crops) if args.crops not in (None, "", ()) else ()
-            args.serving = serving_options(serving)
+            args.serving = backends.read_options(args.backend, serving)
         except (ValueError, TypeError) as exc:
             raise ArgumentError(str(exc)) from None
         return args
@@ -150,9 +152,9 @@ class AwaresLMM(lmms):
     attn_implementation, trust_remote_code. Run: mode (awares|full|lr|lr_then_full|fixed), crops (for
     fixed, e.g. 0;5), system_prompt (awares|default|none), reuse_cache, static_cache, on_error (record|fail).
     Protocol (``presets``): preset (paper|awares) and each setting by name (``presets.SETTING_NAMES``).
-    Backend: backend (hf|vllm|openai) and the serving options (``backends.ServingOptions``): base_url,
-    model, api_key_env, max_concurrency, timeout, max_retries, send_budget, seed; tp,
-    gpu_memory_utilization, max_model_len, enforce_eager, block_size. Reports: save_images (a directory).
+    Backend: backend (hf|vllm|openai) and that backend's options (``core/backends.py`` registry; openai:
+    base_url, model, api_key_env, max_concurrency, timeout, max_retries, send_budget, seed; vllm: tp,
+    gpu_memory_utilization, max_model_len, enforce_eager, block_size, seed). Reports: save_images (a directory).
     Resume: journal (a file; answered documents are appended and replayed by the same command).
     """
 
@@ -182,9 +184,9 @@ class AwaresLMM(lmms):
         self.save_images = args.save_images
         self.batch_size_per_gpu = args.batch_size
         accelerator = Accelerator()
-        if accelerator.num_processes > 1 and args.backend == "vllm":
-            raise ArgumentError("backend=vllm runs in one process and spreads a model over GPUs itself (tp=N); "
-                                "launch lmms_eval without accelerate")
+        if accelerator.num_processes > 1 and not backends.get(args.backend).multi_process:
+            raise ArgumentError(f"backend={args.backend} runs in one process and spreads a model over GPUs itself "
+                                "(tp=N); launch lmms_eval without accelerate")
         if accelerator.num_processes > 1:
             self._device = accelerator.device
             self.accelerator = accelerator
@@ -208,9 +210,9 @@ class AwaresLMM(lmms):
                 mode=args.mode, fixed_crops=args.crops,
                 system_prompt=_SYSTEM_PROMPTS[args.system_prompt] if args.system_prompt is not None else None,
                 reuse_cache=args.reuse_cache, static_cache=args.static_cache, protocol=settings)
-            self.engine = build_engine(
+            self.engine = backends.build_engine(
                 args.backend, args.pretrained, self.engine_config, opts=args.serving, adapter=args.adapter,
-                dtype=args.dtype if args.backend == "vllm" else torch_dtype, device=str(self._device),
+                dtype=torch_dtype, dtype_name=args.dtype, device=str(self._device),
                 attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code)
         except (ValueError, TypeError) as exc:
             raise ArgumentError(str(exc)) from None
@@ -237,14 +239,13 @@ class AwaresLMM(lmms):
         """Everything that can change an answer of this run (``core.identity``): a journal written under
         another identity is refused, naming what differs."""
         args = self.args
-        serving = args.serving
+        server = backends.get(args.backend).server
         return identity.run_identity(
             pretrained=args.pretrained, adapter=args.adapter, mode=args.mode, crops=list(args.crops),
             system_prompt=args.system_prompt, backend=args.backend, dtype=str(torch_dtype),
             attention=attention_summary(self._model) if self._model is not None else None,
             reuse_cache=args.reuse_cache, static_cache=args.static_cache,
-            server=None if args.backend != "openai" else {"base_url": serving.base_url,
-                                                          "model": serving.model or args.pretrained},
+            server=server(args.serving, args.pretrained) if server else None,
             protocol=self.protocol_summary)
 
     @property

@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
         reprefill = TwoTurnEngine(model, processor, EngineConfig(mode="awares", reuse_cache=False))
         full = TwoTurnEngine(model, processor, EngineConfig(mode="full"))
         wall_reuse, t2_reuse, out = timed(reuse, group, settings, args.repeats)
-        wall_repref, t2_repref, _ = timed(reprefill, group, settings, args.repeats)
+        _, t2_repref, _ = timed(reprefill, group, settings, args.repeats)
         wall_full, _, _ = timed(full, [Request(r.question, r.images) for r in group], settings, args.repeats)
         traced = reprefill.run(group, settings, trace=True)
         tokens_reuse = sum(o.stats.prefill_tokens_turn2 for o in out)
