@@ -46,8 +46,10 @@ def _check_question(question) -> None:
 
 class AwaResClient:
     def __init__(self, base_url: str, model: str, processor=None, preset: str | None = None,
-                 api_key: str | None = None, mode: str = "awares", max_concurrency: int = 8, timeout: float = 600.0,
-                 max_retries: int = 3, send_budget: str = "auto", **settings):
+                 api_key: str | None = None, mode: str = "awares",
+                 max_concurrency: int = OpenAIOptions.max_concurrency, timeout: float = OpenAIOptions.timeout,
+                 max_retries: int = OpenAIOptions.max_retries, send_budget: str = OpenAIOptions.send_budget,
+                 **settings):
         # Read as strictly as the plugin reads backend=openai's --model_args (one reader: OpenAIOptions.read).
         opts = OpenAIOptions.read({"base_url": base_url, "model": model, "max_concurrency": max_concurrency,
                                    "timeout": timeout, "max_retries": max_retries, "send_budget": send_budget})

@@ -62,7 +62,8 @@ def conversation(question: str, answer: str, crops=(), crop_all: bool = False) -
     return msgs
 
 
-def turn_images(original: Image.Image, crops=(), crop_all: bool = False, lr_scale: float = 0.5) -> list[Image.Image]:
+def turn_images(original: Image.Image, crops=(), crop_all: bool = False,
+                lr_scale: float = protocol.LR_SCALE) -> list[Image.Image]:
     """LR view, then the crops (or the whole original), in conversation order."""
     out = [images.low_res_view(original, lr_scale)]
     if crop_all:

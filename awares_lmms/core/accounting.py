@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from awares_lmms.core import protocol
 from awares_lmms.core.family import QWEN2_5_VL, smart_resize
 
 
@@ -89,7 +90,8 @@ def retain_token_ratio(lr_tokens: int, crop_tokens: int, full_tokens: int) -> fl
     return (lr_tokens + crop_tokens) / float(full_tokens)
 
 
-def paper_ratio(full_size, lr_size, turn2: str, boxes=(), small_image: bool = False, lr_scale: float = 0.5) -> float:
+def paper_ratio(full_size, lr_size, turn2: str, boxes=(), small_image: bool = False,
+                lr_scale: float = protocol.LR_SCALE) -> float:
     """The ratio the released evaluation computes for one sample (``rtr_paper``), quirks included.
 
     ``turn2`` is what was sent after turn 1: ``none`` (a direct answer: the released constant 0.25, which

@@ -26,6 +26,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StaticCache
 
 from awares_lmms.core import accounting
+from awares_lmms.core import family as families
 from awares_lmms.core.backends import Backend, LoadArguments
 from awares_lmms.core.engine import (
     EngineConfig,
@@ -34,7 +35,6 @@ from awares_lmms.core.engine import (
     TurnTrace,
     TwoTurnProtocol,
 )
-from awares_lmms.core import family as families
 from awares_lmms.core.family import ASSISTANT_HEADER
 from awares_lmms.core.loading import load_model_and_processor
 

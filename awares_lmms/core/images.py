@@ -275,7 +275,7 @@ def _has_orientation(img: Image.Image) -> bool:
         return False
 
 
-def low_res_view(img: Image.Image, scale: float = 0.5, max_aspect_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
+def low_res_view(img: Image.Image, scale: float = protocol.LR_SCALE, max_aspect_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
     """The turn-1 view, as released: an original whose longest side exceeds 20000 px is first scaled
     to 20000 (Lanczos), then each side is multiplied by ``scale`` (0.5 in the paper), truncated, and
     the image resized with Lanczos."""

@@ -85,11 +85,39 @@ def completion_of(response) -> Completion:
     return Completion(content, prompt, completion, cached)
 
 
+@dataclass
+class OpenAIOptions:
+    """``backend=openai``'s ``--model_args`` (and ``AwaResClient``'s, read the same way)."""
+
+    base_url: str | None = None
+    model: str | None = None  # the served model name (default: pretrained)
+    api_key_env: str = DEFAULT_API_KEY_ENV  # the key is read from this environment variable, never passed
+    max_concurrency: int = 8
+    timeout: float = 600.0
+    max_retries: int = 3
+    send_budget: str = "auto"
+    seed: int | None = None
+
+    @classmethod
+    def read(cls, values: dict) -> OpenAIOptions:
+        """Read strictly (``core.arguments``): ``timeout=0`` or ``max_concurrency=0`` would fail every
+        document, so they are one-line errors here."""
+        opts = cls(**values)
+        opts.max_concurrency = arguments.integer("max_concurrency", opts.max_concurrency, minimum=1)
+        opts.timeout = arguments.number("timeout", opts.timeout, minimum=0.0, exclusive=True)
+        opts.max_retries = arguments.integer("max_retries", opts.max_retries, minimum=0)
+        opts.seed = None if arguments.optional(opts.seed) else arguments.integer("seed", opts.seed, minimum=0)
+        if opts.send_budget not in SEND_BUDGET:
+            raise arguments.ArgumentError(f"send_budget must be one of {SEND_BUDGET}, got {opts.send_budget!r}")
+        return opts
+
+
 class OpenAITransport:
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 8,
-                 timeout: float = 600.0, max_retries: int = 3, send_budget: str = "auto",
+    def __init__(self, base_url: str, model: str, api_key: str | None = None,
+                 max_concurrency: int = OpenAIOptions.max_concurrency, timeout: float = OpenAIOptions.timeout,
+                 max_retries: int = OpenAIOptions.max_retries, send_budget: str = OpenAIOptions.send_budget,
                  seed: int | None = None):
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
@@ -137,33 +165,6 @@ class OpenAITransport:
             return [self._request(c, settings, pixel_budget) for c in conversations]
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(conversations))) as pool:
             return list(pool.map(lambda c: self._request(c, settings, pixel_budget), conversations))
-
-
-@dataclass
-class OpenAIOptions:
-    """``backend=openai``'s ``--model_args`` (and ``AwaResClient``'s, read the same way)."""
-
-    base_url: str | None = None
-    model: str | None = None  # the served model name (default: pretrained)
-    api_key_env: str = DEFAULT_API_KEY_ENV  # the key is read from this environment variable, never passed
-    max_concurrency: int = 8
-    timeout: float = 600.0
-    max_retries: int = 3
-    send_budget: str = "auto"
-    seed: int | None = None
-
-    @classmethod
-    def read(cls, values: dict) -> OpenAIOptions:
-        """Read strictly (``core.arguments``): ``timeout=0`` or ``max_concurrency=0`` would fail every
-        document, so they are one-line errors here."""
-        opts = cls(**values)
-        opts.max_concurrency = arguments.integer("max_concurrency", opts.max_concurrency, minimum=1)
-        opts.timeout = arguments.number("timeout", opts.timeout, minimum=0.0, exclusive=True)
-        opts.max_retries = arguments.integer("max_retries", opts.max_retries, minimum=0)
-        opts.seed = None if arguments.optional(opts.seed) else arguments.integer("seed", opts.seed, minimum=0)
-        if opts.send_budget not in SEND_BUDGET:
-            raise arguments.ArgumentError(f"send_budget must be one of {SEND_BUDGET}, got {opts.send_budget!r}")
-        return opts
 
 
 def _build(pretrained: str, config: EngineConfig, opts: OpenAIOptions, load: LoadArguments) -> ChatEngine:

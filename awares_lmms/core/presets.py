@@ -80,7 +80,7 @@ class ProtocolSettings:
     turn2_reply: str = "generated"
     # max_new_tokens when the task sets none (all six paper tasks set theirs).
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    lr_scale: float = 0.5
+    lr_scale: float = protocol.LR_SCALE
     # What the robust parser does with a request it cannot honour; the released parser always sends
     # the whole image.
     fallback: str = "full"

@@ -29,6 +29,10 @@ REGION_NAMES: tuple[str, ...] = (
 )
 NUM_REGIONS = len(REGION_NAMES)
 TOOL_NAME = "GET_CROPS"
+# The low-resolution view's side scale: height and width halved (the paper's). Every stage's default.
+LR_SCALE = 0.5
+# Images a conversation can hold: the LR view, then at most every region (or the whole image) in turn 2.
+MAX_IMAGES_PER_CONVERSATION = 1 + NUM_REGIONS
 
 # Below this many pixels on either side the released code sends the whole image instead of crops.
 MIN_CROPPABLE_SIDE = 100

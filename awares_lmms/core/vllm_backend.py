@@ -16,14 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from awares_lmms.core import arguments
+from awares_lmms.core import arguments, protocol
 from awares_lmms.core.backends import Backend, LoadArguments
 from awares_lmms.core.chat_engine import ChatEngine, Completion
 from awares_lmms.core.engine import EngineConfig, GenerationSettings
 from awares_lmms.core.loading import load_processor
 
-# Images per prompt: the LR view plus at most the 9 crops (or the whole image) in turn 2.
-MAX_IMAGES_PER_PROMPT = 10
+MAX_IMAGES_PER_PROMPT = protocol.MAX_IMAGES_PER_CONVERSATION
 
 
 def to_vllm_messages(conversation: list[dict]) -> list[dict]:

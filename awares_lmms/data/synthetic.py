@@ -171,7 +171,7 @@ def write_parquet(path, n: int, seed: int = 0, mix: dict | None = None, prefix: 
     return path
 
 
-def probe_information_gap(n_train: int = 600, n_test: int = 300, seed: int = 1234, lr_scale: float = 0.5) -> dict:
+def probe_information_gap(n_train: int = 600, n_test: int = 300, seed: int = 1234, lr_scale: float = protocol.LR_SCALE) -> dict:
     """Texture accuracy of a linear probe on the square's pixels at full and at low resolution.
 
     The LR cut-outs come from ``images.low_res_view`` (the plugin's own LR path). A probe at

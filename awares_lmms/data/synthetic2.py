@@ -212,7 +212,7 @@ def write_parquet(path, n: int, seed: int = 0, mix: dict | None = None, prefix: 
     return path
 
 
-def probe_information_gap(n_train: int = 500, n_test: int = 250, seed: int = 4321, lr_scale: float = 0.5) -> dict:
+def probe_information_gap(n_train: int = 500, n_test: int = 250, seed: int = 4321, lr_scale: float = protocol.LR_SCALE) -> dict:
     """Linear probes on the evidence pixels at full and low resolution, per kind that has pixels.
 
     ``texture``: the mean absolute horizontal and vertical pixel differences inside the square (the

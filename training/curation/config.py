@@ -11,6 +11,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from awares_lmms.core import protocol
+
 BOTH_WRONG_POLICIES = ("lr", "hr", "drop")
 NO_BOX_POLICIES = ("all", "lr", "drop")
 ORACLE_BACKENDS = ("dataset", "ocr", "openai", "hf")
@@ -68,7 +70,7 @@ class AnswererArguments:
     answerer_concurrency: int = field(default=8, metadata={"help": "Parallel requests (openai)."})
     answerer_max_new_tokens: int = field(default=64)
     answerer_timeout_s: float = field(default=300.0)
-    lr_scale: float = field(default=0.5, metadata={"help": "Side scale of the low-resolution view."})
+    lr_scale: float = field(default=protocol.LR_SCALE, metadata={"help": "Side scale of the low-resolution view."})
     dtype: str = field(default="bfloat16", metadata={"help": "Local model dtype (float32 on CPU)."})
     device: str = field(default="auto", metadata={"help": "'auto' (cuda when available), 'cpu', 'cuda:0'..."})
     attn_implementation: str | None = field(default=None)
