@@ -216,9 +216,8 @@ class TwoTurnProtocol:
         original = normalised[0]
         if self.config.mode == "full":
             return Row(req, original, to_model, None, stats)
-        lr = images.low_res_view(original, self.protocol.lr_scale, self.max_aspect_ratio)
-        lr_view = images.pre_resize(lr, self.protocol.image_path, self.budget.patch_size)
-        return Row(req, original, [lr_view], lr.size, stats)
+        lr_view, lr_size = turn2.lr_view(original, self.protocol, self.budget.patch_size)
+        return Row(req, original, [lr_view], lr_size, stats)
 
     # ------------------------------------------------------------------ public
     def turn1_cost(self, req: Request) -> int:

@@ -1,4 +1,5 @@
-"""The two-turn decision: from a turn-1 reply to what turn 2 sends. Its one owner.
+"""What each turn shows the model, and the two-turn decision: from a turn-1 reply to what turn 2
+sends. Their one owner (the normalised original and the LR view are made here too).
 
 Evaluation (``engine.TwoTurnProtocol``, every backend) and the GRPO rollout
 (``training/trainers/awares_grpo.py``) both call ``plan_turn2``, so a trained policy is rewarded for
@@ -30,6 +31,14 @@ def normalise_original(img: Image.Image, settings: ProtocolSettings) -> tuple[Im
     colour conversion, size bound, aspect-ratio padding), with the notes of what was repaired."""
     return images.normalise(img, max_aspect_ratio(settings), exif_transpose=settings.exif_transpose,
                             color_conversion=settings.color_conversion, max_pixels=settings.max_image_pixels)
+
+
+def lr_view(original: Image.Image, settings: ProtocolSettings, patch_size: int) -> tuple[Image.Image, tuple]:
+    """Turn 1's low-resolution view of a normalised original as it reaches the processor, and its size
+    before any pre-resize (what ``rtr_paper``'s formula reads). Every stage that shows a model the LR
+    view (evaluation, curation's answerers) makes it here."""
+    lr = images.low_res_view(original, settings.lr_scale, max_aspect_ratio(settings))
+    return images.pre_resize(lr, settings.image_path, patch_size), lr.size
 
 
 def fallback_policy(settings: ProtocolSettings) -> str:

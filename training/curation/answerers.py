@@ -1,7 +1,9 @@
 """The base VLM that answers every question twice: on the low-resolution view and at full resolution.
 
 ``local`` runs the evaluator's own ``TwoTurnEngine`` (modes ``lr`` and ``full``), so the LR view is
-made exactly as at inference. ``openai`` sends the same views to an OpenAI-compatible server.
+made exactly as at inference. ``openai`` sends the same views, made by the same core function
+(``turn2.lr_view``) and encoded as evaluation's openai backend encodes them, to an OpenAI-compatible
+server.
 Both take normalised original images and return one ``Outcome`` (text or error) per item.
 """
 
@@ -13,10 +15,11 @@ import logging
 import torch
 from PIL import Image
 
-from awares_lmms.core import images, presets
+from awares_lmms.core import family, presets, protocol, turn2
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.hf_engine import TwoTurnEngine
 from awares_lmms.core.loading import DTYPES, load_model_and_processor
+from awares_lmms.core.openai_backend import to_openai_messages
 from awares_lmms.data import random_models
 
 from . import endpoints
@@ -26,6 +29,11 @@ from .retry import Outcome, RetryPolicy, call_with_retries, map_concurrently
 logger = logging.getLogger(__name__)
 
 MODES = ("lr", "full")
+
+
+def answerer_settings(args: AnswererArguments) -> presets.ProtocolSettings:
+    """The protocol both answerers show the base model: the awares preset at the curation's LR scale."""
+    return dataclasses.replace(presets.PRESETS["awares"], lr_scale=args.lr_scale)
 
 
 class LocalAnswerer:
@@ -42,7 +50,7 @@ class LocalAnswerer:
             random_models.resolve(args.model_name_or_path), dtype=dtype, device=device,
             attn_implementation=args.attn_implementation, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
         # system_prompt=None: the template's default prompt, i.e. the base model answering plainly.
-        settings = dataclasses.replace(presets.PRESETS["awares"], lr_scale=args.lr_scale)
+        settings = answerer_settings(args)
         self.engines = {mode: TwoTurnEngine(model, processor, EngineConfig(mode=mode, protocol=settings))
                         for mode in MODES}
         self.settings = GenerationSettings(max_new_tokens=args.answerer_max_new_tokens)
@@ -72,7 +80,7 @@ class OpenAIAnswerer:
                                             args.answerer_timeout_s)
         self.model = args.model_name_or_path
         self.max_tokens = args.answerer_max_new_tokens
-        self.lr_scale = args.lr_scale
+        self.settings = answerer_settings(args)
         self.concurrency = args.answerer_concurrency
         self.policy = policy
 
@@ -80,8 +88,11 @@ class OpenAIAnswerer:
                temperature: float = 0.0, seed: int | None = None) -> list[Outcome]:
         def one(pair):
             question, original = pair
-            view = images.low_res_view(original, self.lr_scale) if mode == "lr" else original
-            messages = [{"role": "user", "content": [endpoints.image_part(view), {"type": "text", "text": question}]}]
+            # The LR view as evaluation makes it; the awares preset sends it as is (image_path=processor), so
+            # the served model's patch size is not needed.
+            view = turn2.lr_view(original, self.settings, family.QWEN2_5_VL.patch_size)[0] if mode == "lr" else original
+            # Turn 1 as every stage writes it, without the AwaRes system prompt: the base model answering.
+            messages = to_openai_messages(protocol.turn1_messages(question, None, [{"type": "image", "image": view}]))
             return call_with_retries(
                 lambda: endpoints.chat(self.client, self.model, messages, self.max_tokens, temperature, seed),
                 self.policy, what=f"openai {mode} answer")

@@ -8,12 +8,12 @@ so attempts and errors are counted and recorded in one place.
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 
 from openai import OpenAI
 from PIL import Image
+
+from awares_lmms.core.openai_backend import completion_of, data_url
 
 
 def make_client(base_url: str | None, api_key_env: str, timeout_s: float):
@@ -24,19 +24,20 @@ def make_client(base_url: str | None, api_key_env: str, timeout_s: float):
 
 
 def image_part(img: Image.Image) -> dict:
-    """A base64 PNG data-URL content part (lossless: small print must survive the transfer)."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-    return {"type": "image_url", "image_url": {"url": url}}
+    """A base64 PNG data-URL content part, encoded as evaluation's openai backend encodes it (lossless:
+    small print must survive the transfer)."""
+    return {"type": "image_url", "image_url": {"url": data_url(img)}}
 
 
 def chat(client, model: str, messages: list[dict], max_tokens: int, temperature: float = 0.0,
          seed: int | None = None) -> str:
-    """One completion's text; raises on transport errors and on an empty choice list."""
+    """One completion's text; raises on transport errors and on any reply that is not an answer (no
+    choices, ``content: null``, an HTML page), judged as evaluation's openai backend judges replies
+    (``completion_of``)."""
     extra = {} if seed is None else {"seed": seed}
     response = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
                                               temperature=temperature, **extra)
-    if not response.choices:
-        raise RuntimeError("server returned no choices")
-    return response.choices[0].message.content or ""
+    completion = completion_of(response)
+    if completion.error is not None:
+        raise RuntimeError(completion.error)
+    return completion.text
