@@ -9,7 +9,7 @@ from PIL import Image
 from awares_lmms.core import images, protocol
 from awares_lmms.core.family import FAMILIES
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
-from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.core.hf_engine import HFEngine
 from awares_lmms.core.presets import ProtocolSettings
 
 from .conftest import generated_benchmark_images, real_samples
@@ -67,7 +67,7 @@ def _reference_turn2(model, processor, row: Request, turn1_text: str, crops: lis
 
 def _check_reuse_matches_from_scratch_prefill(tiny_model, mixed_batch):
     model, processor = tiny_model
-    engine = TwoTurnEngine(model, processor, EngineConfig(mode="awares"))
+    engine = HFEngine(model, processor, EngineConfig(mode="awares"))
     settings = GenerationSettings(max_new_tokens=6)
     results = engine.run(mixed_batch, settings, trace=True)
 
@@ -114,7 +114,7 @@ def test_turn2_with_kv_reuse_matches_from_scratch_prefill_on_real_images(tiny_mo
 def test_wrong_positions_would_be_caught(family_model, mixed_batch):
     """The exactness check is sensitive: restarting turn-2 positions at 0 moves the logits a lot."""
     model, processor = family_model
-    engine = TwoTurnEngine(model, processor, EngineConfig(mode="awares"))
+    engine = HFEngine(model, processor, EngineConfig(mode="awares"))
     row = mixed_batch[0]
     engine.run([row], GenerationSettings(max_new_tokens=2))
     original, _ = images.normalise(row.images[0])
@@ -132,8 +132,8 @@ def test_wrong_positions_would_be_caught(family_model, mixed_batch):
 def test_reuse_and_reprefill_agree(family_model, mixed_batch):
     model, processor = family_model
     settings = GenerationSettings(max_new_tokens=5)
-    a = TwoTurnEngine(model, processor, EngineConfig(reuse_cache=True))
-    b = TwoTurnEngine(model, processor, EngineConfig(reuse_cache=False))
+    a = HFEngine(model, processor, EngineConfig(reuse_cache=True))
+    b = HFEngine(model, processor, EngineConfig(reuse_cache=False))
     ra, rb = a.run(mixed_batch, settings, trace=True), b.run(mixed_batch, settings, trace=True)
     assert [r.text for r in ra] == [r.text for r in rb]
     la = torch.cat([r.turn2.logits for r in ra if r.turn2 is not None])
@@ -146,7 +146,7 @@ def test_per_row_accounting_does_not_depend_on_the_batch(family_model, mixed_bat
     turn 1 ends before the others' has its closing token fed back during turn 1 (it is already cached
     when turn 2 starts); alone, turn 2 feeds it. Input counts it once either way."""
     model, processor = family_model
-    engine = TwoTurnEngine(model, processor, EngineConfig(mode="awares"))
+    engine = HFEngine(model, processor, EngineConfig(mode="awares"))
     settings = GenerationSettings(max_new_tokens=6)
     together = engine.run(mixed_batch, settings)
     alone = [engine.run([r], settings)[0] for r in mixed_batch]
@@ -164,7 +164,7 @@ def test_modes_account_tokens(family_model, mode):
     model, processor = family_model
     page = Image.new("RGB", (850, 1100), "white")
     cfg = EngineConfig(mode=mode, fixed_crops=(0, 5) if mode == "fixed" else ())
-    engine = TwoTurnEngine(model, processor, cfg)
+    engine = HFEngine(model, processor, cfg)
     (res,) = engine.run([Request("Title?", [page])], GenerationSettings(max_new_tokens=3))
     s = res.stats.to_dict()
     full = engine.budget.tokens(850, 1100)
@@ -196,7 +196,7 @@ def test_modes_account_tokens(family_model, mode):
 ])
 def test_malformed_calls_follow_policy(tiny_model, reply, policy, status, crops):
     model, processor = tiny_model
-    engine = TwoTurnEngine(model, processor, EngineConfig(protocol=ProtocolSettings(fallback=policy)))
+    engine = HFEngine(model, processor, EngineConfig(protocol=ProtocolSettings(fallback=policy)))
     img = Image.new("RGB", (400, 300), "gray")
     (res,) = engine.run([Request("Q?", [img], forced_turn1=reply)], GenerationSettings(max_new_tokens=3))
     assert res.stats.tool_call_status == status
@@ -208,7 +208,7 @@ def test_malformed_calls_follow_policy(tiny_model, reply, policy, status, crops)
 
 def test_tiny_odd_and_extreme_images_do_not_crash(tiny_model):
     model, processor = tiny_model
-    engine = TwoTurnEngine(model, processor, EngineConfig())
+    engine = HFEngine(model, processor, EngineConfig())
     reqs = [
         Request("what is written in the image?", [_twin("ocrbench", (46, 18))], forced_turn1="GET_CROPS: ['3']"),
         Request("Q?", [Image.new("RGB", (3000, 8), "white")], forced_turn1="GET_CROPS: ['1']"),
@@ -225,7 +225,7 @@ def test_tiny_odd_and_extreme_images_do_not_crash(tiny_model):
 
 def test_until_and_max_new_tokens(tiny_model):
     model, processor = tiny_model
-    engine = TwoTurnEngine(model, processor, EngineConfig(mode="lr"))
+    engine = HFEngine(model, processor, EngineConfig(mode="lr"))
     img = Image.new("RGB", (200, 200), "red")
     (free,) = engine.run([Request("Q?", [img])], GenerationSettings(max_new_tokens=8))
     (one,) = engine.run([Request("Q?", [img])], GenerationSettings(max_new_tokens=1))

@@ -37,17 +37,17 @@ def test_recipes_name_a_tiny_checkpoint_of_either_family(tmp_path):
     from awares_lmms.data import random_models
 
     out = tmp_path / "q3"
-    assert random_models.resolve(f"tiny-qwen3_vl:{out}") == str(out)
+    assert random_models.checkpoint_path(f"tiny-qwen3_vl:{out}") == str(out)
     assert json.loads((out / "config.json").read_text())["model_type"] == "qwen3_vl"
     stamp = (out / "model.safetensors").stat().st_mtime_ns
-    assert random_models.resolve(f"tiny-qwen3_vl:{out}") == str(out)
+    assert random_models.checkpoint_path(f"tiny-qwen3_vl:{out}") == str(out)
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp  # built once
     with pytest.raises(ValueError, match="already holds a qwen3_vl checkpoint, not qwen2_5_vl"):
-        random_models.resolve(f"tiny:{out}")
+        random_models.checkpoint_path(f"tiny:{out}")
     with pytest.raises(ValueError, match="unknown tiny family 'llava'.*tiny-qwen3_vl:DIR"):
-        random_models.resolve(f"tiny-llava:{out}")
+        random_models.checkpoint_path(f"tiny-llava:{out}")
     for name in ("Qwen/Qwen3-VL-8B-Instruct", str(out), "tinyllama/x"):
-        assert random_models.resolve(name) == name
+        assert random_models.checkpoint_path(name) == name
 
 
 @pytest.mark.slow

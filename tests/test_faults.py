@@ -24,7 +24,7 @@ from PIL import Image
 
 from awares_lmms.core import images, protocol
 from awares_lmms.core.engine import GenerationSettings, Request
-from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.core.hf_engine import HFEngine
 from awares_lmms.core.stats import STAT_KEYS
 from awares_lmms.data.export_datasets import features_for
 
@@ -188,7 +188,7 @@ def test_oversized_images_are_bounded_before_the_model():
 def test_engine_isolates_a_row_the_model_fails_on(tiny_model):
     """An injected model failure on one row: the batch is retried row by row, only that row fails."""
     model, processor = tiny_model
-    engine = TwoTurnEngine(model, processor)
+    engine = HFEngine(model, processor)
     poison = processor.tokenizer("checkerboard", add_special_tokens=False)["input_ids"]
     real_generate = model.generate
 

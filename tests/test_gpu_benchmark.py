@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
-from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.core.hf_engine import HFEngine
 from awares_lmms.tools import gpu_benchmark
 
 
@@ -19,7 +19,7 @@ def test_work_meter_counts_the_unpadded_tokens_the_model_computed(tiny_model):
     try:
         reqs = [Request("What is shown?", [gpu_benchmark.draw(kind, w, h, seed=i)])
                 for i, (kind, w, h) in enumerate(gpu_benchmark.GEOMETRY[:3])]
-        out = TwoTurnEngine(model, processor, EngineConfig(mode="full")).run(reqs, GenerationSettings(max_new_tokens=5))
+        out = HFEngine(model, processor, EngineConfig(mode="full")).run(reqs, GenerationSettings(max_new_tokens=5))
         work = meter.reset()
     finally:
         meter.close()

@@ -13,7 +13,7 @@ from transformers import AttentionInterface, Qwen2_5_VLForConditionalGeneration
 
 from awares_lmms.core import vision_attention
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
-from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.core.hf_engine import HFEngine
 
 from .conftest import generated_benchmark_images
 
@@ -76,8 +76,8 @@ def test_engine_answers_equal_with_grouped_vision_attention(tiny_model, grouped_
             Request("Is there a car?", [photos[1]]),
             Request("What colour is the corner?", [photos[3]], forced_turn1="GET_CROPS: ['0', '5']")]
     settings = GenerationSettings(max_new_tokens=6)
-    plain = TwoTurnEngine(model, processor, EngineConfig(mode="awares")).run(reqs, settings, trace=True)
-    fast = TwoTurnEngine(grouped_model, processor, EngineConfig(mode="awares")).run(reqs, settings, trace=True)
+    plain = HFEngine(model, processor, EngineConfig(mode="awares")).run(reqs, settings, trace=True)
+    fast = HFEngine(grouped_model, processor, EngineConfig(mode="awares")).run(reqs, settings, trace=True)
     assert [r.text for r in plain] == [r.text for r in fast]
     for a, b in zip(plain, fast):
         if a.turn2 is not None:
@@ -136,7 +136,7 @@ def test_turn1_cost_never_fails_on_a_document_run_would_refuse(tiny_model):
     """Ordering must not take a run down over an image ``run`` records as unanswerable (an aspect
     ratio transformers refuses, a zero-size image): the cost is an estimate, the failure comes later."""
     model, processor = tiny_model
-    engine = TwoTurnEngine(model, processor, EngineConfig(mode="awares"))
+    engine = HFEngine(model, processor, EngineConfig(mode="awares"))
     costs = [engine.turn1_cost(Request("q", [Image.new("RGB", size)])) for size in ((60000, 160), (3, 1200), (640, 480))]
     assert all(c > 0 for c in costs)
     assert engine.turn1_cost(Request("q", [])) == 0
@@ -158,7 +158,7 @@ def test_static_cache_answers_equal_the_dynamic_cache(family_model, reuse):
             Request("What colour is the corner?", [photos[3]], forced_turn1="GET_CROPS: ['0', '5']"),
             Request("And here?", [photos[2]], forced_turn1="GET_CROPS: ['all']")]
     settings = GenerationSettings(max_new_tokens=6)
-    dynamic = TwoTurnEngine(model, processor, EngineConfig(mode="awares", reuse_cache=reuse)).run(reqs, settings, trace=True)
+    dynamic = HFEngine(model, processor, EngineConfig(mode="awares", reuse_cache=reuse)).run(reqs, settings, trace=True)
     caches = []
     generate = model.generate
 
@@ -168,7 +168,7 @@ def test_static_cache_answers_equal_the_dynamic_cache(family_model, reuse):
 
     model.generate = recording
     try:
-        static = TwoTurnEngine(model, processor, EngineConfig(mode="awares", reuse_cache=reuse, static_cache=True)) \
+        static = HFEngine(model, processor, EngineConfig(mode="awares", reuse_cache=reuse, static_cache=True)) \
             .run(reqs, settings, trace=True)
     finally:
         del model.generate
@@ -207,13 +207,13 @@ def test_compiled_decode_step_equals_eager_across_both_turns(tiny_dir):
             Request("What colour is the corner?", [photos[3]], forced_turn1="GET_CROPS: ['0', '5']")]
     settings = GenerationSettings(max_new_tokens=6)
     config = EngineConfig(mode="awares", static_cache=True)
-    eager = TwoTurnEngine(model, processor, config).run(reqs, settings, trace=True)
+    eager = HFEngine(model, processor, config).run(reqs, settings, trace=True)
     compile_config = CompileConfig(mode="default")
     compile_config._compile_all_devices = True  # transformers compiles on GPUs only unless told (private flag)
     model.generation_config.compile_config = compile_config
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    compiled = TwoTurnEngine(model, processor, config).run(reqs, settings, trace=True)
+    compiled = HFEngine(model, processor, config).run(reqs, settings, trace=True)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the decode step did compile
     assert [r.text for r in eager] == [r.text for r in compiled]
     for a, b in zip(eager, compiled):

@@ -197,10 +197,10 @@ def test_a_prompt_over_the_context_window_fails_before_prefill(tiny_model):
     from PIL import Image
 
     from awares_lmms.core.engine import GenerationSettings, Request
-    from awares_lmms.core.hf_engine import TwoTurnEngine
+    from awares_lmms.core.hf_engine import HFEngine
 
     model, processor = tiny_model
-    engine = TwoTurnEngine(model, processor)
+    engine = HFEngine(model, processor)
     assert engine.context_window == model.config.text_config.max_position_embeddings
     image = Image.new("RGB", (320, 240), (90, 120, 200))
     long = "Describe this. " + "very " * (engine.context_window * 2)  # more tokens than the window

@@ -116,7 +116,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig,
     """Rewards, data, processor, policy and trainer, ready to train (nothing trained yet)."""
     check_arguments(script_args, training_args, model_args)
     set_seed(training_args.seed)
-    model_path = random_models.resolve(model_args.model_name_or_path)
+    model_path = random_models.checkpoint_path(model_args.model_name_or_path)
     resolve_pixel_budget(script_args, training_args, model_path)
     processor = common.load_processor(model_path, model_args, False, script_args.min_pixels, script_args.max_pixels,
                                       padding_side="left")
@@ -157,7 +157,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig,
 def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig):
     common.setup_logging(training_args, logger)
     trainer = build_trainer(script_args, training_args, model_args)
-    model_path = random_models.resolve(model_args.model_name_or_path)
+    model_path = random_models.checkpoint_path(model_args.model_name_or_path)
     result = trainer.train(resume_from_checkpoint=common.resume_checkpoint(training_args))
     # A run in which no rollout called a tool has no valid-call fraction or mean area: those are None,
     # which the Trainer's table printer cannot format. They stay (as null) in the saved metrics.

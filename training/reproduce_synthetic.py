@@ -15,7 +15,7 @@ the stages themselves resume from their own checkpoints and append-only stores):
 3. ``curate``   ``python -m training.curate`` with the benchmark's ``curate.yaml``;
 4. ``sft``      ``python -m training.sft`` with its ``sft.yaml``;
 5. ``grpo``     ``python -m training.grpo`` with its ``grpo.yaml``;
-6. ``evaluate`` the evaluator's ``TwoTurnEngine`` on the held-out split: the base model at full
+6. ``evaluate`` the evaluator's ``HFEngine`` on the held-out split: the base model at full
                 resolution (``full``) and on the LR view only (``lr``), AwaRes after SFT and after GRPO
                 (``mode=awares``), and for v2 the SFT model always escalating to the full image
                 (``lr_then_full``). Writes ``DIR/table.json``, ``DIR/table.md``, ``DIR/accuracy_vs_rtr.png``,

@@ -74,7 +74,7 @@ def build_trainer(script_args: SFTScriptArguments, training_args: SFTConfig,
     if training_args.max_length is not None:
         logger.warning("max_length=%d: a transcript cut inside an image fails, one cut after it loses its answer; "
                        "prefer max_length: null and bound the length with max_pixels", training_args.max_length)
-    base_path = random_models.resolve(model_args.model_name_or_path)
+    base_path = random_models.checkpoint_path(model_args.model_name_or_path)
     train_dataset = transcripts.sft_dataset(script_args.transcripts)
     eval_dataset = transcripts.sft_dataset(script_args.eval_transcripts) if script_args.eval_transcripts else None
     logger.info("%d training transcripts from %s", len(train_dataset), script_args.transcripts)
@@ -106,7 +106,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     common.save_trained(
-        trainer, random_models.resolve(model_args.model_name_or_path), "training.sft",
+        trainer, random_models.checkpoint_path(model_args.model_name_or_path), "training.sft",
         {"transcripts": script_args.transcripts, "min_pixels": script_args.min_pixels,
          "max_pixels": script_args.max_pixels},
         merge_lora=script_args.save_merged, revision=model_args.model_revision,

@@ -15,7 +15,7 @@ import torch
 
 from awares_lmms.core import protocol
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
-from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.core.hf_engine import HFEngine
 from awares_lmms.core.loading import load_model_and_processor
 from awares_lmms.data import synthetic
 
@@ -47,7 +47,7 @@ def evaluate_checkpoint(path: Path, mode: str, samples, batch_size: int = 32) ->
     settings: greedy, the released system prompt in the cropping modes, the checkpoint's pixel budget.
     """
     model, processor = load_model_and_processor(str(path), dtype=torch.float32, device="cpu")
-    engine = TwoTurnEngine(model, processor, EngineConfig(mode=mode))
+    engine = HFEngine(model, processor, EngineConfig(mode=mode))
     settings = GenerationSettings(max_new_tokens=16)
     outs = engine.run_in_batches([Request(question=s.question, images=[s.image]) for s in samples], batch_size,
                                  settings)

@@ -1,6 +1,6 @@
 """The two-turn AwaRes protocol runner, shared by every inference backend.
 
-A backend (``hf_engine.TwoTurnEngine`` on transformers ``generate``; the serving backends) only says
+A backend (``hf_engine.HFEngine`` on transformers ``generate``; the serving backends) only says
 how to generate turn 1 for a batch of rows and turn 2 for the rows that asked for crops. Everything
 else is here, once: reading and normalising the images, the low-resolution view, the turn-1 prompt,
 forced requests (``fixed``, ``lr_then_full``), parsing the reply and deciding what turn 2 sends, the

@@ -95,7 +95,7 @@ def static_cache_length(tokens: int) -> int:
     return max(256, 1 << (tokens - 1).bit_length())
 
 
-class TwoTurnEngine(TwoTurnProtocol):
+class HFEngine(TwoTurnProtocol):
     """The AwaRes protocol on a transformers model, with exact turn-2 reuse of the turn-1 KV cache."""
 
     backend_name = "hf"
@@ -339,12 +339,12 @@ class HFOptions:
         return cls(**values)
 
 
-def _build(pretrained: str, config: EngineConfig, opts: HFOptions, load: LoadArguments) -> TwoTurnEngine:
+def _build(pretrained: str, config: EngineConfig, opts: HFOptions, load: LoadArguments) -> HFEngine:
     settings = config.protocol
     model, processor = load_model_and_processor(pretrained, load.adapter, load.dtype, load.device,
                                                 load.attn_implementation, settings.min_pixels, settings.max_pixels,
                                                 load.trust_remote_code)
-    return TwoTurnEngine(model, processor, config)
+    return HFEngine(model, processor, config)
 
 
 BACKEND = Backend("hf", HFOptions, _build, adapter=True, static_cache=True)

@@ -18,7 +18,7 @@ and interleaved M-RoPE are there at both sizes.
     python -m awares_lmms.data.random_models --out ./tiny-qwen3-vl --family qwen3_vl
 
 Recipes and model arguments name a tiny checkpoint as ``tiny:DIR`` (Qwen2.5-VL) or
-``tiny-qwen3_vl:DIR``; ``resolve`` builds it there on first use.
+``tiny-qwen3_vl:DIR``; ``checkpoint_path`` builds it there on first use.
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def build(out: str | Path, seed: int = 0, sharpen: float = 1.0, family: str = DE
 TINY_SCHEME = "tiny"
 
 
-def resolve(spec: str | Path, what: str = "model_name_or_path") -> str:
+def checkpoint_path(spec: str | Path, what: str = "model_name_or_path") -> str:
     """Model path for configs: ``tiny:DIR`` (Qwen2.5-VL) or ``tiny-<family>:DIR`` builds the tiny
     checkpoint in DIR once; anything else (a hub id or a local path) is returned unchanged, once a local
     path is known to be a directory (``arguments.checkpoint_location``; ``what`` names the argument in

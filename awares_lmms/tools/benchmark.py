@@ -22,7 +22,7 @@ import torch
 from awares_lmms.core import errors
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.family import DEFAULT_FAMILY
-from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.core.hf_engine import HFEngine
 from awares_lmms.core.loading import load_model_and_processor
 from awares_lmms.data import drawing, random_models
 
@@ -45,7 +45,7 @@ def load(args):
                                     attn_implementation=args.attn_implementation)
 
 
-def timed(engine: TwoTurnEngine, reqs, settings, repeats: int):
+def timed(engine: HFEngine, reqs, settings, repeats: int):
     engine.run(reqs, settings)  # warm-up: first calls on a new shape pay one-off kernel set-up
     runs = []
     for _ in range(repeats):
@@ -87,9 +87,9 @@ def main(argv=None) -> dict:
               f"{'t2 reuse s':>11}{'t2 repref s':>12}{'ratio':>7}{'awares s':>10}{'full s':>9}{'ratio':>7}{'rtr':>6}")
     print(header)
     for group in groups:
-        reuse = TwoTurnEngine(model, processor, EngineConfig(mode="awares", reuse_cache=True))
-        reprefill = TwoTurnEngine(model, processor, EngineConfig(mode="awares", reuse_cache=False))
-        full = TwoTurnEngine(model, processor, EngineConfig(mode="full"))
+        reuse = HFEngine(model, processor, EngineConfig(mode="awares", reuse_cache=True))
+        reprefill = HFEngine(model, processor, EngineConfig(mode="awares", reuse_cache=False))
+        full = HFEngine(model, processor, EngineConfig(mode="full"))
         wall_reuse, t2_reuse, out = timed(reuse, group, settings, args.repeats)
         _, t2_repref, _ = timed(reprefill, group, settings, args.repeats)
         wall_full, _, _ = timed(full, [Request(r.question, r.images) for r in group], settings, args.repeats)

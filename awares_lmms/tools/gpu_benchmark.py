@@ -50,7 +50,7 @@ from PIL import Image, ImageDraw
 
 from awares_lmms.core import accounting, errors, family, presets, protocol
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
-from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.core.hf_engine import HFEngine
 from awares_lmms.core.vision_attention import attention_summary, speed_up_vision_attention
 from awares_lmms.data import random_models
 from awares_lmms.tools import benchmark
@@ -225,14 +225,14 @@ class Setup:
 
 
 def preset_engine(setup: Setup, preset: str, mode: str, reuse: bool = True, model=None,
-                  static: bool = False) -> TwoTurnEngine:
+                  static: bool = False) -> HFEngine:
     """An engine in a preset, with the preset's pixel budget (in the model family's visual tokens) on
     its own copy of the processor."""
     model_type = family.model_type_of(setup.model.config)
     settings = presets.resolve(preset, pixels_per_token=family.FAMILIES[model_type].pixels_per_token).settings
     processor = copy.deepcopy(setup.processor)
     accounting.set_pixel_budget(processor, settings.min_pixels, settings.max_pixels)
-    return TwoTurnEngine(model or setup.model, processor,
+    return HFEngine(model or setup.model, processor,
                          EngineConfig(mode=mode, reuse_cache=reuse, static_cache=static, protocol=settings))
 
 
@@ -255,7 +255,7 @@ def timed_run(setup: Setup, run, warm_up) -> dict:
             "peak_gib": torch.cuda.max_memory_allocated(setup.device) / 2**30 if cuda else None, "out": out}
 
 
-def phase_tracking(engine: TwoTurnEngine, meter: WorkMeter) -> TwoTurnEngine:
+def phase_tracking(engine: HFEngine, meter: WorkMeter) -> HFEngine:
     """Make the meter attribute work to turn 1 and turn 2 of ``engine``."""
     turn1, turn2 = engine._turn1, engine._turn2
 

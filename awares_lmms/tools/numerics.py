@@ -21,7 +21,7 @@ import torch
 
 from awares_lmms.core import errors
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
-from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.core.hf_engine import HFEngine
 from awares_lmms.core.loading import load_model_and_processor
 from awares_lmms.data import synthetic, synthetic2
 from awares_lmms.data.shipped_checkpoints import synthetic_checkpoint
@@ -33,7 +33,7 @@ HELD_OUT_SEED = 9091
 
 def answers(path: str, samples, dtype: torch.dtype, reuse: bool, batch: int, static: bool, device: str) -> list[str]:
     model, processor = load_model_and_processor(path, dtype=dtype, device=device)
-    engine = TwoTurnEngine(model, processor, EngineConfig(mode="awares", reuse_cache=reuse, static_cache=static))
+    engine = HFEngine(model, processor, EngineConfig(mode="awares", reuse_cache=reuse, static_cache=static))
     requests = [Request(s.question, [s.image]) for s in samples]
     return [r.text for r in engine.run_in_batches(requests, batch, GenerationSettings(max_new_tokens=16))]
 

@@ -37,7 +37,7 @@ ROWS = {
 
 def row_command(row: str, args) -> list[str]:
     checkpoint_option, mode, _ = ROWS[row]
-    checkpoint = random_models.resolve(getattr(args, checkpoint_option), f"--{checkpoint_option}")
+    checkpoint = random_models.checkpoint_path(getattr(args, checkpoint_option), f"--{checkpoint_option}")
     model_args = [f"pretrained={checkpoint}", f"mode={mode}", f"device={args.device}", f"dtype={args.dtype}"]
     if mode == "fixed":
         model_args.append(f"crops={args.crops}")

@@ -362,7 +362,7 @@ def test_rollout_decides_turn2_exactly_as_the_evaluator(tiny_ckpt, transcripts_f
     hf engine, traced) and through the GRPO rollout, under every preset and fallback policy, give the
     same status, the same crops (pixel for pixel) and the same crop-turn ids."""
     from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
-    from awares_lmms.core.hf_engine import TwoTurnEngine
+    from awares_lmms.core.hf_engine import HFEngine
     from awares_lmms.core.protocol import REGION_NAMES
     from training.trainers.awares_grpo import _Rollout
 
@@ -377,7 +377,7 @@ def test_rollout_decides_turn2_exactly_as_the_evaluator(tiny_ckpt, transcripts_f
     statuses = set()
     for name, settings in _decision_settings():
         trainer.protocol_settings = settings
-        evaluator = TwoTurnEngine(trainer.model, processor, EngineConfig(mode="awares", protocol=settings))
+        evaluator = HFEngine(trainer.model, processor, EngineConfig(mode="awares", protocol=settings))
         requests = [Request("What colour is the corner?", [pictures[side]], forced_turn1=reply)
                     for reply, side in DECISION_CORPUS]
         evaluated = evaluator.run(requests, GenerationSettings(max_new_tokens=2), trace=True)

@@ -1,6 +1,6 @@
 """The base VLM that answers every question twice: on the low-resolution view and at full resolution.
 
-``local`` runs the evaluator's own ``TwoTurnEngine`` (modes ``lr`` and ``full``), so the LR view is
+``local`` runs the evaluator's own ``HFEngine`` (modes ``lr`` and ``full``), so the LR view is
 made exactly as at inference. ``openai`` sends the same views, made by the same core function
 (``turn2.lr_view``) and encoded as evaluation's openai backend encodes them, to an OpenAI-compatible
 server.
@@ -17,7 +17,7 @@ from PIL import Image
 
 from awares_lmms.core import family, presets, protocol, turn2
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
-from awares_lmms.core.hf_engine import TwoTurnEngine
+from awares_lmms.core.hf_engine import HFEngine
 from awares_lmms.core.loading import DTYPES, load_model_and_processor
 from awares_lmms.core.openai_backend import to_openai_messages
 from awares_lmms.data import random_models
@@ -47,11 +47,11 @@ class LocalAnswerer:
             logger.info("dtype %s on CPU is slow and lossy; using float32", args.dtype)
             dtype = torch.float32
         model, processor = load_model_and_processor(
-            random_models.resolve(args.model_name_or_path), dtype=dtype, device=device,
+            random_models.checkpoint_path(args.model_name_or_path), dtype=dtype, device=device,
             attn_implementation=args.attn_implementation, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
         # system_prompt=None: the template's default prompt, i.e. the base model answering plainly.
         settings = answerer_settings(args)
-        self.engines = {mode: TwoTurnEngine(model, processor, EngineConfig(mode=mode, protocol=settings))
+        self.engines = {mode: HFEngine(model, processor, EngineConfig(mode=mode, protocol=settings))
                         for mode in MODES}
         self.settings = GenerationSettings(max_new_tokens=args.answerer_max_new_tokens)
         self.policy = policy

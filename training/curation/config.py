@@ -59,7 +59,7 @@ class InputArguments:
 
 @dataclass
 class AnswererArguments:
-    answerer: str = field(default="local", metadata={"help": "'local' (TwoTurnEngine) or 'openai' (any "
+    answerer: str = field(default="local", metadata={"help": "'local' (HFEngine) or 'openai' (any "
                                                              "OpenAI-compatible server, e.g. vLLM)."})
     model_name_or_path: str = field(default="Qwen/Qwen2.5-VL-7B-Instruct", metadata={
         "help": "Local: a hub id, a folder or 'tiny:DIR' / 'tiny-qwen3_vl:DIR'. openai: the served model name."})

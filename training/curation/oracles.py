@@ -198,7 +198,7 @@ class HFOracle:
         if not args.oracle_model:
             raise ValueError("oracle=hf needs oracle_model (a local path or hub id)")
 
-        path = random_models.resolve(args.oracle_model, "oracle_model")
+        path = random_models.checkpoint_path(args.oracle_model, "oracle_model")
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device).eval()

@@ -1,5 +1,6 @@
-"""Fault injection, round 2: output that is written or fails loudly, strict arguments, declarations
-that name their file, servers that answer nonsense, reports over cut files.
+"""Fault injection where values enter and leave: output that is written or fails loudly, strict
+arguments, declarations that name their file, servers that answer nonsense, reports over cut files,
+journals and curation stores that resume only what is still valid.
 
 Each test reproduces a case that behaved wrongly on main 0ac4536 (the old behaviour is in its
 docstring) and asserts the fixed one. The misbehaving OpenAI-compatible server is a loopback stub
@@ -159,7 +160,7 @@ def test_a_samples_file_cut_by_a_full_disk_is_an_output_problem(tmp_path):
     script = f"""
 import resource, signal, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from tests.test_faults_round2 import _tracker, _sample
+from tests.test_faults_at_boundaries import _tracker, _sample
 from awares_lmms.plugin import hooks
 tracker = _tracker(__import__("pathlib").Path({str(tmp_path)!r}))
 tracker.save_results_aggregated({{"results": {{"t": {{}}}}}}, None, "2026-12-04T10:00:00")
@@ -551,10 +552,10 @@ def test_training_refuses_an_image_corrupted_after_curation_before_step_one(tmp_
 
 def _engine(tiny_model, preset: str):
     from awares_lmms.core.engine import EngineConfig
-    from awares_lmms.core.hf_engine import TwoTurnEngine
+    from awares_lmms.core.hf_engine import HFEngine
 
     model, processor = tiny_model
-    return TwoTurnEngine(model, processor, EngineConfig(mode="awares", protocol=presets.PRESETS[preset]))
+    return HFEngine(model, processor, EngineConfig(mode="awares", protocol=presets.PRESETS[preset]))
 
 
 def test_paper_preset_suppresses_no_token_where_it_matters(tiny_model):
@@ -778,8 +779,6 @@ def test_template_tokens_inside_a_question_fail_that_document_only(tiny_model):
 def test_table1_reuses_a_row_only_for_the_same_command_and_limit(tmp_path):
     """Before: a --limit 1 row was reused for a full-split request (and table.md said 'full splits')."""
     from types import SimpleNamespace
-
-    from awares_lmms.tools import table1
 
     from awares_lmms.core import identity
     from awares_lmms.tools import table1
