@@ -34,7 +34,9 @@ def test_work_meter_counts_the_unpadded_tokens_the_model_computed(tiny_model):
 
 @pytest.mark.slow
 def test_gpu_benchmark_runs_every_section_at_tiny_shape(tmp_path):
-    report = gpu_benchmark.main(["--shape", "tiny", "--device", "cpu", "--static-cache", "--out", str(tmp_path)])
+    # Few images per section: the rows and their checks are the same as with the defaults, in less CPU time.
+    report = gpu_benchmark.main(["--shape", "tiny", "--device", "cpu", "--static-cache", "--n-mixed", "3",
+                                 "--n-exact", "2", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "gpu_benchmark.json").read_text())
     assert saved["attention"] == "sdpa/grouped_sdpa" and saved["figures"] == "measured here"
     assert "x roof" in (tmp_path / "gpu_benchmark.md").read_text()
