@@ -47,14 +47,12 @@ def _show_traceback() -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """The one line shown for an expected failure: its message, with the OS error's path when the
-    message lacks it, and never more than one line."""
+    """What is shown for an expected failure: its message, with the OS error's path when the message
+    lacks it. No traceback; a message of several lines (a list of bad transcript lines) stays whole."""
     if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in str(exc):
         text = f"{exc}: {exc.filename}"
     else:
         text = str(exc) or type(exc).__name__
-    # A multi-line message (a list of bad transcript lines, say) keeps its lines: it is still one
-    # report, with no traceback around it.
     return text.strip()
 
 
