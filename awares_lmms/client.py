@@ -24,7 +24,7 @@ from awares_lmms.core import arguments, images, presets
 from awares_lmms.core.chat_engine import ChatEngine
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.loading import load_processor
-from awares_lmms.core.openai_backend import OpenAIOptions, OpenAITransport
+from awares_lmms.core.openai_backend import OpenAIOptions
 from awares_lmms.core.stats import SampleStats
 
 __all__ = ["AwaResClient", "AwaResRequestError"]
@@ -60,9 +60,7 @@ class AwaResClient:
         protocol = self.resolved.settings
         if processor is None or isinstance(processor, (str, Path)):
             processor = load_processor(source, protocol.min_pixels, protocol.max_pixels)
-        transport = OpenAITransport(base_url, model, api_key, opts.max_concurrency, opts.timeout, opts.max_retries,
-                                    opts.send_budget)
-        self.engine = ChatEngine(transport, processor, EngineConfig(mode=mode, protocol=protocol))
+        self.engine = ChatEngine(opts.transport(model, api_key), processor, EngineConfig(mode=mode, protocol=protocol))
 
     def _settings(self, max_new_tokens: int | None, temperature: float) -> GenerationSettings:
         """``max_new_tokens`` (None: the protocol's) and ``temperature`` checked as the plugin checks a task's:

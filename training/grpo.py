@@ -99,9 +99,9 @@ def resolve_pixel_budget(script_args: GRPOScriptArguments, training_args: GRPOCo
     if training_args.use_vllm and (script_args.min_pixels is not None or script_args.max_pixels is not None):
         # vLLM expands images with the checkpoint's own processor: a different pixel budget here would
         # give the prompt a different number of image tokens than vLLM computes.
-        raise errors.InputError("a pixel budget other than the checkpoint processor's (min_pixels/max_pixels, given or "
-                         "declared) cannot be combined with use_vllm: save the starting checkpoint's processor with "
-                         "the budget you want instead")
+        raise errors.InputError("a pixel budget other than the checkpoint processor's (min_pixels/max_pixels, "
+                                "given or declared) cannot be combined with use_vllm: save the starting "
+                                "checkpoint's processor with the budget you want instead")
 
 
 def _declared_settings(script_args: GRPOScriptArguments) -> dict:

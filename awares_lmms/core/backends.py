@@ -54,6 +54,15 @@ class Backend:
     def option_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self.options))
 
+    def check_use(self, adapter=None, static_cache: bool = False) -> None:
+        """The backend's constraints on what a run asks of it, as one-line errors (the plugin checks them
+        when it reads --model_args, ``build_engine`` for every other caller)."""
+        if adapter and not self.adapter:
+            raise ArgumentError(f"adapter= works with backend=hf only; merge it first (backend={self.name} serves "
+                                "a full checkpoint)")
+        if static_cache and not self.static_cache:
+            raise ArgumentError(f"static_cache does not apply to backend={self.name} (it manages its own cache)")
+
 
 def get(name: str) -> Backend:
     """The registered backend ``name`` (its module imported now)."""
@@ -88,11 +97,7 @@ def build_engine(backend: str, pretrained: str, config, opts=None, adapter: str 
                  dtype_name: str | None = None):
     """The engine of ``backend`` for ``pretrained`` (``opts``: the backend's options, default its own)."""
     entry = get(backend)
-    if adapter and not entry.adapter:
-        raise ArgumentError(f"adapter= works with backend=hf only; merge it first (backend={backend} serves "
-                            "a full checkpoint)")
-    if config.static_cache and not entry.static_cache:
-        raise ArgumentError(f"static_cache does not apply to backend={backend} (it manages its own cache)")
+    entry.check_use(adapter, config.static_cache)
     opts = opts if opts is not None else entry.options.read({})
     if not isinstance(opts, entry.options):
         raise ArgumentError(f"backend={backend} takes {entry.options.__name__}, got {type(opts).__name__}")

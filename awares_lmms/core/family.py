@@ -87,7 +87,7 @@ class FamilyFacts:
     # (vision_depth, rope_theta) -> {"text", "vision", "top"}: what the tiny random config adds to the
     # settings every family shares (data/random_models.py); None: no tiny builder (not tested here).
     tiny: Callable[[int, float], dict] | None = None
-    # The released model's architecture, {"text": ..., "vision": ..., "top": ...} (GPU timings, smokes).
+    # The released model's architecture, {"text": ..., "vision": ...} (GPU timings, smokes).
     full_size: dict | None = None
     layout: type = None  # the seam class for this family's token layout (set below: QwenVLFamily)
 
@@ -193,8 +193,7 @@ FAMILIES: dict[str, FamilyFacts] = {f.model_type: dataclasses.replace(f, layout=
                                                         "mrope_section": [16, 24, 24]}},
                            "vision": {"depth": 32, "hidden_size": 1280, "num_heads": 16, "intermediate_size": 3420,
                                       "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
-                                      "tokens_per_second": 2},
-                           "top": {}}),
+                                      "tokens_per_second": 2}}),
     FamilyFacts("qwen3_vl", "Qwen3-VL", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", _QWEN3_VIDEO,
                 16, 2, 65536, 16777216, "qwen3_vl", image_norm=0.5, released="Qwen/Qwen3-VL-8B-Instruct",
                 recipe_folder="qwen3_vl_8b", stock_lmms_eval="lmms_eval.models.simple.qwen3_vl:Qwen3_VL",
@@ -204,7 +203,7 @@ FAMILIES: dict[str, FamilyFacts] = {f.model_type: dataclasses.replace(f, layout=
                                     "max_position_embeddings": 262144,
                                     "rope_parameters": {"rope_type": "default", "rope_theta": 5e6,
                                                         "mrope_section": [24, 20, 20], "mrope_interleaved": True}},
-                           "vision": _QWEN3_FULL_VISION, "top": {"tie_word_embeddings": False}}),
+                           "vision": _QWEN3_FULL_VISION}),
     # Qwen3-VL-30B-A3B: Qwen3-VL's vision tower and token layout on a sparse MoE language model (128
     # experts, 8 routed per token, 3B of 30B parameters active). lmms-eval's Qwen3_VL class picks the
     # MoE class only when the checkpoint's name contains "A<n>B".
@@ -219,7 +218,7 @@ FAMILIES: dict[str, FamilyFacts] = {f.model_type: dataclasses.replace(f, layout=
                                     "decoder_sparse_step": 1, "mlp_only_layers": [],
                                     "rope_parameters": {"rope_type": "default", "rope_theta": 5e6,
                                                         "mrope_section": [24, 20, 20], "mrope_interleaved": True}},
-                           "vision": _QWEN3_FULL_VISION, "top": {"tie_word_embeddings": False}}),
+                           "vision": _QWEN3_FULL_VISION}),
 )}
 QWEN2_5_VL = FAMILIES["qwen2_5_vl"]
 DEFAULT_FAMILY = QWEN2_5_VL.model_type  # the family the paper's checkpoint and the quick start use

@@ -111,6 +111,12 @@ class OpenAIOptions:
             raise arguments.ArgumentError(f"send_budget must be one of {SEND_BUDGET}, got {opts.send_budget!r}")
         return opts
 
+    def transport(self, served_model: str, api_key: str | None = None) -> OpenAITransport:
+        """The transport these options describe: ``model`` or else ``served_model``; the key ``api_key`` or
+        else the ``api_key_env`` variable's."""
+        return OpenAITransport(self.base_url, self.model or served_model, api_key or os.environ.get(self.api_key_env),
+                               self.max_concurrency, self.timeout, self.max_retries, self.send_budget, self.seed)
+
 
 class OpenAITransport:
     name = "openai"
@@ -172,9 +178,7 @@ def _build(pretrained: str, config: EngineConfig, opts: OpenAIOptions, load: Loa
         raise arguments.ArgumentError("backend=openai needs base_url=http://host:port/v1")
     settings = config.protocol
     processor = load_processor(pretrained, settings.min_pixels, settings.max_pixels, load.trust_remote_code)
-    transport = OpenAITransport(opts.base_url, opts.model or pretrained, os.environ.get(opts.api_key_env),
-                                opts.max_concurrency, opts.timeout, opts.max_retries, opts.send_budget, opts.seed)
-    return ChatEngine(transport, processor, config)
+    return ChatEngine(opts.transport(pretrained), processor, config)
 
 
 def _server(opts: OpenAIOptions, pretrained: str) -> dict:

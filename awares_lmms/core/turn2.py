@@ -72,10 +72,16 @@ class Turn2Plan:
         return protocol.requested_area(self.decision, image_size)
 
 
+def parse_reply(reply: str, settings: ProtocolSettings) -> protocol.ToolCall:
+    """A turn-1 reply read by the parser the settings name (``kind == "none"``: a direct answer, for which
+    nothing else is needed, not even the original image)."""
+    return protocol.parse(reply, settings.parser)
+
+
 def plan_turn2(reply: str, original: Image.Image, settings: ProtocolSettings, patch_size: int) -> Turn2Plan:
     """Parse ``reply`` with the settings' parser and decide what turn 2 sends for the normalised
     ``original``; ``patch_size`` is the model's (the pre-resize rounds to it)."""
-    call = protocol.parse(reply, settings.parser)
+    call = parse_reply(reply, settings)
     decision = protocol.decide(call, fallback_policy(settings), original.size)
     rewritten = None
     if call.kind != "none" and not protocol.can_crop(*original.size) and settings.small_image == "rewrite":

@@ -107,13 +107,9 @@ class ModelArguments:
         serving = {k: raw.pop(k) for k in list(raw) if k in option_names}
         settings = {k: raw.pop(k) for k in list(raw) if k not in own}
         args = cls(**raw, protocol=settings)
-        backend = backends.get(args.backend)  # the registry says what the backend accepts
         args.static_cache = arguments.boolean("static_cache", args.static_cache)
-        if args.static_cache and not backend.static_cache:
-            raise ArgumentError(f"static_cache does not apply to backend={args.backend} (it manages its own cache)")
-        if args.adapter and not backend.adapter:
-            raise ArgumentError(f"adapter= works with backend=hf only; merge it first (backend={args.backend} "
-                                "serves a full checkpoint)")
+        # The registry says what the backend accepts; checked here, before anything loads.
+        backends.get(args.backend).check_use(args.adapter, args.static_cache)
         unknown = sorted(set(settings) - set(presets.SETTING_NAMES))
         if unknown:
             raise ArgumentError(f"unknown --model_args for awares: {unknown}; see docs/evaluation.md for the list")

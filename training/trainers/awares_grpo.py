@@ -244,10 +244,10 @@ class AwaResGRPOTrainer(common.FullWeightsResumeMixin, GRPOTrainer):
         originals: dict = {}
         pending = []
         for i, text in enumerate(rollout.texts):
+            if turn2.parse_reply(text, self.protocol_settings).kind == "none":
+                continue  # a direct answer: its original image is not even decoded
             original = self._load_original(rows[i], originals)
             plan = turn2.plan_turn2(text, original, self.protocol_settings, self._patch_size)
-            if plan.call.kind == "none":
-                continue
             rollout.called[i] = True
             rollout.valid[i] = plan.call.kind in ("crops", "all")
             rollout.tool_call[i] = plan.decision.status
