@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from awares_lmms.core import arguments, images, presets
+from awares_lmms.core import images, presets
 from awares_lmms.core.chat_engine import ChatEngine
-from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.core.engine import EngineConfig, Request, checked_generation
 from awares_lmms.core.loading import load_processor
 from awares_lmms.core.openai_backend import OpenAIOptions
 from awares_lmms.core.stats import SampleStats
@@ -56,21 +56,12 @@ class AwaResClient:
         source = processor if processor is None or isinstance(processor, (str, Path)) else None
         source = str(source or model)
         # A local folder or a hub id, read as the plugin reads it (the client once read folders only).
-        self.resolved = presets.resolve_checkpoint(source, None, preset, settings)
+        self.resolved = presets.checkpoint_settings(source, None, preset, settings)
         protocol = self.resolved.settings
         if processor is None or isinstance(processor, (str, Path)):
             processor = load_processor(source, protocol.min_pixels, protocol.max_pixels)
-        self.engine = ChatEngine(opts.transport(model, api_key), processor, EngineConfig(mode=mode, protocol=protocol))
-
-    def _settings(self, max_new_tokens: int | None, temperature: float) -> GenerationSettings:
-        """``max_new_tokens`` (None: the protocol's) and ``temperature`` checked as the plugin checks a task's:
-        0, negatives and non-numbers are errors, never a silent default or greedy decoding."""
-        if max_new_tokens is None:
-            max_new_tokens = self.resolved.settings.max_new_tokens
-        return GenerationSettings(
-            max_new_tokens=arguments.integer("max_new_tokens", max_new_tokens, minimum=1,
-                                             maximum=presets.MAX_NEW_TOKENS_LIMIT),
-            temperature=arguments.number("temperature", temperature, minimum=0.0))
+        self.engine = ChatEngine(opts.transport(model, api_key), processor,
+                                 EngineConfig(mode=mode, protocol_settings=protocol))
 
     def ask(self, image, question: str, max_new_tokens: int | None = None,
             temperature: float = 0.0) -> tuple[str, SampleStats]:
@@ -96,7 +87,7 @@ class AwaResClient:
                 requests.append(Request(question, [images.decode_document_image(image)]))
             except ValueError as exc:
                 failed[i] = self.engine.unanswered(exc, "input")
-        results = iter(self.engine.run(requests, self._settings(max_new_tokens, temperature)))
+        results = iter(self.engine.run(requests, checked_generation(self.resolved.settings, max_new_tokens, temperature)))
         out = []
         for i in range(len(items)):
             result = failed[i] if i in failed else next(results)

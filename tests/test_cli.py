@@ -169,7 +169,7 @@ def runs(env):
         # stock lmms-eval, our directory as its one --include_path
         "stock": [_bin("lmms-eval"), "--model", "awares_scripted", "--tasks", "chartqa,docvqa",
                   "--include_path", str(hooks.tasks_dir()), "--limit", "1", "--output_path", "{out}"],
-        "crash": [sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares_scripted",
+        "crash": [sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", "--model", "awares_scripted",
                   "--model_args", "crash=true", "--tasks", "pope", "--limit", "1"],
         "unknown_task": [_bin("lmms_eval"), "--model", "awares_scripted", "--tasks", "chartqa,no_such_task_xyz",
                          "--limit", "1"],

@@ -8,7 +8,7 @@ from PIL import Image
 
 from awares_lmms.core import images, protocol
 from awares_lmms.core.family import FAMILIES
-from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request, batches
 from awares_lmms.core.hf_engine import HFEngine
 from awares_lmms.core.presets import ProtocolSettings
 
@@ -196,7 +196,7 @@ def test_modes_account_tokens(family_model, mode):
 ])
 def test_malformed_calls_follow_policy(tiny_model, reply, policy, status, crops):
     model, processor = tiny_model
-    engine = HFEngine(model, processor, EngineConfig(protocol=ProtocolSettings(fallback=policy)))
+    engine = HFEngine(model, processor, EngineConfig(protocol_settings=ProtocolSettings(fallback=policy)))
     img = Image.new("RGB", (400, 300), "gray")
     (res,) = engine.run([Request("Q?", [img], forced_turn1=reply)], GenerationSettings(max_new_tokens=3))
     assert res.stats.tool_call_status == status
@@ -233,3 +233,12 @@ def test_until_and_max_new_tokens(tiny_model):
     stop = free.text[2:4]
     (cut,) = engine.run([Request("Q?", [img])], GenerationSettings(max_new_tokens=8, until=(stop,)))
     assert cut.text == free.text.split(stop, 1)[0]
+
+
+def test_the_one_batching_rule_orders_by_cost_stably_then_cuts():
+    """engine.batches is what run_in_batches, the lmms-eval model class and curation batch with."""
+    cost = {0: 5, 1: 1, 2: 5, 3: 0, 4: 2}.get
+    assert list(batches(range(5), 2, cost)) == [[3, 1], [4, 0], [2]]  # equal costs keep their order
+    assert list(batches(range(5), 2)) == [[0, 1], [2, 3], [4]]
+    assert list(batches([7, 3, 9], 1, cost)) == [[7], [3], [9]]  # batch 1: no reordering to gain from
+    assert list(batches([], 4)) == [] and list(batches(range(3), 0)) == [[0], [1], [2]]

@@ -19,16 +19,16 @@ TASKS = ("chartqa", "docvqa", "ocrbench", "pope", "vstar", "realworldqa")
 
 def test_paper_budget_is_the_same_visual_tokens_in_both_families(tiny_dir, tiny_qwen3_dir):
     assert pixels_per_token(tiny_dir) == 28 and pixels_per_token(tiny_qwen3_dir) == 32
-    qwen25 = presets.resolve_checkpoint(tiny_dir).settings
-    qwen3 = presets.resolve_checkpoint(tiny_qwen3_dir)
+    qwen25 = presets.checkpoint_settings(tiny_dir).settings
+    qwen3 = presets.checkpoint_settings(tiny_qwen3_dir)
     assert (qwen25.min_pixels, qwen25.max_pixels) == (25088, 1605632)  # 32 and 2048 tokens of 28 px
     assert (qwen3.settings.min_pixels, qwen3.settings.max_pixels) == (32768, 2097152)  # the same tokens of 32 px
     assert "as visual tokens of this family: min_pixels=32768, max_pixels=2097152" in qwen3.describe()
     # Pixels given in --model_args are pixels, in any family.
-    given = presets.resolve_checkpoint(tiny_qwen3_dir, overrides={"max_pixels": "1003520"}).settings
+    given = presets.checkpoint_settings(tiny_qwen3_dir, overrides={"max_pixels": "1003520"}).settings
     assert (given.min_pixels, given.max_pixels) == (32768, 1003520)
     # The awares preset keeps each checkpoint's own budget.
-    assert presets.resolve_checkpoint(tiny_qwen3_dir, preset="awares").settings.max_pixels is None
+    assert presets.checkpoint_settings(tiny_qwen3_dir, preset="awares").settings.max_pixels is None
 
 
 def test_recipes_name_a_tiny_checkpoint_of_either_family(tmp_path):
@@ -63,7 +63,7 @@ def test_a_32px_family_runs_the_six_tasks_with_exact_accounting(family_dirs, nam
     env = dict(os.environ, AWARES_DATASETS_DIR=str(data), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares", "--model_args",
+    proc = subprocess.run([sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", "--model", "awares", "--model_args",
                            f"pretrained={tiny_qwen3_dir},device=cpu", "--tasks", ",".join(TASKS), "--batch_size", "2",
                            "--log_samples", "--output_path", str(out)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
@@ -95,8 +95,8 @@ def test_qwen3_vl_through_transformers_serve_and_the_client(tiny_qwen3_dir):
     from awares_lmms.tools.serve import LocalServer
 
     checkpoint = str(tiny_qwen3_dir)
-    settings = presets.resolve_checkpoint(checkpoint, preset="awares").settings
-    config = EngineConfig(mode="fixed", fixed_crops=(1,), protocol=settings)  # random weights never ask
+    settings = presets.checkpoint_settings(checkpoint, preset="awares").settings
+    config = EngineConfig(mode="fixed", fixed_crops=(1,), protocol_settings=settings)  # random weights never ask
     requests = [Request(s.question, [s.image]) for s in synthetic.generate(4, seed=2)]
     generation = GenerationSettings(max_new_tokens=8)
     engine = build_engine("hf", checkpoint, config)

@@ -100,7 +100,7 @@ def write_chartqa_with_a_none_question(path: Path) -> None:
                             "type": ["human_test"] * 2, "image": [image, image]}, path)
 
 
-def _lmms_eval(args, data_dir: Path, cwd: Path, entry=("-m", "awares_lmms.plugin.cli"), timeout=600):
+def _lmms_eval(args, data_dir: Path, cwd: Path, entry=("-m", "awares_lmms.plugin.lmms_eval_cli"), timeout=600):
     env = dict(os.environ, AWARES_DATASETS_DIR=str(data_dir), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run([sys.executable, *entry, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)

@@ -77,7 +77,7 @@ def test_serving_options_reject_values_that_would_fail_every_document():
 ])
 def test_protocol_settings_are_read_strictly(overrides, message):
     with pytest.raises(ArgumentError, match=message):
-        presets.resolve("awares", overrides)
+        presets.run_settings("awares", overrides)
 
 
 def test_model_args_booleans_reach_the_model_as_written(tiny_dir):
@@ -110,7 +110,7 @@ def test_a_bad_declaration_names_its_file(tiny_dir, tmp_path):
     (ckpt / presets.DECLARATION_FILE).write_text(json.dumps({
         "awares_protocol": 1, "preset": "awares", "settings": {"max_pixels": "lots"}}))
     with pytest.raises(presets.DeclarationError, match=f"{ckpt / presets.DECLARATION_FILE}: max_pixels must be"):
-        presets.resolve(None, {}, presets.read_declaration(ckpt))
+        presets.run_settings(None, {}, presets.read_declaration(ckpt))
     (ckpt / presets.DECLARATION_FILE).write_text('{"awares_protocol": 1,\n "preset": ')
     with pytest.raises(presets.DeclarationError, match=r"awares_protocol.json is not valid JSON \(line 2"):
         presets.read_declaration(ckpt)
@@ -316,7 +316,7 @@ def test_a_turn2_failure_keeps_the_turn1_request(faulty_server, tiny_dir):
 
     engine = ChatEngine(TurnTwoBreaks(f"{faulty_server}/text/v1", "m", max_retries=0, timeout=10, send_budget="none"),
                         load_processor(str(tiny_dir)), EngineConfig(mode="fixed", fixed_crops=(3,),
-                                                                    protocol=presets.PRESETS["awares"]))
+                                                                    protocol_settings=presets.PRESETS["awares"]))
     (result,) = engine.run([Request("What is it?", [_noise(400, 300)])], GenerationSettings(max_new_tokens=2))
     assert result.stats.error.startswith("server (turn 2): the server's reply is not a chat completion")
     assert result.stats.tool_call and result.stats.crops == ["bottom-right"]
@@ -352,7 +352,7 @@ def test_report_command_says_which_file_is_cut(tmp_path):
     run_dir = tmp_path / "runs" / "model"
     run_dir.mkdir(parents=True)
     (run_dir / "2026-12-04T10-00-00_results.json").write_text('{"results": ')
-    proc = subprocess.run([sys.executable, "-m", "awares_lmms.report.cli", str(tmp_path / "runs"), "--out",
+    proc = subprocess.run([sys.executable, "-m", "awares_lmms.report.awares_report", str(tmp_path / "runs"), "--out",
                            str(tmp_path / "report")], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, MPLBACKEND="Agg"))
     assert proc.returncode == 2 and "_results.json:1: not a complete results file" in proc.stderr
@@ -383,7 +383,7 @@ def test_a_killed_evaluation_resumes_to_identical_results(tiny_dir, tmp_path):
     write_pope(data / "pope.parquet", _pope_corpus(n))
     journal = tmp_path / "journal.jsonl"
     base_args = f"pretrained={tiny_dir},device=cpu,preset=awares,max_new_tokens=6"
-    command = lambda out, extra: [sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares",  # noqa: E731
+    command = lambda out, extra: [sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", "--model", "awares",  # noqa: E731
                                   "--model_args", base_args + extra, "--tasks", "pope", "--batch_size", "1",
                                   "--log_samples", "--output_path", str(out)]
     env = dict(os.environ, AWARES_DATASETS_DIR=str(data), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -555,7 +555,7 @@ def _engine(tiny_model, preset: str):
     from awares_lmms.core.hf_engine import HFEngine
 
     model, processor = tiny_model
-    return HFEngine(model, processor, EngineConfig(mode="awares", protocol=presets.PRESETS[preset]))
+    return HFEngine(model, processor, EngineConfig(mode="awares", protocol_settings=presets.PRESETS[preset]))
 
 
 def test_paper_preset_suppresses_no_token_where_it_matters(tiny_model):

@@ -42,9 +42,9 @@ def test_two_processes_match_one(tiny_dir, tmp_path):
     # mode=fixed forces a crop turn on every row, so the cache-reuse path runs on both ranks.
     args = ["--model", "awares", "--model_args", f"pretrained={tiny_dir},device=cpu,mode=fixed,crops=3",
             "--tasks", TASKS, "--limit", "5", "--batch_size", "1", "--log_samples"]
-    _run([sys.executable, "-m", "awares_lmms.plugin.cli", *args, "--output_path", str(tmp_path / "one")], env)
+    _run([sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", *args, "--output_path", str(tmp_path / "one")], env)
     _run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "awares_lmms.plugin.cli", *args,
+          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "awares_lmms.plugin.lmms_eval_cli", *args,
           "--output_path", str(tmp_path / "two")], env)
     res1, samples1 = _collect(tmp_path / "one")
     res2, samples2 = _collect(tmp_path / "two")

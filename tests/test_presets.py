@@ -7,11 +7,11 @@ import json
 import pytest
 
 from awares_lmms.core import presets
-from awares_lmms.plugin.model import AwaresLMM, resolve_protocol
+from awares_lmms.plugin.model import AwaresLMM
 
 
 def test_undeclared_checkpoint_gets_the_paper_preset():
-    resolved = presets.resolve()
+    resolved = presets.run_settings()
     assert resolved.preset == "paper" and resolved.preset_source == "default"
     s = resolved.settings
     assert (s.parser, s.image_path, s.min_pixels, s.max_pixels) == ("released", "qwen_vl_utils", 25088, 1605632)
@@ -24,7 +24,7 @@ def test_declaration_then_model_args_win_setting_by_setting(tmp_path):
     declared_settings = presets.ProtocolSettings(max_pixels=200704, lr_scale=0.5)
     presets.write_declaration(tmp_path, declared_settings, "awares", written_by="test")
     declared = presets.read_declaration(tmp_path)
-    resolved = presets.resolve(None, {"parser": "released", "exif_transpose": "false"}, declared)
+    resolved = presets.run_settings(None, {"parser": "released", "exif_transpose": "false"}, declared)
     assert resolved.preset == "awares" and resolved.preset_source == "checkpoint"
     assert resolved.settings.max_pixels == 200704 and resolved.sources["max_pixels"] == "checkpoint"
     assert resolved.settings.parser == "released" and resolved.sources["parser"] == "model_args"
@@ -32,7 +32,7 @@ def test_declaration_then_model_args_win_setting_by_setting(tmp_path):
     assert resolved.summary()["overridden_by_model_args"] == ["exif_transpose", "parser"]
     assert "overridden by --model_args: parser=released, exif_transpose=False" in resolved.describe()
     # An explicit preset replaces the whole declaration, and says so.
-    explicit = presets.resolve("paper", {}, declared)
+    explicit = presets.run_settings("paper", {}, declared)
     assert explicit.settings == presets.PRESETS["paper"]
     assert "the checkpoint's declaration (preset awares) is not used" in explicit.describe()
 
@@ -50,7 +50,7 @@ def test_declaration_then_model_args_win_setting_by_setting(tmp_path):
 ])
 def test_bad_settings_fail_clearly(overrides, message):
     with pytest.raises(ValueError, match=message):
-        presets.resolve(None, overrides)
+        presets.run_settings(None, overrides)
 
 
 def test_bad_declarations_fail_clearly(tmp_path):
@@ -63,7 +63,7 @@ def test_bad_declarations_fail_clearly(tmp_path):
         presets.read_declaration(tmp_path)
     path.write_text(json.dumps({"awares_protocol": 1, "preset": "awares", "settings": {"zoom": 2}}))
     with pytest.raises(ValueError, match="unknown settings"):
-        presets.resolve(None, {}, presets.read_declaration(tmp_path))
+        presets.run_settings(None, {}, presets.read_declaration(tmp_path))
     assert presets.read_declaration(tmp_path / "nothing_here") is None
     assert presets.read_declaration("no-such-org/no-such-model-xyz") is None  # offline or missing: none
 
@@ -77,9 +77,9 @@ def test_declared_numbers_are_checked_where_they_enter(tmp_path, settings, messa
     (tmp_path / presets.DECLARATION_FILE).write_text(json.dumps({"awares_protocol": 1, "preset": "awares",
                                                                  "settings": settings}))
     with pytest.raises(ValueError, match=message):
-        presets.resolve(None, {}, presets.read_declaration(tmp_path))
+        presets.run_settings(None, {}, presets.read_declaration(tmp_path))
     with pytest.raises(ValueError, match=message):  # the same bound for --model_args
-        presets.resolve(None, {k: str(v) for k, v in settings.items()})
+        presets.run_settings(None, {k: str(v) for k, v in settings.items()})
 
 
 def test_a_declaration_that_is_a_directory_is_an_error_not_no_declaration(tmp_path):
@@ -93,7 +93,7 @@ def test_adapter_declaration_wins_over_its_base(tiny_dir, tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     presets.write_declaration(adapter, presets.PRESETS["awares"], "awares", written_by="test")
-    resolved = resolve_protocol(str(tiny_dir), str(adapter), None, {})
+    resolved = presets.checkpoint_settings(str(tiny_dir), str(adapter), None, {})
     assert resolved.preset == "awares" and resolved.preset_source == "checkpoint"
 
 
@@ -105,7 +105,7 @@ def test_model_reads_the_declaration_and_applies_its_budget(tiny_dir, tmp_path):
     presets.write_declaration(trained, presets.ProtocolSettings(max_pixels=200704), "awares", "test")
     lm = AwaresLMM(pretrained=str(trained), device="cpu")
     assert lm.resolved.preset == "awares" and lm.engine.budget.max_pixels == 200704
-    assert lm.engine.protocol.parser == "robust"
+    assert lm.engine.protocol_settings.parser == "robust"
     assert lm.protocol_summary["max_pixels"] == 200704
     plain = AwaresLMM(pretrained=str(tiny_dir), device="cpu", max_pixels=401408)
     assert plain.resolved.preset == "paper" and plain.engine.budget.max_pixels == 401408

@@ -16,7 +16,7 @@ from PIL import Image
 
 from awares_lmms.core import protocol
 from awares_lmms.data import quickstart_data, shipped_checkpoints, synthetic
-from awares_lmms.report import cli as report
+from awares_lmms.report import awares_report as report
 from awares_lmms.report import gallery, paper_table
 from awares_lmms.report.runs import find_runs
 
@@ -40,7 +40,7 @@ def runs_dir(tmp_path_factory, tiny_dir):
     env = {**os.environ, "AWARES_DATASETS_DIR": str(data), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     tasks = "awares_synth,pope,docvqa"
     for name, extra in (("awares", ""), ("full", ",mode=full")):
-        _run([sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares", "--model_args",
+        _run([sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", "--model", "awares", "--model_args",
               f"pretrained={CHECKPOINT},device=cpu,save_images={root / 'images' / name}{extra}", "--tasks", tasks,
               "--limit", str(LIMIT), "--batch_size", "4", "--log_samples", "--output_path", str(root / name)], env)
     # A stock lmms-eval model on the same tasks (our task directory given explicitly): the baseline row.
@@ -200,21 +200,21 @@ def test_per_sample_score_and_decision_across_the_tasks_formats():
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_synthetic_figures_are_redrawn_from_a_reproductions_table(tmp_path, version):
-    """``python -m awares_lmms.report.synthetic DIR``, the reproduction's last stage, on the table the
+    """``python -m awares_lmms.report.reproduction DIR``, the reproduction's last stage, on the table the
     shipped checkpoints come from: one point per evaluated row, both figures written; no table, exit 2."""
-    from awares_lmms.report import synthetic as synthetic_report
+    from awares_lmms.report import reproduction as synthetic_report
 
     table = json.loads((shipped_checkpoints.ASSET_DIRS[version] / "table.json").read_text())
     shutil.copy2(shipped_checkpoints.ASSET_DIRS[version] / "table.json", tmp_path / "table.json")
     assert synthetic_report.evaluated_rows(table)[:2] == ["full", "lr"] and "labels" not in synthetic_report.evaluated_rows(table)
-    proc = subprocess.run([sys.executable, "-m", "awares_lmms.report.synthetic", str(tmp_path)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "awares_lmms.report.reproduction", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("accuracy_vs_rtr.png", "fig5_crops.png"):
         with Image.open(tmp_path / name) as im:
             assert im.width > 300 and len(set(im.convert("L").getdata())) > 10  # drawn, not blank
     assert not (tmp_path / "grpo_curves.png").exists()  # no trainer state copied: no curves, no crash
-    missing = subprocess.run([sys.executable, "-m", "awares_lmms.report.synthetic", str(tmp_path / "none")],
+    missing = subprocess.run([sys.executable, "-m", "awares_lmms.report.reproduction", str(tmp_path / "none")],
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "table.json" in missing.stderr
 

@@ -33,8 +33,8 @@ COMPARED = ("rtr", "rtr_paper", "crops", "tool_call", "tool_call_status", "visua
 
 
 def _config(**overrides) -> EngineConfig:
-    settings = presets.resolve(None, {}, presets.read_declaration(CHECKPOINT)).settings
-    return EngineConfig(protocol=dataclasses.replace(settings, **overrides))
+    settings = presets.run_settings(None, {}, presets.read_declaration(CHECKPOINT)).settings
+    return EngineConfig(protocol_settings=dataclasses.replace(settings, **overrides))
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_client_ask_settings_are_checked_before_anything_is_sent(kwargs, message
 
 
 def _lmms_eval(model_args: str, data_dir: Path, out: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares", "--model_args", model_args,
+    return [sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", "--model", "awares", "--model_args", model_args,
             "--tasks", "awares_synth", "--log_samples", "--output_path", str(out), *extra]
 
 
@@ -204,8 +204,8 @@ from awares_lmms.core.vllm_backend import VLLMOptions
 from awares_lmms.data import synthetic
 if __name__ == "__main__":
     ckpt = sys.argv[1]
-    settings = presets.resolve(None, {}, presets.read_declaration(ckpt)).settings
-    engine = build_engine("vllm", ckpt, EngineConfig(protocol=settings), dtype="float32",
+    settings = presets.run_settings(None, {}, presets.read_declaration(ckpt)).settings
+    engine = build_engine("vllm", ckpt, EngineConfig(protocol_settings=settings), dtype="float32",
                           opts=VLLMOptions(enforce_eager=True, block_size=32))
     requests = [Request(s.question, [s.image]) for s in synthetic.generate(12, seed=2)]
     results = engine.run(requests, GenerationSettings(max_new_tokens=32))
@@ -252,7 +252,7 @@ from awares_lmms.core.vllm_backend import VLLMOptions
 from awares_lmms.data import synthetic
 if __name__ == "__main__":
     ckpt = sys.argv[1]
-    engine = build_engine("vllm", ckpt, EngineConfig(protocol=presets.resolve_checkpoint(ckpt).settings), dtype="float32",
+    engine = build_engine("vllm", ckpt, EngineConfig(protocol_settings=presets.checkpoint_settings(ckpt).settings), dtype="float32",
                           opts=VLLMOptions(enforce_eager=True, block_size=32))
     requests = [Request(s.question, [s.image], forced_turn1=f"GET_CROPS: ['{i}']" if i % 2 else None)
                 for i, s in enumerate(synthetic.generate(6, seed=2))]
@@ -276,7 +276,7 @@ def test_vllm_backend_on_qwen3_vl_matches_hf(tiny_qwen3_dir, tmp_path):
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     got = json.loads(out.read_text())
-    engine = build_engine("hf", str(tiny_qwen3_dir), EngineConfig(protocol=presets.resolve_checkpoint(
+    engine = build_engine("hf", str(tiny_qwen3_dir), EngineConfig(protocol_settings=presets.checkpoint_settings(
         tiny_qwen3_dir).settings), dtype="float32")
     requests = [Request(s.question, [s.image], forced_turn1=f"GET_CROPS: ['{i}']" if i % 2 else None)
                 for i, s in enumerate(synthetic.generate(6, seed=2))]

@@ -36,7 +36,7 @@ def _lmms_eval(args, env, cwd):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "awares_lmms.plugin.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
 

@@ -70,7 +70,7 @@ def test_awares_synth2_runs_in_lmms_eval_with_its_metrics(tmp_path):
     synthetic2.write_parquet(tmp_path / "awares_synth2.parquet", 40, seed=2, prefix="test")
     env = dict(os.environ, AWARES_DATASETS_DIR=str(tmp_path), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares", "--model_args",
+    proc = subprocess.run([sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", "--model", "awares", "--model_args",
                            f"pretrained={shipped_checkpoints.synthetic_checkpoint('awares', 'v2')},device=cpu",
                            "--tasks", "awares_synth2", "--batch_size", "20", "--log_samples", "--output_path", str(out)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -198,7 +198,7 @@ def trained_protocol(start_checkpoint: str | None = None, transcripts: str | Pat
     settings, and ``declare_protocol`` writes them, so a trained model is evaluated the way it was
     trained.
     """
-    declared = presets.resolve_declared(start_checkpoint) if start_checkpoint else None
+    declared = presets.declared_settings(start_checkpoint) if start_checkpoint else None
     base = declared.settings if declared else presets.PRESETS["awares"]
     preset = declared.preset if declared else "awares"
     if transcripts is not None:
@@ -259,14 +259,6 @@ def save_trained(trainer, start_path: str, written_by: str, protocol_settings: d
                                       trust_remote_code=trust_remote_code).save_pretrained(output_dir)
     trainer.accelerator.wait_for_everyone()
     return output_dir
-
-
-def load_processor(path: str, model_args, trust_remote_code: bool = False, min_pixels=None, max_pixels=None,
-                   **kwargs):
-    """The checkpoint's processor with the training pixel budget (``kwargs``: e.g. ``padding_side``)."""
-    processor = AutoProcessor.from_pretrained(path, revision=model_args.model_revision,
-                                              trust_remote_code=trust_remote_code, **kwargs)
-    return accounting.set_pixel_budget(processor, min_pixels, max_pixels)
 
 
 def load_model(path: str, model_args, trust_remote_code: bool = False):

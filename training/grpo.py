@@ -17,6 +17,7 @@ from transformers import set_seed
 from trl import GRPOConfig, ModelConfig, TrlParser
 
 from awares_lmms.core import errors, presets, protocol
+from awares_lmms.core.loading import load_processor
 from awares_lmms.data import random_models
 from training import common, rewards, transcripts
 from training.trainers.awares_grpo import AwaResGRPOTrainer
@@ -89,7 +90,7 @@ def check_arguments(script_args: GRPOScriptArguments, training_args: GRPOConfig,
 def resolve_pixel_budget(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_path: str) -> None:
     """This run's min/max_pixels, else what the starting checkpoint declares it was trained with
     (training.sft writes that), else (left None) the checkpoint processor's own."""
-    start = presets.resolve_declared(model_path)
+    start = presets.declared_settings(model_path)
     start_settings = start.settings if start else None
     if start_settings is not None:
         if script_args.min_pixels is None:
@@ -118,8 +119,8 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig,
     set_seed(training_args.seed)
     model_path = random_models.checkpoint_path(model_args.model_name_or_path)
     resolve_pixel_budget(script_args, training_args, model_path)
-    processor = common.load_processor(model_path, model_args, False, script_args.min_pixels, script_args.max_pixels,
-                                      padding_side="left")
+    processor = load_processor(model_path, script_args.min_pixels, script_args.max_pixels,
+                               revision=model_args.model_revision, padding_side="left")
 
     # The reference is rebuilt from model_path (no PEFT) or is the adapter-free base (PEFT): both are
     # the starting (SFT) policy, as the paper's frozen π_ref.

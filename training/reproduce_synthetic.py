@@ -295,7 +295,7 @@ def run(cfg: ReproductionConfig) -> dict:
     (root / "table.md").write_text(format_table(table, rows) + "\n\nAs the README shows it:\n\n"
                                    + readme_table(table, rows) + "\n")
     # Figures are the report's job: drawn by its command, as a user would redraw them.
-    _run([sys.executable, "-m", "awares_lmms.report.synthetic", root], root / "figures.log")
+    _run([sys.executable, "-m", "awares_lmms.report.reproduction", root], root / "figures.log")
     print(format_table(table, rows))
     print(json.dumps({"labels": {k: v for k, v in table["labels"].items() if k != "per_kind"},
                       "targets": table["targets"]}, indent=2))

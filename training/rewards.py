@@ -33,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from sentence_transformers import SentenceTransformer
 
 from awares_lmms.core import presets, protocol
 from awares_lmms.core.errors import InputError
@@ -115,7 +114,9 @@ def resolve_similarity_model(name_or_path: str) -> str:
 
 @functools.lru_cache(maxsize=4)
 def load_embedder(name_or_path: str = DEFAULT_SIMILARITY_MODEL, device: str | None = None):
-    """The sentence-transformer, loaded once per (model, device) on first use."""
+    """The sentence-transformer, loaded once per (model, device) on first use. Imported here: the
+    package pulls in timm and wandb (about 2.5 s), which nothing else that imports the rewards needs."""
+    from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(resolve_similarity_model(name_or_path), device=device or _default_device())
 

@@ -20,6 +20,7 @@ from accelerate.utils import is_peft_model
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from awares_lmms.core import errors
+from awares_lmms.core.loading import load_processor
 from awares_lmms.data import random_models
 from training import common, transcripts
 from training.trainers.weighted_sft import WeightedSFTTrainer
@@ -78,8 +79,8 @@ def build_trainer(script_args: SFTScriptArguments, training_args: SFTConfig,
     train_dataset = transcripts.sft_dataset(script_args.transcripts)
     eval_dataset = transcripts.sft_dataset(script_args.eval_transcripts) if script_args.eval_transcripts else None
     logger.info("%d training transcripts from %s", len(train_dataset), script_args.transcripts)
-    processor = common.load_processor(base_path, model_args, training_args.trust_remote_code,
-                                      script_args.min_pixels, script_args.max_pixels)
+    processor = load_processor(base_path, script_args.min_pixels, script_args.max_pixels,
+                               training_args.trust_remote_code, revision=model_args.model_revision)
     trainer = WeightedSFTTrainer(
         model=common.load_model(base_path, model_args, training_args.trust_remote_code), args=training_args,
         train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processor,

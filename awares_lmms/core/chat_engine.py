@@ -22,7 +22,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from awares_lmms.core import protocol
-from awares_lmms.core.engine import EngineConfig, GenerationSettings, Row, TwoTurnProtocol
+from awares_lmms.core.engine import (
+    EngineConfig,
+    GenerationSettings,
+    Row,
+    TwoTurnProtocol,
+)
 from awares_lmms.core.family import END_OF_TURN, IMAGE_PAD
 
 
@@ -35,6 +40,7 @@ class Completion:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     error: str | None = None
+    rejected: bool = False  # the server refused the request itself (400/422), as opposed to failing on it
 
 
 class ChatTransport(Protocol):

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
-from awares_lmms.core import accounting, images, presets, protocol, turn2
+from awares_lmms.core import accounting, arguments, images, presets, protocol, turn2
 from awares_lmms.core.family import END_OF_TURN
 from awares_lmms.core.stats import SampleStats
 
@@ -25,6 +26,18 @@ logger = logging.getLogger(__name__)
 MODES = ("awares", "full", "lr", "lr_then_full", "fixed")
 # Modes whose turn 1 may end in a crop request, and which therefore use the AwaRes system prompt.
 CROPPING_MODES = ("awares", "fixed", "lr_then_full")
+
+
+def batches(indices: Iterable[int], size: int, cost: Callable[[int], float] | None = None) -> Iterator[list[int]]:
+    """``indices`` in consecutive batches of ``size``; with ``cost``, in increasing order of cost first
+    (stable), so that a batch holds requests of similar size and pads little. The one batching rule of
+    the project: the engine, the lmms-eval model class and curation use it."""
+    order = list(indices)
+    if cost is not None and size > 1:
+        order.sort(key=cost)
+    size = max(1, size)
+    for start in range(0, len(order), size):
+        yield order[start:start + size]
 
 
 @dataclass
@@ -37,7 +50,7 @@ class EngineConfig:
     # hf backend: preallocated KV caches (transformers' StaticCache) for both turns, which transformers
     # decodes with a compiled step (CUDA graphs) on a GPU; turn 2 still continues turn 1 exactly.
     static_cache: bool = False
-    protocol: presets.ProtocolSettings = field(default_factory=lambda: presets.PRESETS["awares"])
+    protocol_settings: presets.ProtocolSettings = field(default_factory=lambda: presets.PRESETS["awares"])
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -60,6 +73,25 @@ class GenerationSettings:
                 kw["top_p"] = float(self.top_p)
             return kw
         return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def checked_generation(settings: presets.ProtocolSettings, max_new_tokens=None, temperature=0.0,
+                       top_p=None) -> GenerationSettings:
+    """Generation parameters given by a caller of the protocol (``AwaResClient``, the gateway), checked
+    as the plugin checks a task's: ``max_new_tokens`` a whole number in [1, MAX_NEW_TOKENS_LIMIT] (None:
+    the protocol's), ``temperature`` a number >= 0, ``top_p`` in (0, 1]. Zero tokens, negatives and
+    non-numbers are errors (``ArgumentError``), never a silent default or greedy decoding. Sampling
+    without ``top_p`` uses the protocol's ``sampling_top_p``, as the plugin does."""
+    if max_new_tokens is None:
+        max_new_tokens = settings.max_new_tokens
+    max_new_tokens = arguments.integer("max_new_tokens", max_new_tokens, minimum=1,
+                                       maximum=presets.MAX_NEW_TOKENS_LIMIT)
+    temperature = arguments.number("temperature", 0.0 if temperature is None else temperature, minimum=0.0)
+    if top_p is not None:
+        top_p = arguments.number("top_p", top_p, minimum=0.0, exclusive=True, maximum=1.0)
+    elif temperature > 0:
+        top_p = settings.sampling_top_p
+    return GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
 
 
 @dataclass
@@ -130,10 +162,10 @@ class TwoTurnProtocol:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.config = config or EngineConfig()
-        self.protocol = self.config.protocol
+        self.protocol_settings = self.config.protocol_settings
         self.budget = accounting.budget_from_processor(processor.image_processor,
-                                                       pre_resize=self.protocol.image_path == "qwen_vl_utils")
-        self.max_aspect_ratio = turn2.max_aspect_ratio(self.protocol)
+                                                       pre_resize=self.protocol_settings.image_path == "qwen_vl_utils")
+        self.max_aspect_ratio = turn2.max_aspect_ratio(self.protocol_settings)
         self._crop_turn_texts: dict[int, str] = {}
         self._special_tokens = sorted(tok.content for tok in self.tokenizer.added_tokens_decoder.values() if tok.special)
 
@@ -158,9 +190,9 @@ class TwoTurnProtocol:
         if row.original is None:
             return None
         if self.config.mode == "fixed":
-            return protocol.format_request(self.config.fixed_crops, self.protocol.parser)
+            return protocol.format_request(self.config.fixed_crops, self.protocol_settings.parser)
         if self.config.mode == "lr_then_full":
-            return protocol.format_all(self.protocol.parser)
+            return protocol.format_all(self.protocol_settings.parser)
         return None
 
     def _decode(self, ids) -> str:
@@ -199,15 +231,15 @@ class TwoTurnProtocol:
                             max_pixels=budget.max_pixels)
         normalised = []
         for img in req.images:
-            im, notes = turn2.normalise_original(img, self.protocol)
+            im, notes = turn2.normalise_original(img, self.protocol_settings)
             normalised.append(im)
             stats.image_notes += notes
-        if len(normalised) > 1 and self.protocol.multi_image == "first":
+        if len(normalised) > 1 and self.protocol_settings.multi_image == "first":
             # As the released file: the first image only, the protocol run on it (noted per sample).
             stats.image_notes.append(f"multi_image_first_of_{len(normalised)}")
             logger.info("request with %d images: the first one is used (multi_image=first)", len(normalised))
             normalised = normalised[:1]
-        to_model = [images.pre_resize(im, self.protocol.image_path, self.budget.patch_size) for im in normalised]
+        to_model = [images.pre_resize(im, self.protocol_settings.image_path, self.budget.patch_size) for im in normalised]
         if len(normalised) != 1:
             # Crops are defined for one image; anything else is answered in one full pass.
             stats.tool_call_status = "no_image" if not normalised else "multi_image_full"
@@ -216,7 +248,7 @@ class TwoTurnProtocol:
         original = normalised[0]
         if self.config.mode == "full":
             return Row(req, original, to_model, None, stats)
-        lr_view, lr_size = turn2.lr_view(original, self.protocol, self.budget.patch_size)
+        lr_view, lr_size = turn2.lr_view(original, self.protocol_settings, self.budget.patch_size)
         return Row(req, original, [lr_view], lr_size, stats)
 
     # ------------------------------------------------------------------ public
@@ -227,7 +259,7 @@ class TwoTurnProtocol:
         ``images.normalise`` pads), and a request without image sizes costs 0. A document that cannot
         be answered fails later, in ``run``, where it is recorded."""
         sizes = [im.size for im in req.images if isinstance(getattr(im, "size", None), tuple)]
-        scale = self.protocol.lr_scale if self.config.mode != "full" and len(sizes) == 1 else 1.0
+        scale = self.protocol_settings.lr_scale if self.config.mode != "full" and len(sizes) == 1 else 1.0
         total = 0
         for w, h in sizes:
             w, h = max(1, round(w * scale)), max(1, round(h * scale))
@@ -271,12 +303,9 @@ class TwoTurnProtocol:
                        by_cost: bool = False) -> list[Result]:
         """``run`` over ``requests`` in batches of ``batch_size``, results in request order. ``by_cost``
         batches them in order of ``turn1_cost`` first, as the lmms-eval model class does."""
-        order = list(range(len(requests)))
-        if by_cost and batch_size > 1:
-            order.sort(key=lambda i: self.turn1_cost(requests[i]))
+        cost = (lambda i: self.turn1_cost(requests[i])) if by_cost else None
         results: list[Result | None] = [None] * len(requests)
-        for start in range(0, len(order), batch_size):
-            chosen = order[start:start + batch_size]
+        for chosen in batches(range(len(requests)), batch_size, cost):
             for i, out in zip(chosen, self.run([requests[i] for i in chosen], settings)):
                 results[i] = out
         return results
@@ -313,7 +342,7 @@ class TwoTurnProtocol:
         if row.original is None or self.config.mode in ("full", "lr"):
             row.answer = row.turn1_text
             return False
-        plan = turn2.plan_turn2(row.turn1_text, row.original, self.protocol, self.budget.patch_size)
+        plan = turn2.plan_turn2(row.turn1_text, row.original, self.protocol_settings, self.budget.patch_size)
         decision = plan.decision
         row.turn2_reply = plan.rewritten_reply
         row.decision = decision
@@ -339,7 +368,7 @@ class TwoTurnProtocol:
     # ------------------------------------------------------------------ results
     def _finish(self, row: Row, settings: GenerationSettings) -> Result:
         text = row.answer
-        if self.protocol.apply_until:
+        if self.protocol_settings.apply_until:
             for stop in settings.until:
                 if stop and stop in text:
                     text = text.split(stop, 1)[0]
@@ -360,6 +389,6 @@ class TwoTurnProtocol:
     def _paper_ratio(self, row: Row) -> float:
         decision = row.decision
         if decision is None or decision.action == "answer":
-            return accounting.paper_ratio(row.original.size, row.lr_size, "none", lr_scale=self.protocol.lr_scale)
+            return accounting.paper_ratio(row.original.size, row.lr_size, "none", lr_scale=self.protocol_settings.lr_scale)
         small = not protocol.can_crop(*row.original.size)
         return accounting.paper_ratio(row.original.size, row.lr_size, decision.action, row.crop_boxes, small)

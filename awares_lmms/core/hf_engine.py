@@ -105,8 +105,8 @@ class HFEngine(TwoTurnProtocol):
         self.model = model
         self.family = families.for_model(model, processor)
         self.context_window = self.family.context_window
-        self.stop_ids = self.family.stop_ids(self.tokenizer, self.protocol.stop_tokens)
-        self.suppressed_ids = self.family.suppressed_ids if self.protocol.suppress_vision_tokens else None
+        self.stop_ids = self.family.stop_ids(self.tokenizer, self.protocol_settings.stop_tokens)
+        self.suppressed_ids = self.family.suppressed_ids if self.protocol_settings.suppress_vision_tokens else None
         # Tokens of the assistant header every turn-1 prompt ends with (re-tokenized with the reply in turn 2).
         self.header_len = len(self.tokenizer(ASSISTANT_HEADER, add_special_tokens=False)["input_ids"])
         # Forced replies end on <|im_end|> when it stops generation, else on the stop token that does.
@@ -202,7 +202,7 @@ class HFEngine(TwoTurnProtocol):
         does not reproduce are then replaced too (masked in the cache, their merged form prefilled)."""
         text = row.turn2_reply if row.turn2_reply is not None else row.turn1_text
         how = "rewritten" if row.turn2_reply is not None else "retokenized"
-        if row.turn2_reply is None and self.protocol.turn2_reply != "retokenized":
+        if row.turn2_reply is None and self.protocol_settings.turn2_reply != "retokenized":
             return None, 0, "generated"
         joint = self.tokenizer(self._decode_exact(header) + text, add_special_tokens=False)["input_ids"]
         kept = 0
@@ -340,7 +340,7 @@ class HFOptions:
 
 
 def _build(pretrained: str, config: EngineConfig, opts: HFOptions, load: LoadArguments) -> HFEngine:
-    settings = config.protocol
+    settings = config.protocol_settings
     model, processor = load_model_and_processor(pretrained, load.adapter, load.dtype, load.device,
                                                 load.attn_implementation, settings.min_pixels, settings.max_pixels,
                                                 load.trust_remote_code)

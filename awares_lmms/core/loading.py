@@ -48,9 +48,10 @@ def load_model_and_processor(pretrained: str, adapter: str | None = None, dtype:
 
 
 def load_processor(pretrained: str, min_pixels: int | None = None, max_pixels: int | None = None,
-                   trust_remote_code: bool = False):
-    """The checkpoint's processor with the run's pixel budget (the serving backends need it alone:
-    chat template, tokenizer and image limits for the accounting)."""
-    processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+                   trust_remote_code: bool = False, **from_pretrained):
+    """The checkpoint's processor with the run's pixel budget: evaluation, serving (which needs it alone:
+    chat template, tokenizer and image limits for the accounting) and training (``from_pretrained``:
+    e.g. ``revision``, ``padding_side``) all load it here."""
+    processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=trust_remote_code, **from_pretrained)
     accounting.set_pixel_budget(processor, min_pixels, max_pixels)
     return processor

@@ -139,32 +139,44 @@ class OpenAITransport:
         self.send_budget = send_budget
         self.seed = seed
 
-    def _request(self, conversation: list[dict], settings: GenerationSettings, pixel_budget: dict) -> Completion:
-        kwargs = {"model": self.model, "messages": to_openai_messages(conversation),
-                  "max_tokens": settings.max_new_tokens, "temperature": float(settings.temperature or 0.0)}
-        if settings.top_p is not None and settings.temperature:
-            kwargs["top_p"] = float(settings.top_p)
-        if self.seed is not None:
-            kwargs["seed"] = self.seed
+    def send(self, conversation: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float | None = None,
+             seed: int | None = None, extra_body: dict | None = None) -> Completion:
+        """One chat completion of ``conversation`` (the engine's messages: PIL images are sent as PNG data
+        URLs). Every failure, after the client's own retries, is a ``Completion`` whose ``error`` says
+        what happened; ``rejected`` marks a request the server refused as malformed (400/422). Evaluation,
+        ``AwaResClient`` and curation's answerer, judge and oracle all call the server through here."""
+        kwargs = {"model": self.model, "messages": to_openai_messages(conversation), "max_tokens": max_tokens,
+                  "temperature": float(temperature or 0.0)}
+        if top_p is not None and temperature:
+            kwargs["top_p"] = float(top_p)
+        seed = self.seed if seed is None else seed
+        if seed is not None:
+            kwargs["seed"] = seed
+        if extra_body:
+            kwargs["extra_body"] = extra_body
         openai = self._sdk
-        mode = self.send_budget  # read once: another thread may switch "auto" to "none" meanwhile
-        if mode != "none":
-            kwargs["extra_body"] = {"mm_processor_kwargs": dict(pixel_budget)}
         try:
             response = self.client.chat.completions.create(**kwargs)
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-            if mode != "auto":
-                return Completion(error=f"{type(exc).__name__}: {exc}")
-            if self.send_budget == "auto":
-                self.send_budget = "none"
-                logger.warning("the server rejected mm_processor_kwargs (%s); the pixel budget is no longer sent and "
-                               "the server's own applies (see prompt_tokens_check per sample)", exc)
-            return self._request(conversation, settings, pixel_budget)
-        except openai.OpenAIError as exc:  # after the client's own retries
+            return Completion(error=f"{type(exc).__name__}: {exc}", rejected=True)
+        except openai.OpenAIError as exc:
             return Completion(error=f"{type(exc).__name__}: {exc}")
         except ValueError as exc:  # a body that is not JSON at all (the client's decoder gives up)
             return Completion(error=f"the server's reply is not JSON ({type(exc).__name__}: {exc})")
         return completion_of(response)
+
+    def _request(self, conversation: list[dict], settings: GenerationSettings, pixel_budget: dict) -> Completion:
+        mode = self.send_budget  # read once: another thread may switch "auto" to "none" meanwhile
+        extra = {"mm_processor_kwargs": dict(pixel_budget)} if mode != "none" else None
+        completion = self.send(conversation, settings.max_new_tokens, settings.temperature, settings.top_p,
+                               extra_body=extra)
+        if not (completion.rejected and mode == "auto"):
+            return completion
+        if self.send_budget == "auto":
+            self.send_budget = "none"
+            logger.warning("the server rejected mm_processor_kwargs (%s); the pixel budget is no longer sent and "
+                           "the server's own applies (see prompt_tokens_check per sample)", completion.error)
+        return self._request(conversation, settings, pixel_budget)
 
     def complete(self, conversations, settings: GenerationSettings, pixel_budget: dict) -> list[Completion]:
         if len(conversations) == 1 or self.max_concurrency == 1:
@@ -176,7 +188,7 @@ class OpenAITransport:
 def _build(pretrained: str, config: EngineConfig, opts: OpenAIOptions, load: LoadArguments) -> ChatEngine:
     if not opts.base_url:
         raise arguments.ArgumentError("backend=openai needs base_url=http://host:port/v1")
-    settings = config.protocol
+    settings = config.protocol_settings
     processor = load_processor(pretrained, settings.min_pixels, settings.max_pixels, load.trust_remote_code)
     return ChatEngine(opts.transport(pretrained), processor, config)
 

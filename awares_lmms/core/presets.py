@@ -208,7 +208,7 @@ class Resolved:
         return line
 
 
-def resolve(preset: str | None = None, overrides: dict | None = None, declared: dict | None = None,
+def run_settings(preset: str | None = None, overrides: dict | None = None, declared: dict | None = None,
             pixels_per_token: int = family.PRESET_PIXELS_PER_TOKEN) -> Resolved:
     """Settings for a run: ``overrides`` (``--model_args``) > ``declared`` (the checkpoint) > the preset.
 
@@ -265,22 +265,22 @@ def resolve(preset: str | None = None, overrides: dict | None = None, declared: 
     return Resolved(ProtocolSettings(**values), base_name, preset_source, sources, declared)
 
 
-def resolve_checkpoint(pretrained: str | Path, adapter: str | Path | None = None, preset: str | None = None,
-                       overrides: dict | None = None) -> Resolved:
+def checkpoint_settings(pretrained: str | Path, adapter: str | Path | None = None, preset: str | None = None,
+                        overrides: dict | None = None) -> Resolved:
     """The protocol settings of a checkpoint (a local folder or a hub id): ``overrides`` > the
     checkpoint's declaration > the preset. A PEFT adapter's own declaration wins over its base model's
     (the adapter is what was trained). The one resolver the plugin, the client, the serving benchmark
-    and training (through ``resolve_declared``) use."""
+    and training (through ``declared_settings``) use."""
     declared = read_declaration(adapter) if adapter else None
     if declared is None:
         declared = read_declaration(pretrained)
-    return resolve(preset, overrides, declared, family.pixels_per_token(pretrained))
+    return run_settings(preset, overrides, declared, family.pixels_per_token(pretrained))
 
 
-def resolve_declared(checkpoint: str | Path) -> Resolved | None:
-    """``resolve_checkpoint`` for a checkpoint that declares a protocol; ``None`` when it declares none
+def declared_settings(checkpoint: str | Path) -> Resolved | None:
+    """``checkpoint_settings`` for a checkpoint that declares a protocol; ``None`` when it declares none
     (training then falls back to its own default rather than the evaluator's ``paper``)."""
-    return resolve_checkpoint(checkpoint) if read_declaration(checkpoint) is not None else None
+    return checkpoint_settings(checkpoint) if read_declaration(checkpoint) is not None else None
 
 
 # ----------------------------------------------------------------------------- declarations

@@ -109,7 +109,7 @@ class VLLMOptions:
 
 
 def _build(pretrained: str, config: EngineConfig, opts: VLLMOptions, load: LoadArguments) -> ChatEngine:
-    settings = config.protocol
+    settings = config.protocol_settings
     processor = load_processor(pretrained, settings.min_pixels, settings.max_pixels, load.trust_remote_code)
     extra = {"enforce_eager": True} if opts.enforce_eager else {}
     if opts.block_size:

@@ -21,10 +21,9 @@ from lmms_eval.protocol import ChatMessages
 from loguru import logger as eval_logger
 from tqdm import tqdm
 
-from awares_lmms.core import arguments, identity, presets, protocol
+from awares_lmms.core import arguments, backends, identity, presets, protocol
 from awares_lmms.core.arguments import ArgumentError
-from awares_lmms.core import backends
-from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request, batches
 from awares_lmms.core.loading import resolve_dtype
 from awares_lmms.core.vision_attention import attention_summary
 from awares_lmms.plugin import handoff, hooks, task_layer
@@ -57,10 +56,6 @@ class AwaresTokenCounts(TokenCounts):
 
     def to_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
-
-
-# The protocol of a run: --model_args > the checkpoint's declaration > the preset (one resolver for all).
-resolve_protocol = presets.resolve_checkpoint
 
 
 def _batch_size(value) -> int:
@@ -96,17 +91,17 @@ class ModelArguments:
     backend: str = "hf"
     save_images: Path | None = None
     journal: str | None = None
-    protocol: dict = field(default_factory=dict)  # protocol settings given by name
+    protocol_overrides: dict = field(default_factory=dict)  # protocol settings given by name
     serving: object = None  # the backend's options (its registry entry's dataclass)
 
     @classmethod
     def parse(cls, raw: dict) -> ModelArguments:
         raw = dict(raw)
-        own = {f.name for f in fields(cls)} - {"protocol", "serving"}
+        own = {f.name for f in fields(cls)} - {"protocol_overrides", "serving"}
         option_names = backends.option_owners()
         serving = {k: raw.pop(k) for k in list(raw) if k in option_names}
         settings = {k: raw.pop(k) for k in list(raw) if k not in own}
-        args = cls(**raw, protocol=settings)
+        args = cls(**raw, protocol_overrides=settings)
         args.static_cache = arguments.boolean("static_cache", args.static_cache)
         # The registry says what the backend accepts; checked here, before anything loads.
         backends.get(args.backend).check_use(args.adapter, args.static_cache)
@@ -198,14 +193,14 @@ class AwaresLMM(lmms):
             torch_dtype = resolve_dtype(args.dtype, self._device)
         except ValueError as exc:
             raise ArgumentError(str(exc)) from None
-        self.resolved = resolve_protocol(args.pretrained, args.adapter, args.preset, args.protocol)
+        self.resolved = presets.checkpoint_settings(args.pretrained, args.adapter, args.preset, args.protocol_overrides)
         self._overridden_max_new_tokens: set = set()
         settings = self.resolved.settings
         try:
             self.engine_config = EngineConfig(
                 mode=args.mode, fixed_crops=args.crops,
                 system_prompt=_SYSTEM_PROMPTS[args.system_prompt] if args.system_prompt is not None else None,
-                reuse_cache=args.reuse_cache, static_cache=args.static_cache, protocol=settings)
+                reuse_cache=args.reuse_cache, static_cache=args.static_cache, protocol_settings=settings)
             self.engine = backends.build_engine(
                 args.backend, args.pretrained, self.engine_config, opts=args.serving, adapter=args.adapter,
                 dtype=torch_dtype, dtype_name=args.dtype, device=str(self._device),
@@ -347,10 +342,10 @@ class AwaresLMM(lmms):
                         slots[i] = self._read_document(ctx, to_messages, doc_id, task, split)
                     except Exception as exc:  # noqa: BLE001 - the document's own problem, not the run's
                         slots[i] = self.engine.unanswered(exc, "document")
-                if self.batch_size > 1:
-                    part.sort(key=lambda i: self.engine.turn1_cost(slots[i]) if isinstance(slots[i], Request) else 0)
-                for b in range(0, len(part), self.batch_size):
-                    chosen = part[b:b + self.batch_size]
+                def cost(i):
+                    return self.engine.turn1_cost(slots[i]) if isinstance(slots[i], Request) else 0
+
+                for chosen in batches(part, self.batch_size, cost):
                     yield chosen, [slots.pop(i) for i in chosen]
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:

@@ -229,11 +229,11 @@ def preset_engine(setup: Setup, preset: str, mode: str, reuse: bool = True, mode
     """An engine in a preset, with the preset's pixel budget (in the model family's visual tokens) on
     its own copy of the processor."""
     model_type = family.model_type_of(setup.model.config)
-    settings = presets.resolve(preset, pixels_per_token=family.FAMILIES[model_type].pixels_per_token).settings
+    settings = presets.run_settings(preset, pixels_per_token=family.FAMILIES[model_type].pixels_per_token).settings
     processor = copy.deepcopy(setup.processor)
     accounting.set_pixel_budget(processor, settings.min_pixels, settings.max_pixels)
     return HFEngine(model or setup.model, processor,
-                         EngineConfig(mode=mode, reuse_cache=reuse, static_cache=static, protocol=settings))
+                         EngineConfig(mode=mode, reuse_cache=reuse, static_cache=static, protocol_settings=settings))
 
 
 def timed_run(setup: Setup, run, warm_up) -> dict:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from awares_lmms.core import arguments, errors
 from awares_lmms.data import quickstart_data, random_models, shipped_checkpoints, synthetic
-from awares_lmms.report import cli as report
+from awares_lmms.report import awares_report as report
 
 TASKS = "chartqa,docvqa,ocrbench,pope,vstar,realworldqa,awares_synth"
 SYNTH_SAMPLES, SYNTH_SEED = 60, 2  # seed 2: never used for training (the reproduction trains on seed 1)
@@ -68,7 +68,7 @@ def quickstart(args) -> int:
     model_args = f"pretrained={model_dir},device=cpu,mode={args.mode},save_images={out / 'images'}"
     if args.mode == "fixed":
         model_args += f",crops={args.crops}"
-    cmd = [sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares", "--model_args", model_args,
+    cmd = [sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", "--model", "awares", "--model_args", model_args,
            "--tasks", TASKS, "--batch_size", str(args.batch_size),
            "--log_samples", "--output_path", str(out / "results")]
     print("[quickstart] AWARES_DATASETS_DIR=" + str(data_dir) + " lmms_eval " + " ".join(cmd[3:]), flush=True)

@@ -55,7 +55,7 @@ def pass_requests(n: int, seed: int, passes: int) -> list[list[Request]]:
 
 
 def config_for(checkpoint: str, mode: str) -> EngineConfig:
-    return EngineConfig(mode=mode, protocol=presets.resolve_checkpoint(checkpoint).settings)
+    return EngineConfig(mode=mode, protocol_settings=presets.checkpoint_settings(checkpoint).settings)
 
 
 def measure(engine, passes: list[list[Request]], batch_size: int, settings: GenerationSettings,
@@ -96,7 +96,7 @@ def vllm_rows(checkpoint: str, modes, n: int, seed: int, settings, dtype: str, c
     rows = []
     for mode in modes:
         config = config_for(checkpoint, mode)
-        processor = load_processor(checkpoint, config.protocol.min_pixels, config.protocol.max_pixels)
+        processor = load_processor(checkpoint, config.protocol_settings.min_pixels, config.protocol_settings.max_pixels)
         engine = ChatEngine(transport, processor, config)
         engine.run(requests_for(2, seed - 1), settings)  # warm-up, on questions no pass asks
         for name, reset, batches in (("vllm", False, (*BATCHES, n)), ("vllm caches reset", True, (8, n))):

@@ -45,7 +45,7 @@ def row_command(row: str, args) -> list[str]:
         model_args.append(f"preset={args.preset}")
     if args.model_args:
         model_args.append(args.model_args)
-    cmd = [sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares", "--model_args", ",".join(model_args),
+    cmd = [sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", "--model", "awares", "--model_args", ",".join(model_args),
            "--tasks", args.tasks, "--batch_size", str(args.batch_size), "--log_samples",
            "--output_path", str(Path(args.out) / "runs" / row)]
     if args.limit is not None:

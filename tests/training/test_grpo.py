@@ -377,7 +377,7 @@ def test_rollout_decides_turn2_exactly_as_the_evaluator(tiny_ckpt, transcripts_f
     statuses = set()
     for name, settings in _decision_settings():
         trainer.protocol_settings = settings
-        evaluator = HFEngine(trainer.model, processor, EngineConfig(mode="awares", protocol=settings))
+        evaluator = HFEngine(trainer.model, processor, EngineConfig(mode="awares", protocol_settings=settings))
         requests = [Request("What colour is the corner?", [pictures[side]], forced_turn1=reply)
                     for reply, side in DECISION_CORPUS]
         evaluated = evaluator.run(requests, GenerationSettings(max_new_tokens=2), trace=True)

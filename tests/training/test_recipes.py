@@ -42,7 +42,7 @@ def test_every_training_recipe_parses_with_its_entry_points_parser(folder, stage
 def test_full_size_recipes_train_on_the_paper_budget_of_their_family(model_type):
     """SFT and GRPO declare their budget in the checkpoint; for evaluation to see what training saw,
     it must be the `paper` preset's budget in the family's own visual tokens (32 px for Qwen3-VL)."""
-    paper = presets.resolve("paper", pixels_per_token=family.FAMILIES[model_type].pixels_per_token).settings
+    paper = presets.run_settings("paper", pixels_per_token=family.FAMILIES[model_type].pixels_per_token).settings
     folder = smoke.recipes_for("full", model_type)
     sft_args, _, sft_model = _parse("sft", folder.name)
     grpo_args, grpo_training, _ = _parse("grpo", folder.name)

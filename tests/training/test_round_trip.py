@@ -42,7 +42,7 @@ def test_tiny_recipe_curate_sft_grpo_then_lmms_eval(tmp_path):
     data = tmp_path / "data"
     quickstart_data.write_sample_set(data, per_task=2)
     out = tmp_path / "results"
-    _run([sys.executable, "-m", "awares_lmms.plugin.cli", "--model", "awares",
+    _run([sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", "--model", "awares",
           "--model_args", f"pretrained={runs / 'grpo'},device=cpu", "--tasks", "pope,docvqa",
           "--log_samples", "--output_path", str(out)], tmp_path, dict(env, AWARES_DATASETS_DIR=str(data)))
     results = json.loads(next(out.rglob("*_results.json")).read_text())

@@ -216,7 +216,7 @@ def test_cli_run_loads_in_evaluator_and_resumes(base_dir, tmp_path):
     assert declared["preset"] == "awares" and declared["written_by"] == "training.sft"
     # The recipe's training budget (max_pixels 200704) is declared; the rest is the awares preset.
     expected = presets.ProtocolSettings(max_pixels=200704)
-    assert presets.resolve(None, {}, declared).settings == expected
+    assert presets.run_settings(None, {}, declared).settings == expected
 
     # Resume from checkpoint-2 for one more step, then compare with an uninterrupted 3-step run.
     resumed = _run_cli(*common, "--max_steps", "3", "--resume_from_checkpoint", "true", cwd=REPO)

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from awares_lmms.core import family, presets, protocol, turn2
+from awares_lmms.core.chat_engine import image_part
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.hf_engine import HFEngine
 from awares_lmms.core.loading import DTYPES, load_model_and_processor
-from awares_lmms.core.openai_backend import to_openai_messages
 from awares_lmms.data import random_models
 
 from . import endpoints
@@ -51,7 +51,7 @@ class LocalAnswerer:
             attn_implementation=args.attn_implementation, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
         # system_prompt=None: the template's default prompt, i.e. the base model answering plainly.
         settings = answerer_settings(args)
-        self.engines = {mode: HFEngine(model, processor, EngineConfig(mode=mode, protocol=settings))
+        self.engines = {mode: HFEngine(model, processor, EngineConfig(mode=mode, protocol_settings=settings))
                         for mode in MODES}
         self.settings = GenerationSettings(max_new_tokens=args.answerer_max_new_tokens)
         self.policy = policy
@@ -76,9 +76,8 @@ class LocalAnswerer:
 
 class OpenAIAnswerer:
     def __init__(self, args: AnswererArguments, policy: RetryPolicy):
-        self.client = endpoints.make_client(args.answerer_base_url, args.answerer_api_key_env,
-                                            args.answerer_timeout_s)
-        self.model = args.model_name_or_path
+        self.endpoint = endpoints.transport(args.answerer_base_url, args.model_name_or_path,
+                                            args.answerer_api_key_env, args.answerer_timeout_s)
         self.max_tokens = args.answerer_max_new_tokens
         self.settings = answerer_settings(args)
         self.concurrency = args.answerer_concurrency
@@ -92,9 +91,9 @@ class OpenAIAnswerer:
             # the served model's patch size is not needed.
             view = turn2.lr_view(original, self.settings, family.QWEN2_5_VL.patch_size)[0] if mode == "lr" else original
             # Turn 1 as every stage writes it, without the AwaRes system prompt: the base model answering.
-            messages = to_openai_messages(protocol.turn1_messages(question, None, [{"type": "image", "image": view}]))
+            messages = protocol.turn1_messages(question, None, [image_part(view)])
             return call_with_retries(
-                lambda: endpoints.chat(self.client, self.model, messages, self.max_tokens, temperature, seed),
+                lambda: endpoints.chat(self.endpoint, messages, self.max_tokens, temperature, seed),
                 self.policy, what=f"openai {mode} answer")
 
         return map_concurrently(one, list(zip(questions, originals)), self.concurrency)

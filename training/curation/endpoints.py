@@ -1,43 +1,34 @@
-"""OpenAI-compatible chat endpoints (vLLM, SGLang, ``transformers serve``, hosted APIs).
+"""Curation's OpenAI-compatible endpoints (vLLM, SGLang, ``transformers serve``, hosted APIs).
 
-Two rules learned against real servers: always send ``max_tokens`` (a model that never emits EOS
-otherwise runs to the server default), and never send ``stop`` (``transformers serve`` 5.24 answers
-it with HTTP 500). The client's own retries are off: ``retry.call_with_retries`` owns the policy,
-so attempts and errors are counted and recorded in one place.
+Each role (answerer, judge, oracle) gets evaluation's own transport (``core.openai_backend``): the same
+image encoding, the same reply checks. What differs per role is configuration: its URL, the
+environment variable holding its key, its timeout. The SDK's retries are off here:
+``retry.call_with_retries`` owns curation's retry policy, so attempts and errors are counted and
+recorded in one place. ``max_tokens`` is always sent (a model that never emits EOS otherwise runs to
+the server's default) and ``stop`` never is (``transformers serve`` answers it with HTTP 500).
 """
 
 from __future__ import annotations
 
 import os
 
-from openai import OpenAI
-from PIL import Image
-
-from awares_lmms.core.openai_backend import completion_of, data_url
+from awares_lmms.core.openai_backend import OpenAITransport
 
 
-def make_client(base_url: str | None, api_key_env: str, timeout_s: float):
+def transport(base_url: str | None, model: str, api_key_env: str, timeout_s: float) -> OpenAITransport:
+    """The transport of one role. Its key is read from ``api_key_env`` only: a role without one sends a
+    placeholder, never another role's (or ``OPENAI_API_KEY``'s) secret."""
     if not base_url:
         raise ValueError("an openai backend needs a base_url (e.g. http://HOST:8000/v1)")
-    return OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY", timeout=timeout_s,
-                  max_retries=0)
+    return OpenAITransport(base_url, model, api_key=os.environ.get(api_key_env) or "EMPTY", timeout=timeout_s,
+                           max_retries=0)
 
 
-def image_part(img: Image.Image) -> dict:
-    """A base64 PNG data-URL content part, encoded as evaluation's openai backend encodes it (lossless:
-    small print must survive the transfer)."""
-    return {"type": "image_url", "image_url": {"url": data_url(img)}}
-
-
-def chat(client, model: str, messages: list[dict], max_tokens: int, temperature: float = 0.0,
+def chat(endpoint: OpenAITransport, conversation: list[dict], max_tokens: int, temperature: float = 0.0,
          seed: int | None = None) -> str:
-    """One completion's text; raises on transport errors and on any reply that is not an answer (no
-    choices, ``content: null``, an HTML page), judged as evaluation's openai backend judges replies
-    (``completion_of``)."""
-    extra = {} if seed is None else {"seed": seed}
-    response = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
-                                              temperature=temperature, **extra)
-    completion = completion_of(response)
+    """One completion's text. Raises on a transport error and on any reply that is not an answer (no
+    choices, ``content: null``, an HTML page), so that the role's retry policy sees it."""
+    completion = endpoint.send(conversation, max_tokens, temperature, seed=seed)
     if completion.error is not None:
         raise RuntimeError(completion.error)
     return completion.text

@@ -173,7 +173,8 @@ class OpenAIJudge:
     def __init__(self, args: JudgeArguments, policy: RetryPolicy):
         if not args.judge_model:
             raise ValueError("judge=openai needs judge_model (the served model name)")
-        self.client = endpoints.make_client(args.judge_base_url, args.judge_api_key_env, args.judge_timeout_s)
+        self.endpoint = endpoints.transport(args.judge_base_url, args.judge_model, args.judge_api_key_env,
+                                            args.judge_timeout_s)
         self.model = args.judge_model
         self.max_tokens = args.judge_max_new_tokens
         self.concurrency = args.judge_concurrency
@@ -184,7 +185,7 @@ class OpenAIJudge:
             messages, a_is_hr = judge_messages(item)
 
             def ask():
-                text = endpoints.chat(self.client, self.model, messages, self.max_tokens)
+                text = endpoints.chat(self.endpoint, messages, self.max_tokens)
                 return {**parse_verdict(text, a_is_hr), "backend": "openai", "model": self.model,
                         "a_is_hr": a_is_hr, "reply": text[:500]}
 

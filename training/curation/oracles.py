@@ -26,6 +26,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from awares_lmms.core import family
+from awares_lmms.core.chat_engine import image_part
 from awares_lmms.data import random_models
 
 from . import endpoints
@@ -155,7 +156,8 @@ class OpenAIOracle:
     def __init__(self, args: OracleArguments, policy: RetryPolicy):
         if not args.oracle_model:
             raise ValueError("oracle=openai needs oracle_model (the served model name)")
-        self.client = endpoints.make_client(args.oracle_base_url, args.oracle_api_key_env, args.oracle_timeout_s)
+        self.endpoint = endpoints.transport(args.oracle_base_url, args.oracle_model, args.oracle_api_key_env,
+                                            args.oracle_timeout_s)
         self.args = args
         self.policy = policy
 
@@ -174,11 +176,11 @@ class OpenAIOracle:
         def one(item):
             sent = _downscale(item.image, a.oracle_max_side)
             prompt = grounding_prompt(item, a.oracle_coords, sent.width, sent.height, a.oracle_max_boxes)
-            messages = [{"role": "user", "content": [endpoints.image_part(sent), {"type": "text", "text": prompt}]}]
+            messages = [{"role": "user", "content": [image_part(sent), {"type": "text", "text": prompt}]}]
             frame = self._frame(sent)
 
             def ask():
-                text = endpoints.chat(self.client, a.oracle_model, messages, a.oracle_max_new_tokens)
+                text = endpoints.chat(self.endpoint, messages, a.oracle_max_new_tokens)
                 raw = boxes_from_reply(extract_json(text), a.oracle_max_boxes)
                 boxes = [to_original_pixels(b, a.oracle_coords, frame, item.image.size) for b in raw]
                 return {"boxes": boxes, "raw_boxes": raw, "coords": a.oracle_coords, "frame": list(frame),

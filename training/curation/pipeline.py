@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from awares_lmms.core import images, protocol
+from awares_lmms.core.engine import batches
 from training import transcripts
 
 from . import answerers, judges, labels, oracles
@@ -78,8 +79,9 @@ def prepare(sample: Sample) -> Prepared:
 
 
 def _batches(items: list, size: int):
-    for i in range(0, len(items), max(1, size)):
-        yield items[i:i + size]
+    """``items`` in consecutive batches of ``size`` (the engine's batching rule, without cost order)."""
+    for chosen in batches(range(len(items)), size):
+        yield [items[i] for i in chosen]
 
 
 def safe_name(sample_id: str) -> str:

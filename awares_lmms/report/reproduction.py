@@ -1,7 +1,7 @@
 """Figures of a synthetic reproduction (``python -m training.reproduce_synthetic --out DIR``), drawn
 from what it wrote: ``DIR/table.json`` and the GRPO trainer's ``DIR/grpo/trainer_state.json``.
 
-    python -m awares_lmms.report.synthetic DIR
+    python -m awares_lmms.report.reproduction DIR
 
 writes ``DIR/accuracy_vs_rtr.png`` (every evaluated row), ``DIR/fig5_crops.png`` (the regions asked
 for: the curated labels, SFT and GRPO, as the paper's Fig. 5) and ``DIR/grpo_curves.png``. The
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("root", type=Path, help="the reproduction's --out folder")
     args = parser.parse_args(argv)
     if not (args.root / "table.json").is_file():
-        print(f"awares_lmms.report.synthetic: {args.root / 'table.json'} not found (run the reproduction first)",
+        print(f"awares_lmms.report.reproduction: {args.root / 'table.json'} not found (run the reproduction first)",
               file=sys.stderr)
         return 2
     for path in draw(args.root):
@@ -56,4 +56,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    errors.exit_with("awares_lmms.report.synthetic", main)
+    errors.exit_with("awares_lmms.report.reproduction", main)

@@ -24,7 +24,7 @@ Same arguments and subcommands as ``lmms-eval`` (it runs lmms-eval's own dispatc
   that is missing, cut or short of documents: exit 1), and the file names carry the process id and
   a random part so that runs started in the same second on one ``--output_path`` never share a file.
 
-``python -m awares_lmms.plugin.cli ...`` is the same command.
+``python -m awares_lmms.plugin.lmms_eval_cli ...`` is the same command.
 """
 
 from __future__ import annotations
