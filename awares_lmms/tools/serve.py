@@ -19,7 +19,7 @@ from pathlib import Path
 
 from awares_lmms.core.errors import InputError
 
-SERVERS = ("transformers", "vllm")
+SERVERS = ("transformers", "vllm", "awares")
 
 
 def free_port() -> int:
@@ -35,6 +35,10 @@ def server_command(kind: str, model: str, port: int, python: str = sys.executabl
     if kind == "vllm":
         return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
                 "--port", str(port), "--enable-prefix-caching", "--enable-prompt-tokens-details", *extra]
+    if kind == "awares":  # the AwaRes gateway: in-process on ``model``, or (model "") as ``extra`` says
+        where = ["--pretrained", model] if model else []
+        return [python, "-m", "awares_lmms.gateway.awares_serve", *where, "--host", "127.0.0.1", "--port", str(port),
+                *extra]
     raise InputError(f"server must be one of {SERVERS}, got {kind!r}")
 
 
@@ -47,10 +51,12 @@ class LocalServer:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.command = server_command(kind, self.model, self.port, python, extra)
+        # The gateway's /v1/models may need a key; its /health never does.
+        self.ready_url = f"http://127.0.0.1:{self.port}/health" if kind == "awares" else self.base_url + "/models"
         # One thread: on a small CPU machine two OpenMP threads beside the client make latency erratic.
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
         self.startup_timeout = startup_timeout
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="awares-serve-", suffix=".log")[1])
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix=f"{kind}-server-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "LocalServer":
@@ -59,7 +65,7 @@ class LocalServer:
         deadline = time.time() + self.startup_timeout
         while True:
             try:
-                urllib.request.urlopen(self.base_url + "/models", timeout=2).read()
+                urllib.request.urlopen(self.ready_url, timeout=2).read()
                 return self
             except OSError:
                 if self.process.poll() is not None or time.time() > deadline:

@@ -1,0 +1,13 @@
+"""``awares-serve``: an OpenAI-compatible gateway that runs the AwaRes two-turn protocol server-side.
+
+Any OpenAI client sends one image and a question to ``/v1/chat/completions``; the gateway sends the
+low-resolution view, reads the model's crop request, cuts the crops from the full image and asks turn 2
+on the upstream's prefix cache (or on the in-process hf engine's KV cache), and replies with a standard
+chat completion plus an ``awares`` object carrying the accounting. docs/serving.md is the guide.
+
+- ``requests``: the OpenAI request body read into a protocol request, every refusal an ``APIError``;
+- ``replies``: completions, stream chunks and error bodies in the OpenAI schema;
+- ``metrics``: the Prometheus counters and histograms behind ``/metrics``;
+- ``app``: the FastAPI application (admission, deadline, auth, logging);
+- ``awares_serve``: the ``awares-serve`` command.
+"""
