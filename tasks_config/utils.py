@@ -33,7 +33,7 @@ __all__ = ["keep_images_encoded", "doc_to_visual", "ocrbench_aggregate_accuracy"
 def keep_images_encoded(dataset):
     """Image columns left undecoded until ``doc_to_visual`` decodes them with its checks.
 
-    None of the upstream tasks defines a ``process_docs`` in lmms-eval 0.7.3 (tests/test_tasks.py
+    None of the upstream tasks defines a ``process_docs`` in lmms-eval 0.7.3 (tests/plugin/test_tasks.py
     checks it): one added upstream would have to be chained here."""
     for name, feature in dataset.features.items():
         if isinstance(feature, datasets.Image) and feature.decode:

@@ -143,7 +143,7 @@ README_ROWS = {"full": "full resolution", "lr": "low resolution only", "lr_then_
 
 def readme_table(table: dict, rows) -> str:
     """The table the README and docs/synthetic.md show, rendered from a run's ``table.json``
-    (``tests/test_readme_tables.py`` checks that the shipped run's rendering is what they show)."""
+    (``tests/report/test_readme_tables.py`` checks that the shipped run's rendering is what they show)."""
     lines = ["| row | accuracy | RTR | no crop on LR-sufficient questions | request holds the evidence, HR-needed |",
              "|---|---:|---:|---:|---:|"]
     for name in rows:

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers.models.qwen2_vl.image_processing_qwen2_vl as _qwen2_vl_image_processing
 from huggingface_hub import hf_hub_download
 
 # Tokens a model must never *generate*: a sampled placeholder would desynchronise the image features
@@ -102,9 +101,16 @@ class FamilyFacts:
         return getattr(transformers, self.model_class)
 
 
-# The resize every supported family's image processor applies (Qwen2-VL's ``smart_resize``, used by
-# the Qwen2/2.5/3-VL image processors alike): the accounting and the oracle's box mapping call it here.
-smart_resize = _qwen2_vl_image_processing.smart_resize
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """The resize every supported family's image processor applies (Qwen2-VL's ``smart_resize``, used by
+    the Qwen2/2.5/3-VL image processors alike): the accounting and the oracle's box mapping call it here.
+    Imported on first use: the image-processing module pulls in torchvision (about 2 s), which a command
+    that never sizes an image (``--help``, a refused argument) should not pay."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
+        smart_resize as qwen2_vl_smart_resize,
+    )
+
+    return qwen2_vl_smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
 def pixels_per_token(pretrained) -> int:
@@ -177,7 +183,7 @@ _QWEN3_FULL_VISION = {"depth": 27, "hidden_size": 1152, "num_heads": 16, "interm
                       "num_position_embeddings": 2304, "deepstack_visual_indexes": [8, 16, 24]}
 
 # THE registry: one entry per supported family. Adding a family is one entry here, one recipe folder
-# and the docs (docs/engine.md "Adding a model family"); tests/test_family_registry.py keeps every
+# and the docs (docs/engine.md "Adding a model family"); tests/core/test_family_registry.py keeps every
 # entry with a tiny builder tested through evaluation, curation, SFT and GRPO.
 FAMILIES: dict[str, FamilyFacts] = {f.model_type: dataclasses.replace(f, layout=f.layout or QwenVLFamily) for f in (
     FamilyFacts("qwen2_vl", "Qwen2-VL", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", _QWEN2_VIDEO,

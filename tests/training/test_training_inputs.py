@@ -77,6 +77,7 @@ def _compare(name: str, got: dict) -> None:
             assert got[key] == expected[key], f"{name}: {key} changed:\n  now      {got[key]}\n  pinned   {expected[key]}"
 
 
+@pytest.mark.slow
 def test_the_synthetic_base_model_is_fed_the_pinned_batches():
     cfg = synthetic_base.BaseConfig(output_dir="unused")
     tokenizer = random_models.build_tokenizer()

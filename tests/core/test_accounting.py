@@ -34,7 +34,7 @@ from awares_lmms.core.family import QWEN2_5_VL
 from awares_lmms.core.images import crop_regions, low_res_view, normalise
 from awares_lmms.core.protocol import NUM_REGIONS, can_crop
 
-from .conftest import benchmark_images, image_id
+from ..conftest import benchmark_images, image_id
 
 BUDGETS = {
     "checkpoint": (QWEN2_5_VL.min_pixels, QWEN2_5_VL.max_pixels),  # 3136 / 12845056

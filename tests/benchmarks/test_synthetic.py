@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from awares_lmms.core import protocol
 from awares_lmms.data import synthetic
 
@@ -22,6 +24,7 @@ def test_generation_is_deterministic_with_exact_answers_and_boxes():
         assert synthetic.score(s.answer.upper() + " stripes.", s.answer) == 1.0
 
 
+@pytest.mark.slow
 def test_texture_is_readable_at_full_resolution_and_gone_at_low_resolution():
     gap = synthetic.probe_information_gap(n_train=300, n_test=150, seed=99)
     assert gap["probe_accuracy_hr"] >= 0.95
@@ -40,6 +43,7 @@ def _lmms_eval(args, env, cwd):
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_shipped_awares_checkpoint_crops_only_when_needed_through_lmms_eval(tmp_path):
     """The real `lmms_eval` command on the awares_synth task with the shipped GRPO checkpoint: colour
     and quadrant questions answered from the LR view, texture questions with the right crop."""
@@ -71,6 +75,7 @@ def test_shipped_awares_checkpoint_crops_only_when_needed_through_lmms_eval(tmp_
     assert "awares protocol: preset=awares (declared by the checkpoint)" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_model_args_preset_wins_over_the_declaration_and_says_so(tmp_path):
     """preset=paper on the shipped checkpoint: the released protocol replaces the declared one, the log
     says so, and the model (trained on 'GET_CROPS: [...]' with a space) no longer gets its crops."""
@@ -97,6 +102,7 @@ def test_model_args_preset_wins_over_the_declaration_and_says_so(tmp_path):
     assert all(s["crops"] == ["all"] and s["tool_call_status"].startswith("fallback") for s in requests)
 
 
+@pytest.mark.slow
 def test_awares_synth_without_its_data_exits_with_the_command_that_writes_it(tmp_path):
     import os
 

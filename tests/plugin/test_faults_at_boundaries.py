@@ -25,7 +25,7 @@ from awares_lmms.core.arguments import ArgumentError
 from awares_lmms.core.backends import read_options
 from awares_lmms.core.engine import GenerationSettings
 from awares_lmms.core.openai_backend import OpenAITransport
-from tests.test_faults import _lmms_eval, _noise, _png, write_pope
+from tests.plugin.test_faults import _lmms_eval, _noise, _png, write_pope
 
 # ----------------------------------------------------------------------------- strict arguments
 
@@ -154,13 +154,14 @@ def test_two_runs_started_in_the_same_second_get_their_own_files(tmp_path):
     assert not any(str(tmp_path) in p for p in hooks.output_problems())
 
 
+@pytest.mark.slow
 def test_a_samples_file_cut_by_a_full_disk_is_an_output_problem(tmp_path):
     """Before: the samples file was cut mid-line with only a warning, and the run exited 0. A file-size
     limit (RLIMIT_FSIZE) makes the kernel refuse the write exactly as a full disk does."""
     script = f"""
 import resource, signal, sys
-sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from tests.test_faults_at_boundaries import _tracker, _sample
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from tests.plugin.test_faults_at_boundaries import _tracker, _sample
 from awares_lmms.plugin import hooks
 tracker = _tracker(__import__("pathlib").Path({str(tmp_path)!r}))
 tracker.save_results_aggregated({{"results": {{"t": {{}}}}}}, None, "2026-12-04T10:00:00")
@@ -502,7 +503,7 @@ def test_a_cut_journal_line_is_dropped_and_the_rest_reused(tmp_path):
 @pytest.mark.slow
 def test_an_empty_ground_truth_marks_one_document_and_keeps_the_others(tiny_dir, tmp_path):
     """Before: stock POPE's assert aborted the run after all generation: exit 1, nothing written."""
-    from tests.test_faults import _to_parquet
+    from tests.plugin.test_faults import _to_parquet
 
     data = tmp_path / "data"
     data.mkdir()
@@ -597,7 +598,7 @@ def test_paper_preset_uses_the_first_image_of_a_multi_image_document(tiny_model)
 def test_paper_preset_samples_with_top_p_09_and_transposes_exif(tiny_dir):
     from awares_lmms.core.engine import Request
     from awares_lmms.plugin.model import AwaresLMM
-    from tests.test_faults import _exif_rotated_jpeg
+    from tests.plugin.test_faults import _exif_rotated_jpeg
 
     paper = AwaresLMM.create_from_arg_string(f"pretrained={tiny_dir},device=cpu")
     ours = AwaresLMM.create_from_arg_string(f"pretrained={tiny_dir},device=cpu,preset=awares")

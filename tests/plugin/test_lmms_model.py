@@ -9,7 +9,7 @@ from PIL import Image
 from awares_lmms.core.engine import GenerationSettings, Request
 from awares_lmms.plugin.model import AwaresLMM
 
-from .conftest import generated_benchmark_images
+from ..conftest import generated_benchmark_images
 
 
 def test_entry_point_resolves_awares():

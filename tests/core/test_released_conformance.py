@@ -155,7 +155,12 @@ def reference_processor(tiny_dir):
     return released_processor(tiny_dir)
 
 
-@pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
+# The large sizes take seconds each on CPU: they run in the full suite, the small ones in both.
+LARGE_SIZES = {(1700, 2200), (3840, 2160), (5650, 3767), (1000, 8000)}
+
+
+@pytest.mark.parametrize("size", [pytest.param(s, id=f"{s[0]}x{s[1]}", marks=[pytest.mark.slow] * (s in LARGE_SIZES))
+                                  for s in SIZES])
 def test_paper_preset_feeds_the_model_what_the_released_evaluation_does(paper_lm, reference_processor, size):
     img = noise_image(*size, seed=size[0] * 7 + size[1])
     question = "What is written in the image?\nAnswer the question using a single word or phrase."

@@ -25,7 +25,7 @@ from awares_lmms.core.openai_backend import OpenAIOptions
 from awares_lmms.data import shipped_checkpoints, synthetic
 from awares_lmms.tools.serve import LocalServer, free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT = str(shipped_checkpoints.synthetic_checkpoint("awares"))
 SETTINGS = GenerationSettings(max_new_tokens=32)
 COMPARED = ("rtr", "rtr_paper", "crops", "tool_call", "tool_call_status", "visual_tokens_lr", "visual_tokens_crops",

@@ -14,7 +14,7 @@ from awares_lmms.data import shipped_checkpoints
 from training.reproduce_synthetic import BENCHMARKS
 from training.synthetic_eval import format_table, readme_table
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("version", sorted(BENCHMARKS))

@@ -20,7 +20,7 @@ from awares_lmms.report import awares_report as report
 from awares_lmms.report import gallery, paper_table
 from awares_lmms.report.runs import find_runs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT = str(shipped_checkpoints.synthetic_checkpoint("awares"))
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 LIMIT = 6
@@ -198,6 +198,7 @@ def test_per_sample_score_and_decision_across_the_tasks_formats():
     assert gallery.decision({"error": "server (turn 1): ...", "tool_call_status": "error"}) == "error"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_synthetic_figures_are_redrawn_from_a_reproductions_table(tmp_path, version):
     """``python -m awares_lmms.report.reproduction DIR``, the reproduction's last stage, on the table the

@@ -27,7 +27,7 @@ from awares_lmms.data.export_datasets import (
 from awares_lmms.data.quickstart_data import write_real_sample_set, write_sample_set
 from awares_lmms.plugin import handoff, hooks
 
-REAL_DIR = Path(__file__).resolve().parents[2] / "shared/data/real"
+REAL_DIR = Path(__file__).resolve().parents[3] / "shared/data/real"
 needs_real = pytest.mark.real_data  # genuine benchmark items: collected only where ../shared is present
 
 hooks.install()  # what the `awares` entry point does in every lmms-eval run
@@ -138,6 +138,7 @@ def _records(style: str) -> list[dict]:
 # ----------------------------------------------------------------------------- names / precedence
 
 
+@pytest.mark.slow
 def test_our_names_win_only_with_our_directory(ours_tm, stock_tm, tmp_path):
     ours_dir = str(hooks.tasks_dir())
     for name in TASK_NAMES:
@@ -158,7 +159,7 @@ def test_our_names_win_only_with_our_directory(ours_tm, stock_tm, tmp_path):
     (tmp_path / "clash.yaml").write_text('task: "chartqa"\ndataset_path: nowhere\noutput_type: generate_until\n')
     other = TaskManager("WARNING", include_path=str(tmp_path))
     assert other.task_index["chartqa"]["yaml_path"].startswith(str(_upstream_tasks_dir()))
-    # (ours still winning next to another include path is covered by tests/test_cli.py)
+    # (ours still winning next to another include path is covered by tests/plugin/test_cli.py)
 
 
 def test_hooks_are_idempotent():
@@ -535,6 +536,6 @@ def test_export_reads_hub_sources_from_our_yamls():
     from awares_lmms.data import export_datasets
 
     # Every name is checked before anything is downloaded; the command line reports it in one line
-    # (tests/test_entry_points.py).
+    # (tests/project/test_entry_points.py).
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['nope'\]"):
         export_datasets.main(["--out", "x", "--tasks", "chartqa,nope"])

@@ -7,7 +7,7 @@ import ast
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEAM = "awares_lmms/core/family.py"
 # Modules allowed to hold family constants, and why.
 EXEMPT = {

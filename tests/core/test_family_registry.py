@@ -4,7 +4,7 @@ Every entry is checked against the real libraries (its transformers classes, TRL
 lmms-eval's class, its recipe folder), every entry with a tiny builder builds a checkpoint that says
 what the entry says, and no module outside the registry names a family. The behaviour of each tested
 family through evaluation, curation, SFT and GRPO is in the tests parametrised over
-``TESTED_FAMILIES`` (tests/test_engine.py, tests/test_families.py, tests/training/test_sft.py,
+``TESTED_FAMILIES`` (tests/core/test_engine.py, tests/core/test_families.py, tests/training/test_sft.py,
 tests/training/test_grpo.py, tests/training/test_curation.py).
 """
 
@@ -21,7 +21,7 @@ import trl
 from awares_lmms.core import family
 from awares_lmms.core.family import FAMILIES, TESTED_FAMILIES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

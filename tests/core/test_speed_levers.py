@@ -15,7 +15,7 @@ from awares_lmms.core import vision_attention
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.hf_engine import HFEngine
 
-from .conftest import generated_benchmark_images
+from ..conftest import generated_benchmark_images
 
 
 def _images():

@@ -17,7 +17,8 @@ import textwrap
 from pathlib import Path
 
 import datasets
-from datasets import Features, Image as HFImage, List, Value
+from datasets import Features, List, Value
+from datasets import Image as HFImage
 from PIL import Image, ImageDraw
 
 # The five stock tasks tried (crop-retrieval methods are judged on them), with their gold-answer field.

@@ -53,7 +53,7 @@ def test_recipes_name_a_tiny_checkpoint_of_either_family(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [f for f in TESTED_FAMILIES if FAMILIES[f].pixels_per_token != 28])
 def test_a_32px_family_runs_the_six_tasks_with_exact_accounting(family_dirs, name, tmp_path):
-    """Qwen3-VL and Qwen3-VL-MoE (the 28-px Qwen2.5-VL runs them in tests/test_cli.py)."""
+    """Qwen3-VL and Qwen3-VL-MoE (the 28-px Qwen2.5-VL runs them in tests/plugin/test_cli.py)."""
     from awares_lmms.data import quickstart_data
 
     tiny_qwen3_dir = family_dirs(name)
@@ -89,8 +89,8 @@ def test_qwen3_vl_through_transformers_serve_and_the_client(tiny_qwen3_dir):
     accounting counts (prompt_tokens_check ok), both turns match the hf backend's, and the client works."""
     from awares_lmms.client import AwaResClient
     from awares_lmms.core.backends import build_engine
-    from awares_lmms.core.openai_backend import OpenAIOptions
     from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
+    from awares_lmms.core.openai_backend import OpenAIOptions
     from awares_lmms.data import synthetic
     from awares_lmms.tools.serve import LocalServer
 
@@ -107,7 +107,7 @@ def test_qwen3_vl_through_transformers_serve_and_the_client(tiny_qwen3_dir):
         client = AwaResClient(server.base_url, checkpoint, preset="awares")
         answer, trace = client.ask(requests[0].images[0], requests[0].question)
     # The texts are not compared: on random weights nearly every greedy step is a near-tie, and the
-    # server's kernels (padding, batch) flip some; the Qwen2.5-VL twin of this test (tests/test_serving.py)
+    # server's kernels (padding, batch) flip some; the Qwen2.5-VL twin of this test (tests/serving/test_serving.py)
     # compares texts on a trained checkpoint. What must hold in any family is that the server sees exactly
     # the conversation and images the accounting counts.
     assert all(r.stats.error is None and r.stats.prompt_tokens_check == "ok" for r in served)

@@ -1,7 +1,7 @@
 """The task layer (awares_lmms/plugin/task_layer.py) over stock lmms-eval 0.7.3 tasks that are not ours.
 
 Five stock image tasks beyond the paper's six (TextVQA, InfoVQA, AI2D, MMStar, MME-RealWorld), their
-YAMLs unchanged, each read offline from a small local copy (``tests/stock_task_data.py``, drawn images)
+YAMLs unchanged, each read offline from a small local copy (``tests/plugin/stock_task_data.py``, drawn images)
 through ``AWARES_DATASETS_DIR``; the stock ``infovqa`` group; and a user's own YAML via
 ``--include_path``. Scores are compared with the same stock tasks built for another model (no layer)
 on the same answers; the end-to-end run is the real ``awares`` model on the tiny checkpoint.
@@ -19,7 +19,7 @@ import pytest
 
 from awares_lmms.core.stats import STAT_KEYS
 from awares_lmms.plugin import handoff, hooks, task_layer
-from tests import stock_task_data as data
+from tests.plugin import stock_task_data as data
 
 hooks.install()
 
@@ -160,6 +160,7 @@ def test_option_lists_are_read_only_where_the_prompt_has_one():
     assert task_layer.unscorable(["a", ""], None) is None
 
 
+@pytest.mark.slow
 def test_a_loglikelihood_task_is_refused_in_one_line_naming_it(tmp_path):
     (tmp_path / "ll.yaml").write_text(
         "task: my_loglikelihood_task\ndataset_path: parquet\ndataset_kwargs:\n  data_files:\n"
@@ -317,6 +318,7 @@ def _scripted_model(layered: bool):
     return Scripted()
 
 
+@pytest.mark.slow
 def test_simple_evaluate_layers_tasks_of_an_unnamed_task_manager_and_leaves_baselines_alone(clean_dir, tmp_path,
                                                                                           monkeypatch):
     """The Python API: tasks built by a TaskManager that names no model are layered by ``evaluate`` when

@@ -7,12 +7,12 @@ import torch
 from PIL import Image
 
 from awares_lmms.core import images, protocol
-from awares_lmms.core.family import FAMILIES
 from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request, batches
+from awares_lmms.core.family import FAMILIES
 from awares_lmms.core.hf_engine import HFEngine
 from awares_lmms.core.presets import ProtocolSettings
 
-from .conftest import generated_benchmark_images, real_samples
+from ..conftest import generated_benchmark_images, real_samples
 
 
 def _img(path):

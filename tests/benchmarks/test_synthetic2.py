@@ -55,6 +55,7 @@ def test_hr_targets_cover_all_nine_regions_and_are_the_cheapest_request_that_hol
     assert any(len(s.target) == 2 for s in compare)  # diagonal quadrants: two crops
 
 
+@pytest.mark.slow
 def test_texture_is_gone_at_low_resolution_and_the_marker_colour_is_not():
     gap = synthetic2.probe_information_gap(n_train=240, n_test=150, seed=99)
     assert gap["texture_probe_accuracy_hr"] >= 0.95
@@ -63,6 +64,7 @@ def test_texture_is_gone_at_low_resolution_and_the_marker_colour_is_not():
     assert gap["marker_probe_accuracy_lr"] >= 0.95
 
 
+@pytest.mark.slow
 def test_awares_synth2_runs_in_lmms_eval_with_its_metrics(tmp_path):
     """The real `lmms_eval` command on awares_synth2 with the shipped v2 GRPO checkpoint."""
     from awares_lmms.data import shipped_checkpoints

@@ -24,7 +24,7 @@ from awares_lmms.core.images import (
 )
 from awares_lmms.core.protocol import NUM_REGIONS, can_crop, region_box
 
-from .conftest import (
+from ..conftest import (
     HAS_REAL_DATA,
     REAL_DATA,
     benchmark_images,

@@ -45,7 +45,7 @@ def _message(image: Image.Image | str, question: str) -> list[dict]:
                                          {"type": "text", "text": question}]}]
 
 
-def _client(server: LocalServer, key: str = "none", retries: int = 0) -> OpenAI:
+def _client(server, key: str = "none", retries: int = 0) -> OpenAI:
     return OpenAI(base_url=server.base_url, api_key=key, max_retries=retries, timeout=120)
 
 
@@ -59,14 +59,58 @@ def samples():
     return synthetic.generate(8, seed=2)
 
 
+class ThreadedGateway:
+    """The gateway's real application on a real uvicorn server on loopback, in a thread of the test process
+    (the modules are already imported, so it starts in a second rather than a new interpreter's eight).
+    Its request log goes to ``log_path`` in the command's format. The subprocess form (``LocalServer``)
+    is used where the process itself is under test (signals, exit status)."""
+
+    def __init__(self, argv: list[str], log_path):
+        import logging
+
+        import uvicorn
+
+        from awares_lmms.gateway import awares_serve
+
+        app, _ = awares_serve.build_app(awares_serve.build_parser().parse_args(argv))
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.log_path = log_path
+        self.handler = logging.FileHandler(log_path)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        self.logger = logging.getLogger("awares_lmms.gateway")
+        self.logger.addHandler(self.handler)
+        self.level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadedGateway:
+        self.thread.start()
+        deadline = time.time() + 60
+        while not self.server.started:
+            assert self.thread.is_alive() and time.time() < deadline, "the gateway did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+        self.handler.close()
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    env = {"AWARES_TEST_KEY": "sesame"}
-    with LocalServer("awares", CHECKPOINT, extra=("--api-key-env", "AWARES_TEST_KEY", "--max-question-chars", "400",
-                                                  "--max-body-bytes", str(2 * 1024 * 1024)),
-                     env=env, startup_timeout=180, log_path=log) as server:
-        yield server
+    os.environ["AWARES_TEST_KEY"] = "sesame"
+    try:
+        with ThreadedGateway(["--pretrained", CHECKPOINT, "--api-key-env", "AWARES_TEST_KEY", "--max-question-chars",
+                              "400", "--max-body-bytes", str(2 * 1024 * 1024)], log) as server:
+            yield server
+    finally:
+        del os.environ["AWARES_TEST_KEY"]
 
 
 def _status(exc: openai.APIStatusError) -> tuple[int, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from awares_lmms.core import presets
 from awares_lmms.core.family import FAMILIES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _constraints() -> dict[str, str]:

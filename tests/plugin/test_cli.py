@@ -188,6 +188,7 @@ def runs(env):
     pool.shutdown(wait=True)
 
 
+@pytest.mark.slow
 def test_lmms_eval_suite_with_user_include_path(runs):
     """Our tasks are added to a user --include_path; results carry rtr; samples carry the stats."""
     rc, log, out = runs["suite"].result()
@@ -213,6 +214,7 @@ def test_lmms_eval_suite_with_user_include_path(runs):
     assert "|rtr|↓|0.25" in table and "|rtr_paper|↓|0.25" in table and "|visual_tokens_lr|" not in table
 
 
+@pytest.mark.slow
 def test_stock_lmms_eval_include_path_uses_our_tasks(runs):
     """Stock `lmms-eval --include_path tasks_config`: chartqa/docvqa are ours (entry-point hook)."""
     rc, log, out = runs["stock"].result()
@@ -223,6 +225,7 @@ def test_stock_lmms_eval_include_path_uses_our_tasks(runs):
     assert results["configs"]["chartqa"]["dataset_path"] == "parquet"
 
 
+@pytest.mark.slow
 def test_crashing_model_exits_nonzero(runs):
     rc, log, _ = runs["crash"].result()
     assert rc != 0
@@ -231,6 +234,7 @@ def test_crashing_model_exits_nonzero(runs):
     assert "lmms_eval: evaluation failed" in log
 
 
+@pytest.mark.slow
 def test_unknown_task_exits_nonzero(runs):
     rc, log, _ = runs["unknown_task"].result()
     assert rc != 0

@@ -12,14 +12,14 @@ import ast
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from awares_lmms.core import errors
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO),
        "CUDA_VISIBLE_DEVICES": ""}
 SFT_RECIPE = REPO / "training" / "recipes" / "tiny_cpu" / "sft.yaml"
@@ -93,6 +93,7 @@ def _assert_one_line(result: tuple[int, list[str]], prog: str, *fragments: str) 
         assert fragment in lines[-1], lines[-1]
 
 
+@pytest.mark.slow
 def test_python_m_training_sft_ends_a_missing_file_in_one_line(tmp_path):
     # Before: a ValueError traceback.
     _assert_one_line(_run("-m", "training.sft", "--config", str(SFT_RECIPE), "--output_dir", str(tmp_path / "out"),
@@ -150,6 +151,7 @@ def test_training_grpo_and_curate_name_a_missing_checkpoint(tmp_path, command):
                      "training.curate", "a file, not a checkpoint directory")
 
 
+@pytest.mark.slow
 def test_tools_and_console_scripts_end_bad_input_in_one_line(tmp_path, command):
     from awares_lmms.core import identity
     from awares_lmms.data import export_datasets
