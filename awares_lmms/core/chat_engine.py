@@ -165,7 +165,12 @@ class ChatEngine(TwoTurnProtocol):
             row = rows[i]
             row.stats.turn2_reply = "rewritten" if row.turn2_reply is not None else "retokenized"
             conversations.append(self._turn2_messages(row))
-        completions = self.transport.complete(conversations, settings, self._pixel_budget())
+        streamed = rows[todo[0]] if len(todo) == 1 and rows[todo[0]].req.answer_sink is not None else None
+        if streamed is not None and hasattr(self.transport, "complete_streaming"):
+            completions = [self.transport.complete_streaming(conversations[0], settings, self._pixel_budget(),
+                                                             streamed.stream)]
+        else:  # a transport that cannot stream: the answer reaches the sink whole (Row.stream_rest)
+            completions = self.transport.complete(conversations, settings, self._pixel_budget())
         for i, completion in zip(todo, completions):
             row = rows[i]
             row.stats.visual_tokens_crops = sum(self.budget.tokens(*im.size) for im in row.turn2_images)

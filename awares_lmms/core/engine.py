@@ -103,6 +103,10 @@ class Request:
     # Forced modes and tests: what the turn-1 decoding loop is made to emit for this row, as text
     # (tokenized canonically) or as token ids (e.g. a non-canonical tokenization a model might emit).
     forced_turn1: str | list[int] | None = None
+    # Streaming: called with the final answer's text as it is produced, in pieces that join to the
+    # answer before ``until`` is applied. Turn 2 streams token by token where the backend can (one
+    # request per ``run``); an answer given in turn 1 arrives in one piece once turn 1 is read.
+    answer_sink: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -141,6 +145,23 @@ class Row:
     answer: str = ""
     turn1_trace: TurnTrace | None = None
     turn2_trace: TurnTrace | None = None
+    streamed: str = ""  # the part of the answer already given to ``req.answer_sink``
+
+    def stream(self, piece: str) -> None:
+        """Give ``piece`` of the answer to the request's sink (backends call it as turn 2 produces text)."""
+        if piece and self.req.answer_sink is not None:
+            self.streamed += piece
+            self.req.answer_sink(piece)
+
+    def stream_rest(self) -> None:
+        """Once the answer is known, give the sink what it has not had yet: the whole answer where the
+        backend did not stream (turn 1 was the answer, or it cannot), the tail a streamer held back."""
+        if self.req.answer_sink is None or self.stats.error is not None:
+            return
+        if self.answer.startswith(self.streamed):
+            self.stream(self.answer[len(self.streamed):])
+        else:  # cannot happen with the backends' own decoding; never send a second, different answer
+            logger.warning("the streamed answer %r is not a prefix of the answer %r", self.streamed, self.answer)
 
 
 class TwoTurnProtocol:
@@ -278,6 +299,8 @@ class TwoTurnProtocol:
         batched step fails, each row is retried alone, so only the row that fails alone is marked.
         """
         settings = settings or GenerationSettings()
+        if len(requests) > 1 and any(r.answer_sink is not None for r in requests):
+            raise ValueError("a streamed answer (Request.answer_sink) is answered alone: one request per run")
         prepared: list[Row | Result] = []
         for req in requests:
             try:
@@ -325,6 +348,9 @@ class TwoTurnProtocol:
         for row in rows:
             row.stats.latency_s = row.stats.turn1_s = turn1_s
         todo = [i for i, row in enumerate(rows) if self._plan_turn2(row)]
+        for i, row in enumerate(rows):
+            if i not in todo:
+                row.stream_rest()  # turn 1 was the answer: it is complete now
         if todo:
             start = time.perf_counter()
             self._turn2(rows, todo, state, settings, trace)
@@ -332,6 +358,7 @@ class TwoTurnProtocol:
             for i in todo:
                 rows[i].stats.latency_s += turn2_s
                 rows[i].stats.turn2_s = turn2_s
+                rows[i].stream_rest()
         return [self._finish(row, settings) for row in rows]
 
     def _plan_turn2(self, row: Row) -> bool:

@@ -95,6 +95,37 @@ def static_cache_length(tokens: int) -> int:
     return max(256, 1 << (tokens - 1).bit_length())
 
 
+class AnswerStreamer:
+    """``generate``'s streamer for one streamed row: the new tokens decoded as they come (the prompt,
+    which ``generate`` puts first, is skipped), up to the stop token. Each piece is what the tokens so far
+    add to the text, decoded as the answer is decoded, so the pieces join to the answer; a character
+    split across tokens waits for the token that completes it."""
+
+    def __init__(self, decode, stop_ids, row: Row):
+        self.decode, self.stop_ids, self.row = decode, stop_ids, row
+        self.ids: list[int] = []
+        self.prompt_seen = self.stopped = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            if self.stopped or token in self.stop_ids:
+                self.stopped = True
+                return self._emit()
+            self.ids.append(token)
+        self._emit()
+
+    def _emit(self) -> None:
+        text = self.decode(self.ids)
+        if not text.endswith("\ufffd") and text.startswith(self.row.streamed):
+            self.row.stream(text[len(self.row.streamed):])
+
+    def end(self) -> None:
+        """The engine gives the row the rest of its decoded answer after turn 2 (``Row.stream_rest``)."""
+
+
 class HFEngine(TwoTurnProtocol):
     """The AwaRes protocol on a transformers model, with exact turn-2 reuse of the turn-1 KV cache."""
 
@@ -292,6 +323,8 @@ class HFEngine(TwoTurnProtocol):
                       pad_token_id=self.family.pad_id, eos_token_id=sorted(self.stop_ids),
                       suppress_tokens=self.suppressed_ids, **settings.generate_kwargs())
         total = inputs.input_ids.shape[1] + settings.max_new_tokens
+        if len(todo) == 1 and rows[todo[0]].req.answer_sink is not None:
+            common["streamer"] = AnswerStreamer(self._decode, self.stop_ids, rows[todo[0]])
         if self.config.reuse_cache:
             selected = torch.tensor(todo, device=inputs.input_ids.device)
             cache = self._static_cache(total, state.cache, selected, inputs.cached_len).get("cache")

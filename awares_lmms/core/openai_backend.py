@@ -52,8 +52,8 @@ def to_openai_messages(conversation: list[dict]) -> list[dict]:
     return out
 
 
-def _usage(response) -> tuple[int | None, int | None, int | None]:
-    usage = getattr(response, "usage", None)
+def _usage(usage) -> tuple[int | None, int | None, int | None]:
+    """Prompt, completion and cached prompt tokens of a response's ``usage`` (None where not reported)."""
     if usage is None:
         return None, None, None
     details = getattr(usage, "prompt_tokens_details", None)
@@ -81,8 +81,26 @@ def completion_of(response) -> Completion:
         refusal = getattr(message, "refusal", None)
         detail = f"finish_reason={reason!r}" + (f", refusal={refusal!r}" if refusal else "")
         return Completion(error=f"the server returned no text (content: {content!r}; {detail})")
-    prompt, completion, cached = _usage(response)
+    prompt, completion, cached = _usage(getattr(response, "usage", None))
     return Completion(content, prompt, completion, cached)
+
+
+def _streamed(chunks, on_text) -> Completion:
+    """A streamed chat completion read to its end: the text, each piece given to ``on_text``, and the
+    usage of the last chunk. A stream that ends without text is no answer, as in ``completion_of``."""
+    parts, usage, reason = [], None, None
+    for chunk in chunks:
+        usage = getattr(chunk, "usage", None) or usage
+        for choice in getattr(chunk, "choices", None) or []:
+            piece = getattr(getattr(choice, "delta", None), "content", None)
+            if isinstance(piece, str) and piece:
+                parts.append(piece)
+                on_text(piece)
+            reason = getattr(choice, "finish_reason", None) or reason
+    if not parts and reason != "length":
+        return Completion(error=f"the server streamed no text (finish_reason={reason!r})")
+    prompt, completion, cached = _usage(usage)
+    return Completion("".join(parts), prompt, completion, cached)
 
 
 @dataclass
@@ -140,11 +158,13 @@ class OpenAITransport:
         self.seed = seed
 
     def send(self, conversation: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float | None = None,
-             seed: int | None = None, extra_body: dict | None = None) -> Completion:
+             seed: int | None = None, extra_body: dict | None = None, on_text=None) -> Completion:
         """One chat completion of ``conversation`` (the engine's messages: PIL images are sent as PNG data
         URLs). Every failure, after the client's own retries, is a ``Completion`` whose ``error`` says
         what happened; ``rejected`` marks a request the server refused as malformed (400/422). Evaluation,
-        ``AwaResClient`` and curation's answerer, judge and oracle all call the server through here."""
+        ``AwaResClient`` and curation's answerer, judge and oracle all call the server through here.
+        With ``on_text`` the completion is streamed and ``on_text`` gets each piece of text as it arrives
+        (the usage comes with the stream's last chunk, where the server sends one)."""
         kwargs = {"model": self.model, "messages": to_openai_messages(conversation), "max_tokens": max_tokens,
                   "temperature": float(temperature or 0.0)}
         if top_p is not None and temperature:
@@ -156,6 +176,9 @@ class OpenAITransport:
             kwargs["extra_body"] = extra_body
         openai = self._sdk
         try:
+            if on_text is not None:
+                return _streamed(self.client.chat.completions.create(
+                    **kwargs, stream=True, stream_options={"include_usage": True}), on_text)
             response = self.client.chat.completions.create(**kwargs)
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
             return Completion(error=f"{type(exc).__name__}: {exc}", rejected=True)
@@ -165,18 +188,24 @@ class OpenAITransport:
             return Completion(error=f"the server's reply is not JSON ({type(exc).__name__}: {exc})")
         return completion_of(response)
 
-    def _request(self, conversation: list[dict], settings: GenerationSettings, pixel_budget: dict) -> Completion:
+    def _request(self, conversation: list[dict], settings: GenerationSettings, pixel_budget: dict,
+                 on_text=None) -> Completion:
         mode = self.send_budget  # read once: another thread may switch "auto" to "none" meanwhile
         extra = {"mm_processor_kwargs": dict(pixel_budget)} if mode != "none" else None
         completion = self.send(conversation, settings.max_new_tokens, settings.temperature, settings.top_p,
-                               extra_body=extra)
+                               extra_body=extra, on_text=on_text)
         if not (completion.rejected and mode == "auto"):
             return completion
         if self.send_budget == "auto":
             self.send_budget = "none"
             logger.warning("the server rejected mm_processor_kwargs (%s); the pixel budget is no longer sent and "
                            "the server's own applies (see prompt_tokens_check per sample)", completion.error)
-        return self._request(conversation, settings, pixel_budget)
+        return self._request(conversation, settings, pixel_budget, on_text)
+
+    def complete_streaming(self, conversation: list[dict], settings: GenerationSettings, pixel_budget: dict,
+                           on_text) -> Completion:
+        """One conversation, its completion streamed to ``on_text`` as the server produces it."""
+        return self._request(conversation, settings, pixel_budget, on_text)
 
     def complete(self, conversations, settings: GenerationSettings, pixel_budget: dict) -> list[Completion]:
         if len(conversations) == 1 or self.max_concurrency == 1:

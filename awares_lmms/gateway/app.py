@@ -177,6 +177,7 @@ class Gateway:
         logger.info(json.dumps(line))
 
     def refuse(self, request_id: str, started: float, error: APIError) -> JSONResponse:
+        """The OpenAI error reply of a request not answered, counted and logged."""
         self.metrics.requests.inc(status=str(error.status))
         self.metrics.errors.inc(kind=error.kind)
         self.log(request_id, error.status, started, error=error)
@@ -192,24 +193,72 @@ class Gateway:
             chat = await asyncio.get_running_loop().run_in_executor(
                 None, read_chat_request, body, self.options.served_model, self.protocol, self.options.image_policy,
                 self.options.max_question_chars)
-            result = await self.run_admitted(chat, started)
-            if result.stats.error is not None:
-                raise classify_failure(result.stats.error)
+            if chat.stream:
+                return await self.stream(request_id, started, chat)
+            result = self.checked(await self.run_admitted(chat, started))
         except APIError as exc:
             return self.refuse(request_id, started, exc)
         except Exception as exc:  # noqa: BLE001 - a defect of ours: still an OpenAI error body, and logged
-            logger.exception("request %s failed inside the gateway", request_id)
-            return self.refuse(request_id, started, APIError(500, f"internal error: {type(exc).__name__}: {exc}",
-                                                             "internal_error", "server_error"))
+            return self.refuse(request_id, started, self.internal_error(request_id, exc))
+        reason = self.answered(request_id, started, chat, result)
+        return JSONResponse(chat_reply.completion(request_id, chat.model, result, reason))
+
+    @staticmethod
+    def checked(result: Result) -> Result:
+        if result.stats.error is not None:
+            raise classify_failure(result.stats.error)
+        return result
+
+    @staticmethod
+    def internal_error(request_id: str, exc: Exception) -> APIError:
+        logger.error("request %s failed inside the gateway", request_id, exc_info=exc)
+        return APIError(500, f"internal error: {type(exc).__name__}: {exc}", "internal_error", "server_error")
+
+    def answered(self, request_id: str, started: float, chat: ChatRequest, result: Result) -> str:
+        """Metrics and the log line of an answered request; its finish reason."""
         self.metrics.requests.inc(status="200")
         self.metrics.record_answer(result.stats)
         self.log(request_id, 200, started, result)
-        pieces, answer_tokens = chat_reply.answer_pieces(self.engine.tokenizer, result.text)
-        reason = chat_reply.finish_reason(answer_tokens, chat.generation.max_new_tokens)
-        if chat.stream:
-            events = chat_reply.stream_events(request_id, chat.model, result, reason, chat.include_usage, pieces)
-            return StreamingResponse(events, media_type="text/event-stream")
-        return JSONResponse(chat_reply.completion(request_id, chat.model, result, reason))
+        answer_tokens = chat_reply.answer_tokens(self.engine.tokenizer, result.text)
+        return chat_reply.finish_reason(answer_tokens, chat.generation.max_new_tokens)
+
+    async def stream(self, request_id: str, started: float, chat: ChatRequest):
+        """The answer as the engine produces it: turn 1 is read whole (it decides whether there is a turn
+        2), then turn 2's text is sent as it is generated. Nothing is sent before the first piece, so a
+        request refused or failed until then gets its HTTP status; a failure after it ends the stream
+        with an error event."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        finished = object()
+        chat.request.answer_sink = lambda piece: loop.call_soon_threadsafe(queue.put_nowait, piece)
+        work = asyncio.ensure_future(self.run_admitted(chat, started))
+        work.add_done_callback(lambda _: queue.put_nowait(finished))
+        first = await queue.get()
+        if first is finished:
+            self.checked(work.result())  # raises the refusal or the failure as an HTTP status
+        chunks = chat_reply.StreamChunks(request_id, chat.model)
+
+        async def events():
+            yield chunks.start()
+            piece = first
+            while piece is not finished:
+                yield chunks.piece(piece)
+                piece = await queue.get()
+            try:
+                result = self.checked(work.result())
+            except APIError as exc:
+                self.metrics.requests.inc(status=str(exc.status))
+                self.metrics.errors.inc(kind=exc.kind)
+                self.log(request_id, exc.status, started, error=exc)
+                yield chunks.error(exc.body())
+                return
+            except Exception as exc:  # noqa: BLE001 - a defect of ours, after the status line was sent
+                yield chunks.error(self.internal_error(request_id, exc).body())
+                return
+            for event in chunks.finish(result, self.answered(request_id, started, chat, result), chat.include_usage):
+                yield event
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def create_app(engine: TwoTurnProtocol, protocol: presets.ProtocolSettings, options: GatewayOptions,

@@ -35,20 +35,8 @@ def usage(result: Result) -> dict:
     return out
 
 
-def answer_pieces(tokenizer, text: str) -> tuple[list[str], int]:
-    """The answer as the text its tokens add one by one (a character split across tokens comes with the
-    token that completes it), so that the pieces join to exactly ``text``; and its token count."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    pieces, start = [], 0
-    for end in range(1, len(ids) + 1):
-        piece = tokenizer.decode(ids[start:end], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        if piece.endswith("\ufffd") and end < len(ids):
-            continue  # a character cut between tokens: wait for the token that completes it
-        pieces.append(piece)
-        start = end
-    if "".join(pieces) != text:  # a tokenizer whose pieces do not join to the answer: one piece
-        return ([text] if text else []), len(ids)
-    return pieces, len(ids)
+def answer_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def finish_reason(answer_tokens: int, max_new_tokens: int) -> str:
@@ -65,24 +53,35 @@ def completion(request_id: str, model: str, result: Result, reason: str) -> dict
     }
 
 
-def stream_events(request_id: str, model: str, result: Result, reason: str, include_usage: bool,
-                  pieces: list[str]):
-    """Server-sent events of a finished answer: the role, the answer in ``pieces`` (the final turn's
-    tokens, decoded), a last chunk with the finish reason and the ``awares`` object, the usage chunk
-    when asked, then ``[DONE]``."""
-    created = int(time.time())
+class StreamChunks:
+    """The server-sent events of one streamed completion, in the OpenAI chunk schema."""
 
-    def chunk(delta: dict, reason=None, **extra) -> str:
-        body = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}], **extra}
+    def __init__(self, request_id: str, model: str):
+        self.request_id, self.model, self.created = request_id, model, int(time.time())
+
+    def _event(self, choices: list, **extra) -> str:
+        body = {"id": self.request_id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": choices, **extra}
         return f"data: {json.dumps(body)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
-    for piece in pieces:
-        yield chunk({"content": piece})
-    yield chunk({}, reason, awares=extension(result))
-    if include_usage:
-        body = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [], "usage": usage(result)}
-        yield f"data: {json.dumps(body)}\n\n"
-    yield "data: [DONE]\n\n"
+    def delta(self, delta: dict, reason: str | None = None, **extra) -> str:
+        return self._event([{"index": 0, "delta": delta, "finish_reason": reason}], **extra)
+
+    def start(self) -> str:
+        return self.delta({"role": "assistant", "content": ""})
+
+    def piece(self, text: str) -> str:
+        return self.delta({"content": text})
+
+    def finish(self, result: Result, reason: str, include_usage: bool) -> list[str]:
+        """The last chunk (finish reason and the ``awares`` object), the usage chunk when asked, ``[DONE]``."""
+        events = [self.delta({}, reason, awares=extension(result))]
+        if include_usage:
+            events.append(self._event([], usage=usage(result)))
+        return events + ["data: [DONE]\n\n"]
+
+    @staticmethod
+    def error(body: dict) -> str:
+        """A failure after the stream began (the status line is gone): an error event, as OpenAI sends
+        one; the ``openai`` SDK raises it as an ``APIError``."""
+        return f"data: {json.dumps(body)}\n\n"

@@ -29,9 +29,10 @@ from awares_lmms.core.backends import build_engine
 from awares_lmms.core.engine import EngineConfig, Request, checked_generation
 from awares_lmms.core.openai_backend import data_url
 from awares_lmms.data import shipped_checkpoints, synthetic
-from awares_lmms.gateway import chat_reply
 from awares_lmms.gateway.metrics import GatewayMetrics
 from awares_lmms.tools.serve import LocalServer, free_port
+
+from .test_serving import _vllm_python
 
 CHECKPOINT = str(shipped_checkpoints.synthetic_checkpoint("awares"))
 MAX_TOKENS = 32
@@ -140,14 +141,20 @@ def test_in_process_answers_equal_the_hf_engine_with_usage_and_the_extension(gat
 
 
 def test_streaming_delivers_the_same_answer_in_pieces_then_the_usage(gateway, samples):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(CHECKPOINT)
     client = _client(gateway, "sesame")
-    for sample in samples[:4]:
+    for sample in samples:
         whole = _ask(client, sample.image, sample.question)
         chunks = list(_ask(client, sample.image, sample.question, stream=True,
                            stream_options={"include_usage": True}))
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text == whole.choices[0].message.content
-        assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 1
+        pieces = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
+        # Turn 2 arrives token by token; an answer given in turn 1 in one piece.
+        tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        assert pieces == (tokens if whole.model_extra["awares"]["crops"] else 1)
         finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
         assert len(finals) == 1 and finals[0].model_extra["awares"]["crops"] == whole.model_extra["awares"]["crops"]
         assert chunks[-1].usage.total_tokens == whole.usage.total_tokens and not chunks[-1].choices
@@ -329,6 +336,11 @@ def test_upstream_mode_equals_the_openai_backend_and_upstream_failures_are_502_a
             assert awares["backend"] == "openai" and awares["prompt_tokens_check"] == "ok"
             assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (trace.input_tokens,
                                                                                   trace.output_tokens)
+            # Streamed: turn 2 is the upstream's own stream, passed on as it arrives.
+            chunks = list(_ask(client, sample.image, sample.question, stream=True))
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
+            final = [c for c in chunks if c.choices and c.choices[0].finish_reason][0].model_extra["awares"]
+            assert {k: final[k] for k in COMPARED} == {k: getattr(trace, k) for k in COMPARED}
     image, question = samples[0].image, samples[0].question
     dead = f"http://127.0.0.1:{free_port()}/v1"
     hung, port = _silent_listener()
@@ -349,14 +361,27 @@ def test_upstream_mode_equals_the_openai_backend_and_upstream_failures_are_502_a
 # ----------------------------------------------------------------------------- units
 
 
-def test_answer_pieces_join_to_the_answer_across_split_characters():
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(CHECKPOINT)
-    for text in ("bottom-right", "", "naïve café 東京 🙂 done", "  two  spaces\nand a line"):
-        pieces, count = chat_reply.answer_pieces(tokenizer, text)
-        assert "".join(pieces) == text and count == len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        assert all(pieces) and "\ufffd" not in "".join(pieces)
+def test_a_streamed_answer_comes_token_by_token_from_turn_2_and_joins_to_the_answer(samples):
+    """Request.answer_sink on the hf engine: turn 2 streams as generate produces it; an answer given in
+    turn 1 arrives whole once turn 1 is read. Either way the pieces join to the answer."""
+    settings = presets.checkpoint_settings(CHECKPOINT).settings
+    engine = build_engine("hf", CHECKPOINT, EngineConfig(protocol_settings=settings))
+    seen = {"crops": 0, "direct": 0}
+    for sample in samples:
+        pieces: list[str] = []
+        request = Request(sample.question, [sample.image], answer_sink=pieces.append)
+        result = engine.run([request], checked_generation(settings, MAX_TOKENS))[0]
+        assert "".join(pieces) == result.text and all(pieces)
+        tokens = len(engine.tokenizer(result.text, add_special_tokens=False)["input_ids"])
+        if result.stats.crops:
+            seen["crops"] += 1
+            assert len(pieces) == tokens  # one piece per generated token (ASCII answers)
+        else:
+            seen["direct"] += 1
+            assert len(pieces) == 1
+    assert seen["crops"] and seen["direct"]
+    with pytest.raises(ValueError, match="one request per run"):
+        engine.run([Request("q", [samples[0].image], answer_sink=print)] * 2)
 
 
 def test_metrics_exposition_is_prometheus_text():
@@ -386,3 +411,25 @@ def test_bad_command_lines_end_in_one_line_before_anything_loads(tmp_path, capsy
         status = awares_serve.main(list(args))
         lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert status == 2 and len(lines) == 1 and lines[0].startswith("awares-serve: ") and words in lines[0], lines
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_vllm_python() is None, reason="vLLM is not importable here and AWARES_VLLM_PYTHON is unset "
+                                                  "(python -m awares_lmms.tools.vllm_cpu_env DIR builds one)")
+def test_gateway_in_front_of_vllm_answers_as_the_hf_engine_and_turn_2_hits_the_prefix_cache(samples, tmp_path):
+    settings = presets.checkpoint_settings(CHECKPOINT).settings
+    engine = build_engine("hf", CHECKPOINT, EngineConfig(protocol_settings=settings))
+    reference = engine.run([Request(s.question, [s.image]) for s in samples], checked_generation(settings, MAX_TOKENS))
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    with LocalServer("vllm", CHECKPOINT, python=_vllm_python(), extra=("--enforce-eager", "--block-size", "32"),
+                     env=env, log_path=tmp_path / "vllm.log") as upstream, \
+            LocalServer("awares", "", extra=("--upstream", upstream.base_url, "--served-model", CHECKPOINT),
+                        log_path=tmp_path / "gateway.log") as gateway:
+        client = _client(gateway)
+        for sample, want in zip(samples, reference):
+            reply = _ask(client, sample.image, sample.question)
+            awares = reply.model_extra["awares"]
+            assert reply.choices[0].message.content == want.text
+            assert {k: awares[k] for k in COMPARED} == {k: getattr(want.stats, k) for k in COMPARED}
+            if want.stats.crops:
+                assert awares["cached_tokens_turn2"] > 0  # turn 2's prefix served from vLLM's cache
