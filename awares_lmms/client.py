@@ -57,11 +57,11 @@ class AwaResClient:
         source = str(source or model)
         # A local folder or a hub id, read as the plugin reads it (the client once read folders only).
         self.resolved = presets.checkpoint_settings(source, None, preset, settings)
-        protocol = self.resolved.settings
+        protocol_settings = self.resolved.settings
         if processor is None or isinstance(processor, (str, Path)):
-            processor = load_processor(source, protocol.min_pixels, protocol.max_pixels)
+            processor = load_processor(source, protocol_settings.min_pixels, protocol_settings.max_pixels)
         self.engine = ChatEngine(opts.transport(model, api_key), processor,
-                                 EngineConfig(mode=mode, protocol_settings=protocol))
+                                 EngineConfig(mode=mode, protocol_settings=protocol_settings))
 
     def ask(self, image, question: str, max_new_tokens: int | None = None,
             temperature: float = 0.0) -> tuple[str, SampleStats]:

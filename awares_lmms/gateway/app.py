@@ -104,9 +104,9 @@ class Admission:
 
 
 class Gateway:
-    def __init__(self, engine: TwoTurnProtocol, protocol: presets.ProtocolSettings, options: GatewayOptions,
+    def __init__(self, engine: TwoTurnProtocol, protocol_settings: presets.ProtocolSettings, options: GatewayOptions,
                  serialize: bool):
-        self.engine, self.protocol, self.options = engine, protocol, options
+        self.engine, self.protocol_settings, self.options = engine, protocol_settings, options
         self.metrics = GatewayMetrics()
         # The in-process model answers one batch at a time; a served engine takes concurrent calls.
         self.engine_lock = threading.Lock() if serialize else None
@@ -191,7 +191,7 @@ class Gateway:
             body = await self.read_body(request)
             # Reading decodes the image (and fetches an allow-listed URL): off the event loop.
             chat = await asyncio.get_running_loop().run_in_executor(
-                None, read_chat_request, body, self.options.served_model, self.protocol, self.options.image_policy,
+                None, read_chat_request, body, self.options.served_model, self.protocol_settings, self.options.image_policy,
                 self.options.max_question_chars)
             if chat.stream:
                 return await self.stream(request_id, started, chat)
@@ -261,9 +261,9 @@ class Gateway:
         return StreamingResponse(events(), media_type="text/event-stream")
 
 
-def create_app(engine: TwoTurnProtocol, protocol: presets.ProtocolSettings, options: GatewayOptions,
+def create_app(engine: TwoTurnProtocol, protocol_settings: presets.ProtocolSettings, options: GatewayOptions,
                serialize: bool = False) -> FastAPI:
-    gateway = Gateway(engine, protocol, options, serialize)
+    gateway = Gateway(engine, protocol_settings, options, serialize)
 
     async def lifespan(app: FastAPI):
         gateway.admission = Admission(options.max_concurrency, options.max_queue, gateway.metrics,

@@ -66,7 +66,7 @@ class ImagePolicy:
     fetch: object = None
 
 
-def read_chat_request(body, served_model: str, protocol: presets.ProtocolSettings, policy: ImagePolicy,
+def read_chat_request(body, served_model: str, protocol_settings: presets.ProtocolSettings, policy: ImagePolicy,
                       max_question_chars: int) -> ChatRequest:
     """The body of a ``/v1/chat/completions`` call as a protocol request (raises ``APIError``)."""
     if not isinstance(body, dict):
@@ -94,7 +94,7 @@ def read_chat_request(body, served_model: str, protocol: presets.ProtocolSetting
                           f"{max_question_chars}", "question_too_long", "messages")
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     try:
-        generation = checked_generation(protocol, limit, body.get("temperature", 0.0), body.get("top_p"))
+        generation = checked_generation(protocol_settings, limit, body.get("temperature", 0.0), body.get("top_p"))
     except ArgumentError as exc:
         raise bad_request(str(exc), "invalid_sampling") from None
     return ChatRequest(model, Request(question=question, images=[image]), generation, stream,
