@@ -117,6 +117,15 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def drive_gateway(name: str, gateway: LocalServer, model: str, items: list, args) -> Row:
+    """A gateway's row: a 2-second warm-up, then the timed run with its resident memory before and after."""
+    drive(Row("warm-up"), gateway.base_url, model, items, args.clients, 2, args.max_tokens, True)
+    before = rss_mb(gateway.process.pid)
+    row = drive(Row(name), gateway.base_url, model, items, args.clients, args.seconds, args.max_tokens, True)
+    row.rss_mb = (before, rss_mb(gateway.process.pid))
+    return row
+
+
 def run(args) -> list[Row]:
     checkpoint = str(args.checkpoint or shipped_checkpoints.synthetic_checkpoint("awares"))
     samples = synthetic.generate(args.questions, seed=args.seed)
@@ -128,21 +137,13 @@ def run(args) -> list[Row]:
         with LocalServer("awares", "", extra=("--upstream", upstream.base_url, "--served-model", checkpoint,
                                               "--max-concurrency", str(args.clients)),
                          log_path=logs / "gateway.log") as gateway:
-            drive(Row("warm-up"), gateway.base_url, checkpoint, items, args.clients, 2, args.max_tokens, True)
-            before = rss_mb(gateway.process.pid)
-            row = drive(Row(f"awares-serve → transformers serve ({args.clients} clients)"), gateway.base_url,
-                        checkpoint, items, args.clients, args.seconds, args.max_tokens, True)
-            row.rss_mb = (before, rss_mb(gateway.process.pid))
-            rows.append(row)
+            rows.append(drive_gateway(f"awares-serve → transformers serve ({args.clients} clients)", gateway,
+                                      checkpoint, items, args))
         rows.append(drive(Row(f"direct to transformers serve, full resolution ({args.clients} clients)"),
                           upstream.base_url, checkpoint, items, args.clients, args.seconds, args.max_tokens, False))
     with LocalServer("awares", checkpoint, log_path=logs / "in-process.log") as gateway:
-        drive(Row("warm-up"), gateway.base_url, checkpoint, items, args.clients, 2, args.max_tokens, True)
-        before = rss_mb(gateway.process.pid)
-        row = drive(Row(f"awares-serve in-process hf ({args.clients} clients, 1 at once)"), gateway.base_url,
-                    checkpoint, items, args.clients, args.seconds, args.max_tokens, True)
-        row.rss_mb = (before, rss_mb(gateway.process.pid))
-        rows.append(row)
+        rows.append(drive_gateway(f"awares-serve in-process hf ({args.clients} clients, 1 at once)", gateway,
+                                  checkpoint, items, args))
     return rows
 
 
