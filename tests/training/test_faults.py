@@ -196,10 +196,8 @@ def test_sft_checks_every_image_before_training(sft_run, tmp_path):
     assert not (tmp_path / "o" / "checkpoint-1").exists()  # failed before the first step
 
 
-def test_duplicate_transcripts_are_read_once(sft_run, tmp_path):
-    data_dir = tmp_path / "curated"
-    shutil.copytree(sft_run["data"].parent, data_dir)
-    path = data_dir / "transcripts.jsonl"
+def test_duplicate_transcripts_are_read_once(tmp_path):
+    path = write_transcripts(tmp_path / "curated", n=4)  # the rows an SFT run reads (no run needed)
     path.write_text(path.read_text() * 2)  # what two unlocked writers produced
     assert [r["id"] for r in tr.read(path)] == ["s0", "s1", "s2", "s3"]
 
