@@ -11,7 +11,7 @@ launch overhead costs more than their arithmetic.
 one batched SDPA call per length: the same softmax over the same keys, so the result equals the
 per-window loop up to floating-point summation order (checked in tests, fp32).
 
-Private transformers facts this relies on (pinned ``transformers==5.24.0``; ``tests/test_vision_attention.py``
+Private transformers facts this relies on (pinned ``transformers==5.24.0``; ``tests/core/test_speed_levers.py``
 checks each one, so an upgrade that changes them fails there and not in a user's run):
 
 1. ``Qwen2_5_VLVisionAttention`` passes ``cu_seq_lens_q`` to the attention function only when the
