@@ -22,6 +22,7 @@ import sys
 from awares_lmms.core import arguments, backends, errors, presets
 from awares_lmms.core.arguments import ArgumentError
 from awares_lmms.core.engine import EngineConfig
+from awares_lmms.core.loading import resolve_dtype
 from awares_lmms.core.openai_backend import OpenAIOptions
 from awares_lmms.gateway.app import GatewayOptions, create_app
 from awares_lmms.gateway.chat_request import ImagePolicy
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     upstream.add_argument("--send-budget", default=OpenAIOptions.send_budget)
     local = p.add_argument_group("in-process mode")
     local.add_argument("--device", default="cpu")
-    local.add_argument("--dtype", default="float32")
+    local.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto (bfloat16 on a GPU)")
     local.add_argument("--attn-implementation", default=None)
     p.add_argument("--log-level", default="info")
     return p
@@ -96,6 +97,10 @@ def build_app(args: argparse.Namespace):
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not key:
         raise ArgumentError(f"--api-key-env {args.api_key_env}: the variable is unset or empty")
+    try:
+        dtype = resolve_dtype(args.dtype, args.device)
+    except ValueError as exc:
+        raise ArgumentError(f"--dtype: {exc}") from None
     source = args.pretrained or args.processor or args.served_model
     arguments.checkpoint_location("--pretrained" if args.pretrained else "--processor", source)
     resolved = presets.checkpoint_settings(source, None, args.preset, _overrides(args.overrides))
@@ -108,8 +113,8 @@ def build_app(args: argparse.Namespace):
         engine = backends.build_engine("openai", source, config, opts)
         concurrency = args.max_concurrency or 8
     else:
-        engine = backends.build_engine("hf", args.pretrained, config, dtype=args.dtype, device=args.device,
-                                       attn_implementation=args.attn_implementation)
+        engine = backends.build_engine("hf", args.pretrained, config, dtype=dtype, dtype_name=args.dtype,
+                                       device=args.device, attn_implementation=args.attn_implementation)
         concurrency = args.max_concurrency or 1
     policy = ImagePolicy(allowed_hosts=frozenset(h.lower() for h in args.allow_image_host),
                          max_image_bytes=args.max_body_bytes, fetch=fetch_bounded)

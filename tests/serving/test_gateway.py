@@ -406,6 +406,7 @@ def test_bad_command_lines_end_in_one_line_before_anything_loads(tmp_path, capsy
                         (("--pretrained", str(tmp_path / "nope")), "no such file or directory"),
                         (("--pretrained", CHECKPOINT, "--set", "parser"), "--set takes NAME=VALUE"),
                         (("--pretrained", CHECKPOINT, "--max-concurrency", "0"), "--max-concurrency must be >= 1"),
+                        (("--pretrained", CHECKPOINT, "--dtype", "float8"), "--dtype: dtype must be"),
                         (("--pretrained", CHECKPOINT, "--api-key-env", "AWARES_UNSET_KEY_VARIABLE"), "unset")):
         capsys.readouterr()
         status = awares_serve.main(list(args))
