@@ -176,11 +176,14 @@ class Gateway:
             line.update(error=error.kind, message=error.message[:300])
         logger.info(json.dumps(line))
 
-    def refuse(self, request_id: str, started: float, error: APIError) -> JSONResponse:
-        """The OpenAI error reply of a request not answered, counted and logged."""
+    def record_refusal(self, request_id: str, started: float, error: APIError) -> None:
         self.metrics.requests.inc(status=str(error.status))
         self.metrics.errors.inc(kind=error.kind)
         self.log(request_id, error.status, started, error=error)
+
+    def refuse(self, request_id: str, started: float, error: APIError) -> JSONResponse:
+        """The OpenAI error reply of a request not answered, counted and logged."""
+        self.record_refusal(request_id, started, error)
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     async def chat_completions(self, request: Request):
@@ -246,14 +249,10 @@ class Gateway:
                 piece = await queue.get()
             try:
                 result = self.checked(work.result())
-            except APIError as exc:
-                self.metrics.requests.inc(status=str(exc.status))
-                self.metrics.errors.inc(kind=exc.kind)
-                self.log(request_id, exc.status, started, error=exc)
-                yield chunks.error(exc.body())
-                return
-            except Exception as exc:  # noqa: BLE001 - a defect of ours, after the status line was sent
-                yield chunks.error(self.internal_error(request_id, exc).body())
+            except Exception as exc:  # noqa: BLE001 - after the status line: an error event, counted and logged
+                error = exc if isinstance(exc, APIError) else self.internal_error(request_id, exc)
+                self.record_refusal(request_id, started, error)
+                yield chunks.error(error.body())
                 return
             for event in chunks.finish(result, self.answered(request_id, started, chat, result), chat.include_usage):
                 yield event
