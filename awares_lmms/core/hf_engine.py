@@ -97,30 +97,34 @@ def static_cache_length(tokens: int) -> int:
 
 class AnswerStreamer:
     """``generate``'s streamer for one streamed row: the new tokens decoded as they come (the prompt,
-    which ``generate`` puts first, is skipped), up to the stop token. Each piece is what the tokens so far
+    which ``generate`` puts first, is skipped), up to the stop token. Each piece is what the new tokens
     add to the text, decoded as the answer is decoded, so the pieces join to the answer; a character
-    split across tokens waits for the token that completes it."""
+    split across tokens waits for the token that completes it. Each step decodes only the tokens since
+    the last piece (with the piece before as context), so a long answer costs linear, not quadratic,
+    decoding."""
 
     def __init__(self, decode, stop_ids, row: Row):
         self.decode, self.stop_ids, self.row = decode, stop_ids, row
         self.ids: list[int] = []
+        self.prefix_offset = self.read_offset = 0  # ids[prefix:read] were the last piece's tokens
         self.prompt_seen = self.stopped = False
 
     def put(self, value) -> None:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
+        if self.stopped:
+            return
         for token in value.reshape(-1).tolist():
-            if self.stopped or token in self.stop_ids:
+            if token in self.stop_ids:
                 self.stopped = True
-                return self._emit()
+                break
             self.ids.append(token)
-        self._emit()
-
-    def _emit(self) -> None:
-        text = self.decode(self.ids)
-        if not text.endswith("\ufffd") and text.startswith(self.row.streamed):
-            self.row.stream(text[len(self.row.streamed):])
+        shown = self.decode(self.ids[self.prefix_offset:self.read_offset])
+        text = self.decode(self.ids[self.prefix_offset:])
+        if len(text) > len(shown) and not text.endswith("\ufffd") and text.startswith(shown):
+            self.row.stream(text[len(shown):])
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
 
     def end(self) -> None:
         """The engine gives the row the rest of its decoded answer after turn 2 (``Row.stream_rest``)."""

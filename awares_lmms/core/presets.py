@@ -209,7 +209,7 @@ class Resolved:
 
 
 def run_settings(preset: str | None = None, overrides: dict | None = None, declared: dict | None = None,
-            pixels_per_token: int = family.PRESET_PIXELS_PER_TOKEN) -> Resolved:
+                 pixels_per_token: int = family.PRESET_PIXELS_PER_TOKEN) -> Resolved:
     """Settings for a run: ``overrides`` (``--model_args``) > ``declared`` (the checkpoint) > the preset.
 
     ``preset`` given explicitly chooses the base and makes the checkpoint's declaration be ignored

@@ -193,9 +193,10 @@ class Gateway:
             self.check_auth(request)
             body = await self.read_body(request)
             # Reading decodes the image (and fetches an allow-listed URL): off the event loop.
+            options = self.options
             chat = await asyncio.get_running_loop().run_in_executor(
-                None, read_chat_request, body, self.options.served_model, self.protocol_settings, self.options.image_policy,
-                self.options.max_question_chars)
+                None, read_chat_request, body, options.served_model, self.protocol_settings, options.image_policy,
+                options.max_question_chars)
             if chat.stream:
                 return await self.stream(request_id, started, chat)
             result = self.checked(await self.run_admitted(chat, started))
