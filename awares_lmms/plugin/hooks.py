@@ -358,6 +358,16 @@ _OUTPUT_PROBLEMS: list = []
 _TRACKER_MARK = "_awares_protocol_recorded"
 
 
+def begin_evaluation() -> None:
+    """Forget what the previous evaluation in this process recorded (its failed documents, output
+    problems and protocol), so that a second run in one process (the ``lmms_eval`` command's ``main``
+    called twice from Python) is judged on its own."""
+    record_document_errors({})
+    _OUTPUT_PROBLEMS.clear()
+    _RUN_PROTOCOL.clear()
+    _RUN_IDENTITY.clear()
+
+
 def record_document_errors(errors: dict, total: int | None = None) -> None:
     """The documents the ``awares`` model could not answer in this process's last evaluation, per task
     (``[{"doc_id", "error"}]``), out of ``total``: written into the results as

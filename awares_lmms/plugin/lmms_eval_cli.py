@@ -98,7 +98,7 @@ class _RunWatcher:
 
     def wrap(self, original):
         def cli_evaluate_single(args=None):
-            hooks.record_document_errors({})
+            hooks.begin_evaluation()
             # Before the model loads, on the parsed arguments (so --config files count too).
             output_path = getattr(args, "output_path", None)
             problem = check_output_path(output_path) if output_path else None

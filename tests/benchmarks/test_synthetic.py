@@ -36,11 +36,9 @@ def test_texture_is_readable_at_full_resolution_and_gone_at_low_resolution():
 
 
 def _lmms_eval(args, env, cwd):
-    import subprocess
-    import sys
+    from tests.commands import run_lmms_eval
 
-    return subprocess.run([sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return run_lmms_eval(args, env=dict(env, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"), cwd=cwd)
 
 
 @pytest.mark.slow
@@ -48,17 +46,16 @@ def test_shipped_awares_checkpoint_crops_only_when_needed_through_lmms_eval(tmp_
     """The real `lmms_eval` command on the awares_synth task with the shipped GRPO checkpoint: colour
     and quadrant questions answered from the LR view, texture questions with the right crop."""
     import json
-    import os
 
     from awares_lmms.data import shipped_checkpoints
 
     synthetic.write_parquet(tmp_path / "awares_synth.parquet", 60, seed=2, prefix="test")
-    env = dict(os.environ, AWARES_DATASETS_DIR=str(tmp_path), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     out = tmp_path / "results"
-    proc = _lmms_eval(["--model", "awares", "--model_args",
-                       f"pretrained={shipped_checkpoints.synthetic_checkpoint('awares')},device=cpu", "--tasks", "awares_synth",
-                       "--batch_size", "16", "--log_samples", "--output_path", str(out)], env, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    status, log = _lmms_eval(["--model", "awares", "--model_args",
+                              f"pretrained={shipped_checkpoints.synthetic_checkpoint('awares')},device=cpu",
+                              "--tasks", "awares_synth", "--batch_size", "16", "--log_samples", "--output_path", str(out)],
+                             {"AWARES_DATASETS_DIR": tmp_path}, tmp_path)
+    assert status == 0, log[-4000:]
     res = json.loads(next(out.rglob("*_results.json")).read_text())["results"]["awares_synth"]
     assert res["accuracy,none"] >= 0.9
     assert res["rtr,none"] <= 0.45  # LR view 0.25 + one quadrant crop (0.25) on texture questions only
@@ -72,7 +69,7 @@ def test_shipped_awares_checkpoint_crops_only_when_needed_through_lmms_eval(tmp_
         assert s["rtr_paper"] == s["rtr"]  # 224x224: pixels and tokens agree (112x112 LR, 112x112 quadrant)
         # The checkpoint declares the protocol it was trained in; no --model_args needed.
         assert s["protocol"]["preset"] == "awares" and s["protocol"]["preset_source"] == "checkpoint"
-    assert "awares protocol: preset=awares (declared by the checkpoint)" in proc.stderr + proc.stdout
+    assert "awares protocol: preset=awares (declared by the checkpoint)" in log
 
 
 @pytest.mark.slow
@@ -80,19 +77,16 @@ def test_model_args_preset_wins_over_the_declaration_and_says_so(tmp_path):
     """preset=paper on the shipped checkpoint: the released protocol replaces the declared one, the log
     says so, and the model (trained on 'GET_CROPS: [...]' with a space) no longer gets its crops."""
     import json
-    import os
 
     from awares_lmms.data import shipped_checkpoints
 
     synthetic.write_parquet(tmp_path / "awares_synth.parquet", 12, seed=2, prefix="test")
-    env = dict(os.environ, AWARES_DATASETS_DIR=str(tmp_path), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     out = tmp_path / "results"
-    proc = _lmms_eval(["--model", "awares", "--model_args",
-                       f"pretrained={shipped_checkpoints.synthetic_checkpoint('awares')},device=cpu,preset=paper",
-                       "--tasks", "awares_synth", "--batch_size", "12", "--log_samples", "--output_path", str(out)],
-                      env, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    log = proc.stderr + proc.stdout
+    status, log = _lmms_eval(["--model", "awares", "--model_args",
+                              f"pretrained={shipped_checkpoints.synthetic_checkpoint('awares')},device=cpu,preset=paper",
+                              "--tasks", "awares_synth", "--batch_size", "12", "--log_samples", "--output_path", str(out)],
+                             {"AWARES_DATASETS_DIR": tmp_path}, tmp_path)
+    assert status == 0, log[-4000:]
     assert "preset=paper (from --model_args; the checkpoint's declaration (preset awares) is not used)" in log
     samples = [json.loads(line) for line in next(out.rglob("*_samples_awares_synth.jsonl")).read_text().splitlines()]
     assert {s["protocol"]["preset"] for s in samples} == {"paper"}
@@ -104,13 +98,12 @@ def test_model_args_preset_wins_over_the_declaration_and_says_so(tmp_path):
 
 @pytest.mark.slow
 def test_awares_synth_without_its_data_exits_with_the_command_that_writes_it(tmp_path):
-    import os
 
     from awares_lmms.data import shipped_checkpoints
 
-    env = {k: v for k, v in os.environ.items() if k != "AWARES_DATASETS_DIR"}
     model = shipped_checkpoints.synthetic_checkpoint("awares")
-    proc = _lmms_eval(["--model", "awares", "--model_args", f"pretrained={model},device=cpu", "--tasks", "awares_synth",
-                       "--output_path", str(tmp_path / "out")], dict(env, HF_HUB_OFFLINE="1"), tmp_path)
-    assert proc.returncode != 0
-    assert "python -m awares_lmms.data.synthetic" in proc.stdout + proc.stderr
+    status, log = _lmms_eval(["--model", "awares", "--model_args", f"pretrained={model},device=cpu", "--tasks",
+                              "awares_synth", "--output_path", str(tmp_path / "out")], {"AWARES_DATASETS_DIR": None},
+                             tmp_path)
+    assert status != 0
+    assert "python -m awares_lmms.data.synthetic" in log

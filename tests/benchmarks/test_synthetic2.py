@@ -4,15 +4,13 @@ the information gap through the plugin's LR code, and the ``awares_synth2`` task
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
 
 from awares_lmms.core import protocol
 from awares_lmms.data import synthetic, synthetic2
+from tests.commands import run_lmms_eval
 
 SIZE = synthetic2.SIZE
 
@@ -70,13 +68,12 @@ def test_awares_synth2_runs_in_lmms_eval_with_its_metrics(tmp_path):
     from awares_lmms.data import shipped_checkpoints
 
     synthetic2.write_parquet(tmp_path / "awares_synth2.parquet", 40, seed=2, prefix="test")
-    env = dict(os.environ, AWARES_DATASETS_DIR=str(tmp_path), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", "--model", "awares", "--model_args",
-                           f"pretrained={shipped_checkpoints.synthetic_checkpoint('awares', 'v2')},device=cpu",
-                           "--tasks", "awares_synth2", "--batch_size", "20", "--log_samples", "--output_path", str(out)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    status, log = run_lmms_eval(["--model", "awares", "--model_args",
+                                 f"pretrained={shipped_checkpoints.synthetic_checkpoint('awares', 'v2')},device=cpu",
+                                 "--tasks", "awares_synth2", "--batch_size", "20", "--log_samples", "--output_path", out],
+                                env={"AWARES_DATASETS_DIR": tmp_path, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert status == 0, log[-4000:]
     res = json.loads(next(out.rglob("*_results.json")).read_text())["results"]["awares_synth2"]
     for metric in ("accuracy", "rtr", "rtr_paper", "no_crop_lr_sufficient", "no_crop_hr_needed",
                    "crop_area_over_target_hr_needed"):

@@ -27,6 +27,7 @@ from awares_lmms.core.engine import GenerationSettings, Request
 from awares_lmms.core.hf_engine import HFEngine
 from awares_lmms.core.stats import STAT_KEYS
 from awares_lmms.data.export_datasets import features_for
+from tests.commands import run_lmms_eval
 
 
 def _png(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -100,10 +101,14 @@ def write_chartqa_with_a_none_question(path: Path) -> None:
                             "type": ["human_test"] * 2, "image": [image, image]}, path)
 
 
-def _lmms_eval(args, data_dir: Path, cwd: Path, entry=("-m", "awares_lmms.plugin.lmms_eval_cli"), timeout=600):
-    env = dict(os.environ, AWARES_DATASETS_DIR=str(data_dir), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run([sys.executable, *entry, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def _lmms_eval(args, data_dir: Path, cwd: Path, entry=None, timeout=600):
+    """Our ``lmms_eval`` command on ``args`` (in this process), or ``entry`` (e.g. ``("-m", "lmms_eval")``,
+    the stock entry point) as a real process: (exit status, its output)."""
+    env = {"AWARES_DATASETS_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if entry is None:
+        return run_lmms_eval(args, env=env, cwd=cwd)
+    proc = subprocess.run([sys.executable, *entry, *args], cwd=cwd, env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=timeout)
     return proc.returncode, proc.stdout + proc.stderr
 
 

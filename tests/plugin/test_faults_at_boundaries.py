@@ -628,7 +628,7 @@ def test_a_smaller_max_samples_never_deletes_curated_rows(tiny_dir, tmp_path):
     """Round 3: a rerun with max_samples 2 after a run of 4 shrank transcripts.jsonl to 2 records (rows
     beyond the selection were taken for removed ones), and an SFT started next trained on 2 samples. Rows
     are pruned only when the source really lost them."""
-    from tests.training.test_faults import ENV, REPO, _curate
+    from tests.training.test_faults import curate
 
     for i in range(4):
         _noise(200, 160, i).save(tmp_path / f"{i}.png")
@@ -636,17 +636,16 @@ def test_a_smaller_max_samples_never_deletes_curated_rows(tiny_dir, tmp_path):
             for i, a in enumerate(["red", "green", "blue", "grey"])]
     source, out = _rows_source(tmp_path / "rows.jsonl", rows), tmp_path / "curated"
 
-    def curate(*extra) -> list[dict]:
-        proc = subprocess.run(_curate(out, tiny_dir, "--source", str(source), "--oracle", "dataset", "--no_box", "lr",
-                                      "--both_wrong", "lr", *extra), cwd=REPO, env=ENV, capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    def run(*extra) -> list[dict]:
+        status, log = curate(out, tiny_dir, "--source", str(source), "--oracle", "dataset", "--no_box", "lr",
+                             "--both_wrong", "lr", *extra)
+        assert status == 0, log[-3000:]
         return [json.loads(line) for line in (out / "transcripts.jsonl").read_text().splitlines()]
 
-    assert len(curate()) == 4
-    assert len(curate("--max_samples", "2")) == 4  # a smaller selection keeps the other curated rows
+    assert len(run()) == 4
+    assert len(run("--max_samples", "2")) == 4  # a smaller selection keeps the other curated rows
     _rows_source(source, rows[:3])  # the source really lost a row: its record goes
-    assert [t["question"] for t in curate()] == [r["question"] for r in rows[:3]]
+    assert [t["question"] for t in run()] == [r["question"] for r in rows[:3]]
 
 
 @pytest.mark.slow
@@ -656,7 +655,7 @@ def test_curation_resume_notices_an_edited_and_an_inserted_row(tiny_dir, tmp_pat
     answer; after a row was inserted, ids (row positions) shifted: the new row was never curated and
     another appeared twice. Without an id column ids now derive from the content (an edited row is a
     new sample, its old record goes); with one, an edited row keeps its id and is curated again."""
-    from tests.training.test_faults import ENV, REPO, _curate
+    from tests.training.test_faults import curate
 
     for i in range(4):
         _noise(200, 160, i).save(tmp_path / f"{i}.png")
@@ -667,16 +666,15 @@ def test_curation_resume_notices_an_edited_and_an_inserted_row(tiny_dir, tmp_pat
     args = ["--source", str(source), "--oracle", "dataset", "--no_box", "lr", "--both_wrong", "lr",
             "--id_column", id_column or ""]
 
-    def curate() -> tuple[dict, list[dict]]:
-        proc = subprocess.run(_curate(out, tiny_dir, *args), cwd=REPO, env=ENV, capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    def run() -> tuple[dict, list[dict]]:
+        status, log = curate(out, tiny_dir, *args)
+        assert status == 0, log[-3000:]
         log = {r["id"]: r for r in map(json.loads, (out / "curation_log.jsonl").read_text().splitlines())}
         transcripts = [json.loads(line) for line in (out / "transcripts.jsonl").read_text().splitlines()]
         return log, transcripts
 
     _rows_source(source, rows)
-    first_log, first = curate()
+    first_log, first = run()
     assert len(first) == 3 and len({t["id"] for t in first}) == 3
     ids = {t["question"]: t["id"] for t in first}
 
@@ -684,7 +682,7 @@ def test_curation_resume_notices_an_edited_and_an_inserted_row(tiny_dir, tmp_pat
     edited = [{"uid": "u3", "question": "What is in picture 3?", "answer": "yellow", "image": "3.png"},
               rows[0], {**rows[1], "answer": "lime"}, rows[2]]
     _rows_source(source, edited)
-    log, transcripts = curate()
+    log, transcripts = run()
     by_question = {t["question"]: t for t in transcripts}
     assert len(transcripts) == 4 and len({t["id"] for t in transcripts}) == 4  # nothing twice
     assert by_question["What is in picture 1?"]["answer"] == "lime"             # the fix is curated
@@ -699,7 +697,7 @@ def test_curation_resume_notices_an_edited_and_an_inserted_row(tiny_dir, tmp_pat
 
     # A row removed from the source leaves no transcript behind.
     _rows_source(source, edited[:2])
-    _, transcripts = curate()
+    _, transcripts = run()
     assert sorted(t["question"] for t in transcripts) == ["What is in picture 0?", "What is in picture 3?"]
 
 

@@ -19,6 +19,7 @@ from awares_lmms.data import quickstart_data, shipped_checkpoints, synthetic
 from awares_lmms.report import awares_report as report
 from awares_lmms.report import gallery, paper_table
 from awares_lmms.report.runs import find_runs
+from tests.commands import run_lmms_eval
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT = str(shipped_checkpoints.synthetic_checkpoint("awares"))
@@ -37,13 +38,17 @@ def runs_dir(tmp_path_factory, tiny_dir):
     data = root / "data"
     quickstart_data.write_sample_set(data, per_task=LIMIT)
     synthetic.write_parquet(data / "awares_synth.parquet", 12, seed=2, prefix="test")
-    env = {**os.environ, "AWARES_DATASETS_DIR": str(data), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {"AWARES_DATASETS_DIR": str(data), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     tasks = "awares_synth,pope,docvqa"
     for name, extra in (("awares", ""), ("full", ",mode=full")):
-        _run([sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", "--model", "awares", "--model_args",
-              f"pretrained={CHECKPOINT},device=cpu,save_images={root / 'images' / name}{extra}", "--tasks", tasks,
-              "--limit", str(LIMIT), "--batch_size", "4", "--log_samples", "--output_path", str(root / name)], env)
-    # A stock lmms-eval model on the same tasks (our task directory given explicitly): the baseline row.
+        status, log = run_lmms_eval(["--model", "awares", "--model_args",
+                                     f"pretrained={CHECKPOINT},device=cpu,save_images={root / 'images' / name}{extra}",
+                                     "--tasks", tasks, "--limit", str(LIMIT), "--batch_size", "4", "--log_samples",
+                                     "--output_path", str(root / name)], env=env, cwd=REPO)
+        assert status == 0, log[-3000:]
+    env = {**os.environ, **env}
+    # A stock lmms-eval model on the same tasks (our task directory given explicitly), run by the stock
+    # command: the baseline row.
     _run([sys.executable, "-m", "lmms_eval", "--model", "qwen2_5_vl", "--model_args",
           f"pretrained={tiny_dir},device=cpu,device_map=cpu,max_pixels=200704", "--include_path",
           str(REPO / "tasks_config"), "--tasks", "awares_synth,pope", "--limit", "4", "--gen_kwargs",

@@ -26,6 +26,7 @@ from awares_lmms.core import protocol
 from awares_lmms.core.family import DEFAULT_FAMILY, FAMILIES, TESTED_FAMILIES
 from awares_lmms.data import curation_samples as synthetic
 from awares_lmms.tools.serve import LocalServer, free_port
+from tests.commands import run_training
 from training import transcripts as tr
 from training.curation import crop_mapping, judges, labels, oracles
 from training.curation.config import (
@@ -528,16 +529,21 @@ def _env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 
 
+def _curate(out: Path, base: Path, *extra: str, recipe: Path = RECIPE) -> tuple[int, str]:
+    """``python -m training.curate`` (its main, in this process): (status, output)."""
+    argv = ["--config", recipe, "--output_dir", out, "--model_name_or_path", base, *extra]
+    return run_training("curate", argv, env={"HF_HUB_OFFLINE": "1"}, cwd=REPO)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(base_model, tmp_path_factory) -> Path:
     """The tiny recipe, uninterrupted."""
     out = tmp_path_factory.mktemp("tiny_run") / "curated"
     t0 = time.time()
-    proc = subprocess.run(_curate_cmd(out, base_model), cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    status, log = _curate(out, base_model)
+    assert status == 0, log[-3000:]
     assert time.time() - t0 < 120, "the tiny recipe must finish within 2 minutes"
-    assert "transcripts: 16" in proc.stdout
+    assert "transcripts: 16" in log
     return out
 
 
@@ -598,9 +604,9 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tiny_run, base_model, tmp_
     written_before = cache.read_text().count("\n")
     assert 1 <= written_before < 16
     assert not (out / "transcripts.jsonl").exists()  # killed mid-run, nothing final yet
-    resumed = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "16 samples, 0 already finished, 16 to do" in resumed.stderr  # killed before any was final
+    status, log = _curate(out, base_model, "--answerer_batch_size", "4")
+    assert status == 0, log[-3000:]
+    assert "16 samples, 0 already finished, 16 to do" in log  # killed before any was final
     ids = _ids(out / "transcripts.jsonl")
     assert len(ids) == len(set(ids)) == 16
     assert sorted(ids) == sorted(_ids(tiny_run / "transcripts.jsonl"))
@@ -625,10 +631,9 @@ def test_interrupted_finalisation_resumes_from_caches(tiny_run, tmp_path):
     before = (out / "transcripts.jsonl").read_text()
     config = json.loads((out / "run_config.json").read_text())["config"]
     t0 = time.time()
-    proc = subprocess.run(_curate_cmd(out, Path(config["model_name_or_path"])), cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Loading weights" not in proc.stderr and time.time() - t0 < 90
+    status, log = _curate(out, Path(config["model_name_or_path"]))
+    assert status == 0, log[-3000:]
+    assert "Loading weights" not in log and time.time() - t0 < 90
     assert (out / "transcripts.jsonl").read_text().startswith(before[:before.rfind("\n") + 1])
     assert _ids(out / "transcripts.jsonl") == _ids(tiny_run / "transcripts.jsonl")
     assert _ids(out / "curation_log.jsonl") == _ids(tiny_run / "curation_log.jsonl")
@@ -652,9 +657,8 @@ def test_resume_refuses_another_labelling_configuration(tmp_path):
 def test_the_tiny_recipe_curates_with_every_family_as_the_answerer(name, family_dirs, tmp_path):
     """Curation through the registry: the local answerer (the engine) on each other family's tiny model."""
     out = tmp_path / "curated"
-    proc = subprocess.run(_curate_cmd(out, family_dirs(name), "--max_samples", "4"), cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    status, log = _curate(out, family_dirs(name), "--max_samples", "4")
+    assert status == 0, log[-3000:]
     records = tr.read(out / "transcripts.jsonl")
     assert len(records) == 4 and {r["label"] for r in records} <= {"lr", "hr"}
     log = [json.loads(line) for line in (out / "curation_log.jsonl").read_text().splitlines()]
@@ -705,10 +709,8 @@ def test_sampled_lr_answers_relabel_lucky_guesses_on_the_synthetic_benchmark(tmp
     logs = {}
     for run, k in (("k0", 0), ("k4", 4), ("k4_again", 4)):
         out = tmp_path / run
-        proc = subprocess.run([sys.executable, "-m", "training.curate", "--config", str(recipe), "--source", str(source),
-                               "--model_name_or_path", str(base), "--output_dir", str(out), "--lr_samples", str(k)],
-                              cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        status, log = _curate(out, base, "--source", str(source), "--lr_samples", str(k), recipe=recipe)
+        assert status == 0, log[-3000:]
         logs[run] = {r["id"]: r for r in map(json.loads, (out / "curation_log.jsonl").read_text().splitlines())}
     # The sampled answers are seeded (lr_sample_seed): a second run samples exactly the same ones.
     assert [r["lr_samples"] for r in logs["k4"].values()] == [r["lr_samples"] for r in logs["k4_again"].values()]

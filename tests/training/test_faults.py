@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from tests.commands import run_training
 from training import common
 from training import transcripts as tr
 
@@ -210,6 +211,11 @@ def _curate(out: Path, base: Path, *extra) -> list[str]:
             "--model_name_or_path", str(base), *extra]
 
 
+def curate(out: Path, base: Path, *extra) -> tuple[int, str]:
+    """``python -m training.curate`` on the tiny CPU recipe (its main, in this process): (status, output)."""
+    return run_training("curate", _curate(out, base, *extra)[3:], env={"HF_HUB_OFFLINE": "1"}, cwd=REPO)
+
+
 @pytest.mark.slow
 def test_second_curation_on_the_same_output_fails_at_once(tiny_dir, tmp_path):
     out = tmp_path / "curated"
@@ -255,11 +261,10 @@ def test_bad_input_rows_are_recorded_with_their_line_and_the_exit_status_follows
     source = _jsonl_source(tmp_path)
     out = tmp_path / "curated"
     common_args = ["--source", str(source), "--oracle", "dataset", "--no_box", "lr"]
-    proc = subprocess.run(_curate(out, tiny_dir, *common_args), cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    status, log = curate(out, tiny_dir, *common_args)
     # 7 of 9 rows are unusable: more than max_failed_share (0.5) failed.
-    assert proc.returncode != 0, proc.stderr[-3000:]
-    assert "7 of 9 samples failed" in proc.stderr
+    assert status != 0, log[-3000:]
+    assert "7 of 9 samples failed" in log
     log = {r["id"]: r for r in map(json.loads, (out / "curation_log.jsonl").read_text().splitlines())}
     failed = sorted(r["error"] for r in log.values() if r["status"] == "failed")
     assert len(failed) == 7 and all(r["stage"] == "input" for r in log.values() if r["status"] == "failed")
@@ -269,9 +274,8 @@ def test_bad_input_rows_are_recorded_with_their_line_and_the_exit_status_follows
         assert any(expected in e for e in failed), (expected, failed)
     assert {r["answers"][0] for r in log.values() if r["status"] == "ok"} == {"red", "3"}  # a number is an answer
     # Accepting the share explicitly makes the same run a success.
-    ok = subprocess.run(_curate(out, tiny_dir, *common_args, "--max_failed_share", "1.0"), cwd=REPO, env=ENV,
-                        capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0 and "2 transcripts" in ok.stdout
+    status, log = curate(out, tiny_dir, *common_args, "--max_failed_share", "1.0")
+    assert status == 0 and "2 transcripts" in log
 
 
 @pytest.mark.slow
@@ -282,11 +286,9 @@ def test_dead_judge_fails_the_run_and_says_so(tiny_dir, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the block ends: nobody listens there
     out = tmp_path / "curated"
-    proc = subprocess.run(_curate(out, tiny_dir, "--synthetic_samples", "4", "--judge", "openai",
-                                  "--judge_model", "judge", "--judge_base_url", f"http://127.0.0.1:{port}/v1",
-                                  "--max_attempts", "2", "--backoff_s", "0.01"), cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert "no transcript was written (4 of 4 samples failed" in proc.stderr
-    assert "-> " not in proc.stdout  # no line pointing at a transcripts file that does not exist
+    status, log = curate(out, tiny_dir, "--synthetic_samples", "4", "--judge", "openai", "--judge_model", "judge",
+                         "--judge_base_url", f"http://127.0.0.1:{port}/v1", "--max_attempts", "2", "--backoff_s", "0.01")
+    assert status != 0
+    assert "no transcript was written (4 of 4 samples failed" in log
+    assert "-> " not in log  # no line pointing at a transcripts file that does not exist
     assert not (out / "transcripts.jsonl").exists() or not (out / "transcripts.jsonl").read_text().strip()

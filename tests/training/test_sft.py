@@ -4,9 +4,6 @@ loss against a hand computation, a real CLI run with resume, and the LoRA varian
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from awares_lmms.core import protocol
+from tests.commands import run_training
 from training import transcripts as tr
 
 from ..conftest import FAMILY_NAMES
@@ -175,12 +173,11 @@ def test_trainer_loss_equals_hand_computed_weighted_nll(trainer_and_batch):
     print(f"weighted loss {loss.item():.8f}, by hand {expected.item():.8f}")
 
 
-def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "training.sft", "--config", str(RECIPE), *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
+def _run_cli(*args: str, cwd: Path) -> str:
+    """``python -m training.sft --config RECIPE ARGS`` (its main, in this process): the command's output."""
+    status, log = run_training("sft", ["--config", RECIPE, *args], env={"HF_HUB_OFFLINE": "1"}, cwd=cwd)
+    assert status == 0, log[-8000:]
+    return log
 
 
 def _state_dict(path):
@@ -220,7 +217,7 @@ def test_cli_run_loads_in_evaluator_and_resumes(base_dir, tmp_path):
 
     # Resume from checkpoint-2 for one more step, then compare with an uninterrupted 3-step run.
     resumed = _run_cli(*common, "--max_steps", "3", "--resume_from_checkpoint", "true", cwd=REPO)
-    assert "missing keys" not in resumed.stdout + resumed.stderr
+    assert "missing keys" not in resumed
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3]
