@@ -4,15 +4,13 @@ tasks, with the ``paper`` preset's budget as visual tokens of 32 px and exact pe
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from awares_lmms.core import presets
 from awares_lmms.core.accounting import PixelBudget
 from awares_lmms.core.family import FAMILIES, TESTED_FAMILIES, pixels_per_token
+from tests.commands import run_lmms_eval
 
 TASKS = ("chartqa", "docvqa", "ocrbench", "pope", "vstar", "realworldqa")
 
@@ -60,15 +58,12 @@ def test_a_32px_family_runs_the_six_tasks_with_exact_accounting(family_dirs, nam
 
     data = tmp_path / "data"
     quickstart_data.write_sample_set(data, per_task=2)
-    env = dict(os.environ, AWARES_DATASETS_DIR=str(data), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")
+    env = {"AWARES_DATASETS_DIR": str(data), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", "--model", "awares", "--model_args",
-                           f"pretrained={tiny_qwen3_dir},device=cpu", "--tasks", ",".join(TASKS), "--batch_size", "2",
-                           "--log_samples", "--output_path", str(out)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    status, log = run_lmms_eval(["--model", "awares", "--model_args", f"pretrained={tiny_qwen3_dir},device=cpu",
+                                 "--tasks", ",".join(TASKS), "--batch_size", "2", "--log_samples", "--output_path",
+                                 str(out)], env=env, cwd=tmp_path)
+    assert status == 0, log[-4000:]
     assert "the preset's budget as visual tokens of this family: min_pixels=32768, max_pixels=2097152" in log
     results = json.loads(next(out.rglob("*_results.json")).read_text())["results"]
     budget = PixelBudget(32768, 2097152, patch_size=16, merge_size=2, pre_resize=True)  # paper: qwen_vl_utils path

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from awares_lmms.core.stats import STAT_KEYS
 from awares_lmms.plugin import handoff, hooks, task_layer
+from tests.commands import run_lmms_eval
 from tests.plugin import stock_task_data as data
 
 hooks.install()
@@ -215,11 +213,6 @@ def test_a_prompt_over_the_context_window_fails_before_prefill(tiny_model):
 # ----------------------------------------------------------------------------- the real command
 
 
-def _bin(name: str) -> str:
-    path = Path(sys.executable).with_name(name)
-    return str(path) if path.exists() else name
-
-
 @pytest.mark.slow
 def test_lmms_eval_awares_on_stock_tasks_a_group_and_a_users_yaml(tmp_path, tiny_dir):
     """``lmms_eval --model awares`` on the five stock tasks, the stock ``infovqa`` group, ours ``docvqa`` and a
@@ -232,14 +225,13 @@ def test_lmms_eval_awares_on_stock_tasks_a_group_and_a_users_yaml(tmp_path, tiny
     write_sample_set(local, per_task=2, tasks=["docvqa"])
     data.empty_first_answers(local / "docvqa.parquet")
     user = data.write_user_task(tmp_path / "user_tasks", local)
-    env = dict(os.environ, **{hooks.DATASETS_ENV: str(local), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    env = {hooks.DATASETS_ENV: str(local), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     out = tmp_path / "out"
     tasks = "textvqa_val,infovqa,ai2d,mmstar,mmerealworld,docvqa," + data.USER_TASK
-    proc = subprocess.run([_bin("lmms_eval"), "--model", "awares", "--model_args", f"pretrained={tiny_dir},device=cpu",
-                           "--tasks", tasks, "--include_path", str(user), "--log_samples", "--output_path", str(out)],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 3, log[-6000:]
+    status, log = run_lmms_eval(["--model", "awares", "--model_args", f"pretrained={tiny_dir},device=cpu",
+                                 "--tasks", tasks, "--include_path", str(user), "--log_samples", "--output_path", str(out)],
+                                env=env, cwd=tmp_path)
+    assert status == 3, log[-6000:]
     (results_file,) = out.rglob("*_results.json")
     results = json.loads(results_file.read_text())
     res = results["results"]

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request
 from awares_lmms.core.openai_backend import OpenAIOptions
 from awares_lmms.data import shipped_checkpoints, synthetic
 from awares_lmms.tools.serve import LocalServer, free_port
+from tests.commands import run_lmms_eval
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT = str(shipped_checkpoints.synthetic_checkpoint("awares"))
@@ -139,9 +141,11 @@ def test_client_ask_settings_are_checked_before_anything_is_sent(kwargs, message
 # ----------------------------------------------------------------------------- the lmms_eval command
 
 
-def _lmms_eval(model_args: str, data_dir: Path, out: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "awares_lmms.plugin.lmms_eval_cli", "--model", "awares", "--model_args", model_args,
-            "--tasks", "awares_synth", "--log_samples", "--output_path", str(out), *extra]
+def _lmms_eval(model_args: str, data_dir: Path, out: Path) -> tuple[int, str]:
+    """``lmms_eval --model awares`` on awares_synth (the command's main, in this process)."""
+    return run_lmms_eval(["--model", "awares", "--model_args", model_args, "--tasks", "awares_synth", "--log_samples",
+                          "--output_path", str(out)], env={"AWARES_DATASETS_DIR": data_dir, "HF_HUB_OFFLINE": "1"},
+                         cwd=REPO)
 
 
 def _samples(out: Path) -> dict[int, dict]:
@@ -152,13 +156,11 @@ def _samples(out: Path) -> dict[int, dict]:
 @pytest.mark.slow
 def test_lmms_eval_openai_backend_equals_hf(server, tmp_path):
     synthetic.write_parquet(tmp_path / "data" / "awares_synth.parquet", 16, seed=5)
-    env = {**os.environ, "AWARES_DATASETS_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
     runs = {}
     for name, args in (("hf", f"pretrained={CHECKPOINT}"),
                        ("openai", f"pretrained={CHECKPOINT},backend=openai,base_url={server.base_url}")):
-        proc = subprocess.run(_lmms_eval(args, tmp_path / "data", tmp_path / name), cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        status, log = _lmms_eval(args, tmp_path / "data", tmp_path / name)
+        assert status == 0, log[-3000:]
         runs[name] = _samples(tmp_path / name)
     assert len(runs["hf"]) == 16 and runs["hf"].keys() == runs["openai"].keys()
     for doc_id, want in runs["hf"].items():
@@ -172,18 +174,17 @@ def test_lmms_eval_openai_backend_equals_hf(server, tmp_path):
 def test_a_server_killed_mid_run_gives_recorded_failures_and_a_failed_run(tmp_path):
     n = 24
     synthetic.write_parquet(tmp_path / "data" / "awares_synth.parquet", n, seed=6)
-    env = {**os.environ, "AWARES_DATASETS_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
-    with LocalServer("transformers", CHECKPOINT, log_path=tmp_path / "server.log") as server:
+    with LocalServer("transformers", CHECKPOINT, log_path=tmp_path / "server.log") as server, \
+            ThreadPoolExecutor(max_workers=1) as pool:
         args = f"pretrained={CHECKPOINT},backend=openai,base_url={server.base_url},max_retries=1,timeout=10"
-        run = subprocess.Popen(_lmms_eval(args, tmp_path / "data", tmp_path / "out"), cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        run = pool.submit(_lmms_eval, args, tmp_path / "data", tmp_path / "out")  # the evaluation, in a thread
         deadline = time.time() + 300
         while (tmp_path / "server.log").read_text().count("POST /v1/chat/completions") < 6:
-            assert run.poll() is None and time.time() < deadline, "the run never reached the server"
+            assert not run.done() and time.time() < deadline, "the run never reached the server"
             time.sleep(0.1)
         server.kill()
-        _, stderr = run.communicate(timeout=600)
-    assert run.returncode == 3, stderr[-3000:]  # some documents unanswered
+        status, log = run.result(timeout=600)
+    assert status == 3, log[-3000:]  # some documents unanswered
     samples = _samples(tmp_path / "out")
     assert sorted(samples) == list(range(n))  # none dropped
     failed = [s for s in samples.values() if s["error"]]

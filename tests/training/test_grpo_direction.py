@@ -1,5 +1,5 @@
 """GRPO does its job on benchmark v2: from the shipped over-cropping SFT policy, a short multi-turn GRPO
-run (real curation with the shipped v2 base, real ``python -m training.grpo``, the evaluator's engine)
+run (real curation with the shipped v2 base, the ``training.grpo`` command's main, the evaluator's engine)
 answers more LR-sufficient questions without a crop, at a lower RTR, without losing accuracy.
 
 Everything is seeded; the margins are below what the run reaches (see docs/synthetic.md) so that the
@@ -9,12 +9,11 @@ thread scheduling of a 2-core machine cannot flip the verdict.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.commands import run_training
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "training" / "recipes" / "synthetic2"
@@ -23,9 +22,9 @@ MIN_NO_CROP_GAIN = 0.10     # on LR-sufficient held-out questions
 MAX_ACCURACY_LOSS = 0.03
 
 
-def _run(cmd, env):
-    proc = subprocess.run([str(c) for c in cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+def _run(step, argv):
+    status, log = run_training(step, argv, env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}, cwd=REPO)
+    assert status == 0, f"training.{step} {argv}\n{log[-8000:]}"
 
 
 @pytest.mark.slow
@@ -34,14 +33,12 @@ def test_grpo_raises_the_no_crop_share_on_lr_sufficient_questions_without_losing
     from training.synthetic_eval import evaluate_checkpoint
 
     base, sft = shipped_checkpoints.synthetic_checkpoint("base", "v2"), shipped_checkpoints.synthetic_checkpoint("sft", "v2")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     train = synthetic2.write_parquet(tmp_path / "train.parquet", N_TRAIN, seed=21, prefix="direction")
-    _run([sys.executable, "-m", "training.curate", "--config", RECIPES / "curate.yaml", "--source", train,
-          "--model_name_or_path", base, "--output_dir", tmp_path / "curated"], env)
-    _run([sys.executable, "-m", "training.grpo", "--config", RECIPES / "grpo.yaml", "--model_name_or_path", sft,
-          "--transcripts", tmp_path / "curated" / "transcripts.jsonl", "--output_dir", tmp_path / "grpo",
-          "--max_steps", STEPS, "--save_strategy", "no"], env)
+    _run("curate", ["--config", RECIPES / "curate.yaml", "--source", train, "--model_name_or_path", base,
+                    "--output_dir", tmp_path / "curated"])
+    _run("grpo", ["--config", RECIPES / "grpo.yaml", "--model_name_or_path", sft,
+                  "--transcripts", tmp_path / "curated" / "transcripts.jsonl", "--output_dir", tmp_path / "grpo",
+                  "--max_steps", STEPS, "--save_strategy", "no"])
 
     held_out = synthetic2.generate(N_HELD_OUT, seed=22, prefix="direction-test")
     before = evaluate_checkpoint(sft, "awares", held_out)

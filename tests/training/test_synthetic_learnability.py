@@ -43,7 +43,7 @@ def test_short_sft_from_the_base_model_learns_when_and_where_to_crop(tmp_path):
     assert summary["labels"].get("hr", 0) >= 150, summary["labels"]  # the base cannot read the texture at LR
     _run([sys.executable, "-m", "training.sft", "--config", RECIPES / "sft.yaml", "--model_name_or_path", base,
           "--transcripts", tmp_path / "curated" / "transcripts.jsonl", "--output_dir", tmp_path / "sft",
-          "--num_train_epochs", "12", "--save_strategy", "no"], env)  # 450 steps of 16, as the reproduction
+          "--save_strategy", "no"], env)  # the recipe's 6 epochs: 225 steps of 16
 
     held_out = synthetic.generate(90, seed=12, prefix="learn-test")
     result = evaluate_checkpoint(tmp_path / "sft", "awares", held_out)
