@@ -16,7 +16,7 @@ the paper's. ``install()`` therefore patches two methods of ``lmms_eval.tasks.Ta
     entries are indexed once more and override whatever had the same name. Only that directory
     gets this treatment; every other include path keeps the stock "built-in wins" rule, and a
     run that does not include ``tasks_config`` sees no change at all. Paths registered with
-    ``add_include_path`` (the ``lmms_eval`` console script registers ``tasks_config``) are
+    ``include_path`` (the ``lmms_eval`` console script registers ``tasks_config`` for its run) are
     appended to whatever ``--include_path`` the user gave, which lifts lmms-eval's
     one-path-only limit for this package.
 
@@ -77,6 +77,7 @@ Known gap: ``lmms-eval tasks ...`` (the stock listing subcommand) never imports
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -95,7 +96,7 @@ _MARK = "_awares_hooks_installed"
 GENERATED_TASKS = {"awares_synth": "python -m awares_lmms.data.synthetic",
                    "awares_synth2": "python -m awares_lmms.data.synthetic2"}
 
-# Include paths appended to every TaskManager (see add_include_path).
+# Include paths appended to every TaskManager (see include_path).
 _EXTRA_INCLUDE: list[str] = []
 
 
@@ -119,11 +120,20 @@ def _inside_tasks_dir(path) -> bool:
     return real == root or real.startswith(root + os.sep)
 
 
-def add_include_path(path) -> None:
-    """Index ``path`` in every TaskManager built from now on, in addition to its own include paths."""
+@contextlib.contextmanager
+def include_path(path):
+    """Index ``path`` in every TaskManager built inside the block, in addition to its own include paths
+    (the ``lmms_eval`` command's run; a Python caller of its ``main`` gets its TaskManagers back as
+    they were)."""
     real = _real(path)
-    if real not in _EXTRA_INCLUDE:
+    added = real not in _EXTRA_INCLUDE
+    if added:
         _EXTRA_INCLUDE.append(real)
+    try:
+        yield
+    finally:
+        if added:
+            _EXTRA_INCLUDE.remove(real)
 
 
 def _as_list(include_path) -> list[str]:

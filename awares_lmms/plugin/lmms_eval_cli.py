@@ -171,14 +171,15 @@ def main(argv=None) -> int:
 
 
 def _evaluate(argv: list[str]) -> int:
-
     hooks.install()
     tasks_dir = str(hooks.tasks_dir())
-    hooks.add_include_path(tasks_dir)
+    with hooks.include_path(tasks_dir):
+        if not _is_eval_invocation(argv):
+            return _run_dispatch(argv)
+        return _evaluate_with_our_tasks(argv, tasks_dir)
 
-    if not _is_eval_invocation(argv):
-        return _run_dispatch(argv)
 
+def _evaluate_with_our_tasks(argv: list[str], tasks_dir: str) -> int:
     if not _has_flag(argv, "--include_path") and not _has_flag(argv, "--config"):
         argv = argv + ["--include_path", tasks_dir]
 

@@ -203,6 +203,19 @@ def test_a_run_where_every_document_failed_has_its_own_exit_status(tiny_dir, tmp
     (run,) = find_runs([out])
     assert run.failed_documents == 2 and run.label.endswith("[2 failed]")
 
+    # The command's main called again in the same process (the tests' way, a notebook's) judges the next
+    # run alone and leaves lmms-eval's TaskManager as it found it: before, our task directory stayed
+    # registered with the process, and a stock TaskManager built later resolved chartqa to ours.
+    write_pope(data / "pope.parquet", [("a", _png(_noise(300, 200)), "ok")])
+    rc, log = _lmms_eval(["--model", "awares", "--model_args", f"pretrained={tiny_dir},device=cpu", "--tasks", "pope",
+                          "--output_path", str(tmp_path / "again")], data, tmp_path)
+    assert rc == 0, log[-3000:]
+    results = json.loads(next((tmp_path / "again").rglob("*_results.json")).read_text())
+    assert not results["config"].get("awares_document_errors"), results["config"]
+    from lmms_eval.tasks import TaskManager
+
+    assert "tasks_config" not in TaskManager("WARNING").task_index["chartqa"]["yaml_path"]  # the stock task again
+
 
 # ----------------------------------------------------------------------------- servers that answer nonsense
 
