@@ -37,13 +37,13 @@ def clean_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tasks(clean_dir):
+def tasks(clean_dir, awares_task_manager, stock_task_manager):
     """(layered, stock): the five stock tasks built for the awares model and for another model."""
     old = os.environ.get(hooks.DATASETS_ENV)
     os.environ[hooks.DATASETS_ENV] = str(clean_dir)
     try:
-        ours = get_task_dict(list(data.STOCK_TASKS), TaskManager("WARNING", model_name="awares"), "chat")
-        stock = get_task_dict(list(data.STOCK_TASKS), TaskManager("WARNING", model_name="qwen2_5_vl"), "chat")
+        ours = get_task_dict(list(data.STOCK_TASKS), awares_task_manager, "chat")
+        stock = get_task_dict(list(data.STOCK_TASKS), stock_task_manager, "chat")
     finally:
         if old is None:
             os.environ.pop(hooks.DATASETS_ENV, None)

@@ -99,14 +99,14 @@ def offline_env(data_dir):
 
 
 @pytest.fixture(scope="module")
-def ours_tm():
-    return TaskManager("WARNING", include_path=str(hooks.tasks_dir()), model_name="awares")
+def ours_tm(awares_task_manager):
+    return awares_task_manager
 
 
 @pytest.fixture(scope="module")
-def stock_tm():
+def stock_tm(stock_task_manager):
     # Another model's task manager: with --model awares our directory is included automatically.
-    return TaskManager("WARNING", model_name="other_model")
+    return stock_task_manager
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +150,7 @@ def test_our_names_win_only_with_our_directory(ours_tm, stock_tm, tmp_path):
     assert ours_tm.task_index["docvqa_val"]["yaml_path"].startswith(str(_upstream_tasks_dir()))
     assert stock_tm.task_index["chartqa"]["yaml_path"].startswith(str(_upstream_tasks_dir()))
     # lmms-eval's own entry points build TaskManager(model_name=args.model): for awares, ours win.
-    awares_tm = TaskManager("WARNING", model_name="awares")
-    assert awares_tm.task_index["chartqa"]["yaml_path"] == str(hooks.tasks_dir() / "chartqa.yaml")
+    assert ours_tm.task_index["chartqa"]["yaml_path"] == str(hooks.tasks_dir() / "chartqa.yaml")
     assert stock_tm.task_index["docvqa"]["type"] == "group"
     assert "vstar" not in stock_tm.task_index and "awares_suite" not in stock_tm.task_index
 
