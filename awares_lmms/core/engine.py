@@ -78,17 +78,20 @@ class GenerationSettings:
 def checked_generation(settings: presets.ProtocolSettings, max_new_tokens=None, temperature=0.0,
                        top_p=None) -> GenerationSettings:
     """Generation parameters given by a caller of the protocol (``AwaResClient``, the gateway), checked
-    as the plugin checks a task's: ``max_new_tokens`` a whole number in [1, MAX_NEW_TOKENS_LIMIT] (None:
-    the protocol's), ``temperature`` a number >= 0, ``top_p`` in (0, 1]. Zero tokens, negatives and
-    non-numbers are errors (``ArgumentError``), never a silent default or greedy decoding. Sampling
-    without ``top_p`` uses the protocol's ``sampling_top_p``, as the plugin does."""
+    and the plugin checks a task's: ``max_new_tokens`` a whole number in [1, MAX_NEW_TOKENS_LIMIT] (None:
+    the protocol's), ``temperature`` a number >= 0, ``top_p`` in [0, 1] and above 0 when sampling (greedy
+    decoding does not read it; 14 stock lmms-eval tasks say ``top_p: 0`` beside ``temperature: 0``).
+    Zero tokens, negatives and non-numbers are errors (``ArgumentError``), never a silent default or
+    greedy decoding. Sampling without ``top_p`` uses the protocol's ``sampling_top_p``."""
     if max_new_tokens is None:
         max_new_tokens = settings.max_new_tokens
     max_new_tokens = arguments.integer("max_new_tokens", max_new_tokens, minimum=1,
                                        maximum=presets.MAX_NEW_TOKENS_LIMIT)
     temperature = arguments.number("temperature", 0.0 if temperature is None else temperature, minimum=0.0)
     if top_p is not None:
-        top_p = arguments.number("top_p", top_p, minimum=0.0, exclusive=True, maximum=1.0)
+        top_p = arguments.number("top_p", top_p, minimum=0.0, maximum=1.0)
+        if top_p == 0 and temperature > 0:
+            raise arguments.ArgumentError(f"top_p must be > 0 when sampling (temperature {temperature:g}), got 0")
     elif temperature > 0:
         top_p = settings.sampling_top_p
     return GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)

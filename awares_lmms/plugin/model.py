@@ -9,7 +9,7 @@ own Qwen models; the protocol lives in ``core/protocol.py``, the two-turn logic 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,13 @@ from tqdm import tqdm
 
 from awares_lmms.core import arguments, backends, identity, presets, protocol
 from awares_lmms.core.arguments import ArgumentError
-from awares_lmms.core.engine import EngineConfig, GenerationSettings, Request, batches
+from awares_lmms.core.engine import (
+    EngineConfig,
+    GenerationSettings,
+    Request,
+    batches,
+    checked_generation,
+)
 from awares_lmms.core.loading import resolve_dtype
 from awares_lmms.core.vision_attention import attention_summary
 from awares_lmms.plugin import handoff, hooks, task_layer
@@ -274,17 +280,15 @@ class AwaresLMM(lmms):
             raise ValueError(f"gen_kwargs until must be a string or a list, got {type(until).__name__}")
         if int(gen_kwargs.get("num_beams", 1) or 1) > 1:
             raise ValueError("awares decodes greedily or by sampling; num_beams > 1 is not supported")
-        do_sample = gen_kwargs.get("do_sample", False)
-        temperature = float(gen_kwargs.get("temperature", 0) or 0)
-        if not do_sample and "do_sample" in gen_kwargs and self.resolved.settings.respect_do_sample:
+        temperature = gen_kwargs.get("temperature") or 0
+        if not gen_kwargs.get("do_sample", False) and "do_sample" in gen_kwargs \
+                and self.resolved.settings.respect_do_sample:
             temperature = 0.0  # awares: do_sample false is greedy (paper: the temperature alone decides)
-        max_new_tokens = self._max_new_tokens(gen_kwargs.get("max_new_tokens"))
-        top_p = gen_kwargs.get("top_p")
-        if temperature > 0 and top_p is None:
-            top_p = self.resolved.settings.sampling_top_p  # paper: 0.9, as the released file defaults it
-        return GenerationSettings(max_new_tokens=max_new_tokens,
-                                  temperature=temperature, top_p=top_p,
-                                  until=tuple(u for u in (until or ()) if u))
+        # The rule every caller of the protocol shares: ranges checked, sampling without top_p gets the
+        # preset's sampling_top_p (paper: 0.9, as the released file defaults it).
+        settings = checked_generation(self.resolved.settings, self._max_new_tokens(gen_kwargs.get("max_new_tokens")),
+                                      temperature, gen_kwargs.get("top_p"))
+        return replace(settings, until=tuple(u for u in (until or ()) if u))
 
     def _max_new_tokens(self, task_value) -> int:
         """``max_new_tokens`` given in ``--model_args`` overrides the task's (logged once per value); a

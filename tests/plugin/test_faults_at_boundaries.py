@@ -619,6 +619,15 @@ def test_paper_preset_samples_with_top_p_09_and_transposes_exif(tiny_dir):
     assert paper._settings(sampled).top_p == 0.9 and ours._settings(sampled).top_p is None
     assert paper._settings(dict(sampled, top_p=0.5)).top_p == 0.5  # the task's own value wins
     assert paper._settings({"max_new_tokens": 2}).generate_kwargs()["top_p"] is None  # greedy: none
+    # 14 stock lmms-eval tasks say top_p 0 beside temperature 0: greedy, accepted. A task's values that
+    # generate() would reject deep inside torch are one clear error, the client's and the gateway's rule.
+    assert paper._settings({"temperature": 0, "top_p": 0, "until": ["\n"]}).until == ("\n",)
+    for bad, message in (({"temperature": -0.5}, "temperature must be >= 0"),
+                         ({"temperature": 0.7, "top_p": 1.5}, "top_p must be <= 1"),
+                         ({"temperature": 0.7, "top_p": 0}, "top_p must be > 0 when sampling"),
+                         ({"temperature": "warm"}, "temperature must be a number")):
+        with pytest.raises(ArgumentError, match=message):
+            paper._settings(bad)
     import io
 
     from PIL import Image
