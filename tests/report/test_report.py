@@ -1,11 +1,11 @@
 """``awares-report`` on real runs of the plugin (the shipped synthetic checkpoint, two modes) and of a
-stock lmms-eval model (``qwen2_5_vl`` on the tiny checkpoint, as a baseline), and its gallery in a
-real headless Chromium (Debian's, started by the test)."""
+stock lmms-eval model (``qwen2_5_vl`` on the tiny checkpoint, as a baseline), all through the
+``lmms_eval`` command in this process, and its gallery in a real headless Chromium (Debian's, started
+by the test)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,11 +27,6 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 LIMIT = 6
 
 
-def _run(cmd: list[str], env: dict) -> None:
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory, tiny_dir):
     root = tmp_path_factory.mktemp("report_runs")
@@ -46,13 +41,13 @@ def runs_dir(tmp_path_factory, tiny_dir):
                                      "--tasks", tasks, "--limit", str(LIMIT), "--batch_size", "4", "--log_samples",
                                      "--output_path", str(root / name)], env=env, cwd=REPO)
         assert status == 0, log[-3000:]
-    env = {**os.environ, **env}
-    # A stock lmms-eval model on the same tasks (our task directory given explicitly), run by the stock
-    # command: the baseline row.
-    _run([sys.executable, "-m", "lmms_eval", "--model", "qwen2_5_vl", "--model_args",
-          f"pretrained={tiny_dir},device=cpu,device_map=cpu,max_pixels=200704", "--include_path",
-          str(REPO / "tasks_config"), "--tasks", "awares_synth,pope", "--limit", "4", "--gen_kwargs",
-          "max_new_tokens=8", "--log_samples", "--output_path", str(root / "stock")], env)
+    # A stock lmms-eval model on the same tasks (our task directory given explicitly): the baseline row.
+    status, log = run_lmms_eval(["--model", "qwen2_5_vl", "--model_args",
+                                 f"pretrained={tiny_dir},device=cpu,device_map=cpu,max_pixels=200704",
+                                 "--include_path", str(REPO / "tasks_config"), "--tasks", "awares_synth,pope",
+                                 "--limit", "4", "--gen_kwargs", "max_new_tokens=8", "--log_samples",
+                                 "--output_path", str(root / "stock")], env=env, cwd=REPO)
+    assert status == 0, log[-3000:]
     return root
 
 
@@ -64,7 +59,7 @@ def built(runs_dir, tmp_path_factory):
     return out, index, find_runs(paths, ["AwaRes", "full", "stock"])
 
 
-@pytest.mark.slow  # three real lmms_eval runs (about 90 s)
+@pytest.mark.slow  # three real lmms_eval runs (about 35 s)
 def test_table_numbers_are_the_results_jsons(built):
     out, _, runs = built
     rows = {r["label"]: r for r in json.loads((out / "table.json").read_text())}
@@ -85,7 +80,7 @@ def test_table_numbers_are_the_results_jsons(built):
     assert "| AwaRes (paper) | 80.64 | 0.32 |" in md and "awares_synth" in md  # other tasks listed below
 
 
-@pytest.mark.slow  # three real lmms_eval runs (about 90 s)
+@pytest.mark.slow  # three real lmms_eval runs (about 35 s)
 def test_figures_and_crop_counts(built):
     out, _, runs = built
     for name in ("accuracy_vs_rtr.png", "crops.png", "latency.png"):
@@ -127,7 +122,7 @@ def _visible(driver) -> int:
     return driver.execute_script("return document.querySelectorAll('.card:not([hidden])').length")
 
 
-@pytest.mark.slow  # three real lmms_eval runs (about 90 s)
+@pytest.mark.slow  # three real lmms_eval runs (about 35 s)
 def test_gallery_in_a_real_browser(built, browser):
     from selenium.webdriver.support.ui import Select  # noqa: PLC0415
 

@@ -10,7 +10,7 @@ from awares_lmms.tools import gateway_benchmark
 
 @pytest.mark.slow
 def test_gateway_benchmark_runs_every_row_without_errors(capsys):
-    status = gateway_benchmark.main(["--clients", "2", "--seconds", "3", "--questions", "8"])
+    status = gateway_benchmark.main(["--clients", "2", "--seconds", "1", "--questions", "8"])
     out = capsys.readouterr().out
     assert status == 0, out
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| path")]

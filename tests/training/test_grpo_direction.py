@@ -17,7 +17,7 @@ from tests.commands import run_training
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "training" / "recipes" / "synthetic2"
-N_TRAIN, N_HELD_OUT, STEPS = 240, 160, 60
+N_TRAIN, N_HELD_OUT, STEPS = 240, 160, 30
 MIN_NO_CROP_GAIN = 0.10     # on LR-sufficient held-out questions
 MAX_ACCURACY_LOSS = 0.03
 
