@@ -78,8 +78,11 @@ Known gap: ``lmms-eval tasks ...`` (the stock listing subcommand) never imports
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import importlib.abc
 import importlib.machinery
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -192,11 +195,82 @@ def apply_offline_dataset(config: dict, required: bool = True) -> dict:
 # ----------------------------------------------------------------------------- the patch
 
 
+# ----------------------------------------------------------------------------- lmms-eval's task index, cached
+
+# The index of lmms-eval's own task tree: parsing its ~1900 YAMLs costs about 5 s of every run's start
+# (and of every TaskManager a process builds); listing their sizes and times costs ~50 ms.
+_BUILTIN_INDEX: dict[str, dict] = {}
+
+
+def _builtin_tasks_dir() -> str:
+    import lmms_eval.tasks
+
+    return _real(os.path.dirname(os.path.abspath(lmms_eval.tasks.__file__)))
+
+
+def _yaml_fingerprint(task_dir: str) -> str:
+    """Every YAML under ``task_dir`` (relative path, size, modification time), hashed."""
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(task_dir):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".yaml"):
+                path = os.path.join(root, name)
+                stat = os.stat(path)
+                digest.update(f"{os.path.relpath(path, task_dir)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def task_index_cache_file() -> Path:
+    """Where the built-in task index is kept between processes (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "awares_lmms" / "lmms_eval_task_index.json"
+
+
+def cached_task_index(task_dir: str, build, cache_file: Path | None = None) -> dict:
+    """``build()`` (the index of the YAMLs under ``task_dir``), reused while no YAML there changed: from
+    this process's memory, else from ``cache_file``, else built and written there. An unreadable or
+    unwritable cache file only costs the time; an index that does not survive JSON is not kept."""
+    try:
+        version = importlib.metadata.version("lmms_eval")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    key = f"lmms-eval {version}|{_real(task_dir)}|{_yaml_fingerprint(task_dir)}"
+    index = _BUILTIN_INDEX.get(key)
+    if index is None and cache_file is not None:
+        try:
+            stored = json.loads(cache_file.read_text(encoding="utf-8"))
+            index = stored["index"] if stored.get("key") == key and isinstance(stored.get("index"), dict) else None
+        except (OSError, ValueError, AttributeError, KeyError):
+            index = None
+    if index is None:
+        built = dict(build())
+        index = json.loads(json.dumps(built))
+        if index != built:  # a name or value JSON would change: use it, keep nothing
+            return built
+        if cache_file is not None:
+            try:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+                tmp.write_text(json.dumps({"key": key, "index": index}), encoding="utf-8")
+                tmp.replace(cache_file)
+            except OSError:
+                pass
+    _BUILTIN_INDEX.clear()  # one tree, one version: the newest
+    _BUILTIN_INDEX[key] = index
+    return copy.deepcopy(index)
+
+
 def _patch_task_manager(task_manager_cls) -> None:
     if getattr(task_manager_cls, _MARK, False):
         return
     original_initialize = task_manager_cls.initialize_tasks
     original_get_config = task_manager_cls._get_config
+    original_index = task_manager_cls._get_task_and_group
+
+    def _get_task_and_group(self, task_dir):
+        if _real(task_dir) != _builtin_tasks_dir():
+            return original_index(self, task_dir)
+        return cached_task_index(task_dir, lambda: original_index(self, task_dir), task_index_cache_file())
 
     def initialize_tasks(self, include_path=None, include_defaults=True):
         paths = _as_list(include_path)
@@ -224,8 +298,10 @@ def _patch_task_manager(task_manager_cls) -> None:
 
     initialize_tasks.__wrapped__ = original_initialize
     _get_config.__wrapped__ = original_get_config
+    _get_task_and_group.__wrapped__ = original_index
     task_manager_cls.initialize_tasks = initialize_tasks
     task_manager_cls._get_config = _get_config
+    task_manager_cls._get_task_and_group = _get_task_and_group
     setattr(task_manager_cls, _MARK, True)
 
 

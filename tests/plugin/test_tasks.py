@@ -521,6 +521,39 @@ def test_export_writer_embeds_local_images(tmp_path):
     assert not list((tmp_path / "out").glob("*.partial"))
 
 
+def test_the_builtin_task_index_is_reused_until_a_yaml_changes(stock_task_manager, tmp_path):
+    """lmms-eval parses its ~1900 task YAMLs at every start (about 5 s); the hook keeps the index while no
+    YAML's size or time changed, in memory and in a cache file, and gives each caller its own copy."""
+    original = TaskManager._get_task_and_group.__wrapped__
+    tree, cache = tmp_path / "tasks", tmp_path / "cache" / "index.json"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "one.yaml").write_text("task: one\ndataset_path: x\noutput_type: generate_until\n")
+    builds = []
+
+    def index():
+        def build():
+            builds.append(1)
+            return original(stock_task_manager, str(tree))
+        return hooks.cached_task_index(str(tree), build, cache)
+
+    first = index()
+    assert first == {"one": {"type": "task", "yaml_path": str(tree / "a" / "one.yaml")}} and cache.is_file()
+    first["one"]["type"] = "changed by a caller"
+    assert index()["one"]["type"] == "task" and len(builds) == 1  # memory, a fresh copy
+    hooks._BUILTIN_INDEX.clear()  # as a new process starts
+    assert index() == original(stock_task_manager, str(tree)) and len(builds) == 1  # the cache file
+    (tree / "a" / "one.yaml").write_text("task: one\ndataset_path: x\noutput_type: generate_until\ntag: mine\n")
+    assert index()["mine"] == {"type": "tag", "task": ["one"], "yaml_path": -1} and len(builds) == 2
+    (tree / "b.yaml").write_text("task: two\ndataset_path: x\noutput_type: generate_until\n")  # a new file
+    assert "two" in index() and len(builds) == 3
+    hooks._BUILTIN_INDEX.clear()
+    cache.write_text("{not json")  # a cut cache file costs the time, nothing else
+    assert "two" in index() and len(builds) == 4
+    # The real tree: what the patched TaskManager indexes is what lmms-eval's own parse gives.
+    builtin = hooks._builtin_tasks_dir() + os.sep
+    assert stock_task_manager._get_task_and_group(builtin) == dict(original(stock_task_manager, builtin))
+
+
 def test_export_reads_hub_sources_from_our_yamls():
     assert hub_source("chartqa") == {"path": "lmms-lab-encoder/ChartQA", "name": None, "split": "test"}
     assert hub_source("docvqa") == {"path": "lmms-lab-encoder/DocVQA", "name": "DocVQA", "split": "validation"}
