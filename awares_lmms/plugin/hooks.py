@@ -20,6 +20,11 @@ the paper's. ``install()`` therefore patches two methods of ``lmms_eval.tasks.Ta
     appended to whatever ``--include_path`` the user gave, which lifts lmms-eval's
     one-path-only limit for this package.
 
+``_get_task_and_group``
+    For lmms-eval's own task tree only: its index (about 1900 YAMLs parsed, ~5 s of every start) is
+    reused while no YAML there changed size or time, from memory and from
+    ``~/.cache/awares_lmms/lmms_eval_task_index.json`` (``cached_task_index``); the same dict lmms-eval
+    builds, minus the debug lines its parse logs. Every other directory is indexed as lmms-eval does.
 ``_get_config``
     The local-data switch, for any task: when the environment variable ``AWARES_DATASETS_DIR`` is set
     and ``$AWARES_DATASETS_DIR/<task>.parquet`` exists, the task reads that file instead of its hub
@@ -68,7 +73,7 @@ point, which lmms-eval calls while importing ``lmms_eval.models``, before any ``
 built) calls ``install()``. Importing ``lmms_eval.tasks`` costs several seconds (torch), and
 ``lmms_eval.models`` is imported before it, so when ``lmms_eval.tasks`` is not imported yet the
 patch is deferred with a one-shot import hook instead of importing it here. ``install()`` is
-idempotent. Both patched methods are private lmms-eval API: the package pins lmms-eval==0.7.3.
+idempotent. The three patched methods are private lmms-eval API: the package pins lmms-eval==0.7.3.
 
 Known gap: ``lmms-eval tasks ...`` (the stock listing subcommand) never imports
 ``lmms_eval.models``, so the stock listing shows the built-in YAML path for clashing names;
