@@ -1,12 +1,12 @@
 """Small, documented patches of lmms-eval 0.7.3's private API (the one place that touches it).
 
-The first two patch ``TaskManager`` for the AwaRes task suite and for local data.
+The first three patch ``TaskManager`` for the AwaRes task suite, its start-up time and local data.
 
 lmms-eval has no entry-point group for tasks, and when an ``--include_path`` task has the same
 name as a built-in one the built-in wins (``tasks/__init__.py``: ``{**tasks, **task_index}``).
 The AwaRes suite (``tasks_config/``) deliberately reuses the built-in names ``chartqa``,
 ``docvqa``, ``ocrbench``, ``pope`` and ``realworldqa`` (plus ``vstar``) so that tables read like
-the paper's. ``install()`` therefore patches two methods of ``lmms_eval.tasks.TaskManager``:
+the paper's. ``install()`` therefore patches three methods of ``lmms_eval.tasks.TaskManager``:
 
 ``initialize_tasks``
     The ``tasks_config`` directory is added to the include paths when the TaskManager is built for
@@ -197,9 +197,6 @@ def apply_offline_dataset(config: dict, required: bool = True) -> dict:
     return config
 
 
-# ----------------------------------------------------------------------------- the patch
-
-
 # ----------------------------------------------------------------------------- lmms-eval's task index, cached
 
 # The index of lmms-eval's own task tree: parsing its ~1900 YAMLs costs about 5 s of every run's start
@@ -221,8 +218,12 @@ def _yaml_fingerprint(task_dir: str) -> str:
         for name in sorted(files):
             if name.endswith(".yaml"):
                 path = os.path.join(root, name)
-                stat = os.stat(path)
-                digest.update(f"{os.path.relpath(path, task_dir)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+                try:
+                    stat = os.stat(path)
+                    facts = f"{stat.st_size}\0{stat.st_mtime_ns}"
+                except OSError:  # gone while listed: the index is rebuilt, and lmms-eval meets it there
+                    facts = f"unreadable {os.getpid()} {id(digest)}"
+                digest.update(f"{os.path.relpath(path, task_dir)}\0{facts}\n".encode())
     return digest.hexdigest()
 
 
@@ -263,6 +264,9 @@ def cached_task_index(task_dir: str, build, cache_file: Path | None = None) -> d
     _BUILTIN_INDEX.clear()  # one tree, one version: the newest
     _BUILTIN_INDEX[key] = index
     return copy.deepcopy(index)
+
+
+# ----------------------------------------------------------------------------- the patch
 
 
 def _patch_task_manager(task_manager_cls) -> None:
